@@ -1,0 +1,2 @@
+/* broker — being written */
+typedef int parley_broker_placeholder;

@@ -1,0 +1,2 @@
+/* client — being written */
+typedef int parley_client_placeholder;

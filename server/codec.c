@@ -1,0 +1,2 @@
+/* codec — being written */
+typedef int parley_codec_placeholder;

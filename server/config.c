@@ -1,0 +1,2 @@
+/* config — being written */
+typedef int parley_config_placeholder;

@@ -1,0 +1,56 @@
+/*
+ * config — every setting of parleyd, from one table: long flags, the keys of
+ * the --config JSON file (same names without "--"), defaults, --help text and
+ * validation all come from that table, so a new option is one table row and
+ * one struct field. Flags override the file; the file overrides defaults.
+ *
+ * Thread: main only (parsed once at start; the result is then read-only).
+ */
+#ifndef PARLEY_CONFIG_H
+#define PARLEY_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+struct config {
+    char *listen_host;          /* --listen HOST:PORT, default 127.0.0.1:8080 */
+    int listen_port;
+    char *db_path;              /* --db, default data/parley.db */
+    char *web_root;             /* --web-root, default PARLEY_DEFAULT_WEB_ROOT */
+    int threads;                /* --threads, default = online CPUs, 1..64 */
+    char *log_level;            /* --log-level error|warn|info|debug, default info */
+    double drain_timeout;       /* --drain-timeout seconds, default 5 */
+    long client_queue_max;      /* --client-queue-max messages, default 1024 */
+    long client_queue_bytes;    /* --client-queue-bytes, default 4194304 */
+    long max_text;              /* --max-text code points, default 4000 */
+    long max_frame;             /* --max-frame bytes, default 65536 */
+    char *durability;           /* --durability normal|full, default normal */
+    long commit_batch;          /* --commit-batch writes per transaction, default 512 */
+    long commit_window_us;      /* --commit-window-us, default 1000 */
+    char *config_file;          /* --config FILE (JSON) */
+};
+
+enum cfg_result {
+    CFG_OK,      /* run the server */
+    CFG_EXIT_0,  /* --help or --version was printed: exit 0 */
+    CFG_ERROR,   /* message in err: exit 2 */
+};
+
+/*
+ * Parse argv (argv[0] is the program name; the first argument may not be a
+ * subcommand). Prints --help/--version to out. On CFG_ERROR, err holds one
+ * line such as "unknown option '--nope'" or "--threads: expected an integer
+ * from 1 to 64, got 'x'" or "config 'f.json': unknown key 'nope'".
+ * Accepts "--flag value" and "--flag=value"; boolean flags take no value.
+ * The struct always holds every default after the call, even on error, and
+ * must be released with cfg_release.
+ */
+enum cfg_result cfg_parse(struct config *c, int argc, char **argv, FILE *out, char *err,
+                          size_t errsz);
+void cfg_release(struct config *c);
+
+/* Print the --help text (every flag with its default) to out. */
+void cfg_usage(FILE *out);
+
+#endif

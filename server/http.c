@@ -1,0 +1,2 @@
+/* http — being written */
+typedef int parley_http_placeholder;

@@ -1,0 +1,2 @@
+/* loop — being written */
+typedef int parley_loop_placeholder;

@@ -1,0 +1,2 @@
+/* metrics — being written */
+typedef int parley_metrics_placeholder;

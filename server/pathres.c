@@ -1,0 +1,2 @@
+/* pathres — being written */
+typedef int parley_pathres_placeholder;

@@ -1,0 +1,2 @@
+/* room — being written */
+typedef int parley_room_placeholder;

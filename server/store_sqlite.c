@@ -1,0 +1,2 @@
+/* store_sqlite — being written */
+typedef int parley_store_sqlite_placeholder;

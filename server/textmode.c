@@ -1,0 +1,2 @@
+/* textmode — being written */
+typedef int parley_textmode_placeholder;

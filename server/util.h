@@ -1,0 +1,35 @@
+/*
+ * util — allocation that cannot fail, clocks, and small string helpers shared
+ * by every module. Allocation failure aborts in one place (xmalloc) so no
+ * caller carries an out-of-memory branch it could never test.
+ */
+#ifndef PARLEY_UTIL_H
+#define PARLEY_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Thread: any. Abort the process on allocation failure. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t nmemb, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* Thread: any. Monotonic clock in ms / ns, and wall clock in ms since epoch. */
+int64_t now_mono_ms(void);
+int64_t now_mono_ns(void);
+int64_t now_wall_ms(void);
+
+/* Thread: any. Copy at most dstsz-1 bytes and always terminate; returns the
+ * length of src, like BSD strlcpy, so truncation is detectable. */
+size_t str_lcpy(char *dst, const char *src, size_t dstsz);
+
+/* Thread: any. Number of Unicode code points in valid UTF-8 input, or -1 if
+ * the input is not valid UTF-8 (overlongs, surrogates and > U+10FFFF are
+ * invalid). */
+long utf8_count(const char *s, size_t len);
+
+#endif

@@ -1,0 +1,2 @@
+/* webcache — being written */
+typedef int parley_webcache_placeholder;

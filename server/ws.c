@@ -1,0 +1,2 @@
+/* ws — being written */
+typedef int parley_ws_placeholder;
