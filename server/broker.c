@@ -1,2 +1,955 @@
-/* broker — being written */
-typedef int parley_broker_placeholder;
+/*
+ * broker — see broker.h.
+ *
+ * Locks, in the only order they may nest:
+ *   room->lock -> b->users_lock -> client->lock -> loop->lock
+ * b->idem_lock nests inside room->lock and is never held with users_lock.
+ * None is ever held across I/O: pushes only append to queues.
+ *
+ * References: a room member holds a client reference (room.c); each entry of
+ * c->joined holds a room reference; an in-flight storage write or read holds
+ * a client reference and hist references, so completions may arrive after
+ * the socket closed (the push is then a no-op).
+ */
+#include "broker.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+#include "config.h"
+#include "log.h"
+#include "loop.h"
+#include "metrics.h"
+#include "room.h"
+#include "server.h"
+#include "store.h"
+#include "strmap.h"
+#include "util.h"
+
+#define MAX_ROOMS_PER_CONN 64
+#define HISTORY_WINDOW 256
+#define IDEM_TTL_MS (10 * 60 * 1000)
+#define MAX_LIST 1024
+
+struct joined {
+    struct room *room; /* holds a room reference */
+};
+
+struct user {
+    struct client **conns; /* {users_lock} each holds a client reference */
+    size_t n, cap;
+};
+
+struct idem_entry {
+    uint64_t seq;
+    int64_t expires_ms;
+};
+
+struct broker {
+    struct server *srv;
+    rooms_t *rooms;
+    struct codec_limits lim;
+
+    pthread_mutex_t users_lock;
+    strmap_t *users;       /* {users_lock} name -> struct user, every name ever seen */
+
+    pthread_mutex_t idem_lock;
+    strmap_t *idem;        /* {idem_lock} "room\x1fuser\x1fid" -> struct idem_entry */
+    unsigned idem_puts;    /* {idem_lock} sweep every so many inserts */
+};
+
+/* A storage write in flight, owned by the store until done(). */
+struct pending_write {
+    struct store_write w;
+    struct broker *b;
+    struct client *c;      /* sender, gets the ack */
+    struct hist *h;        /* SW_MESSAGE content */
+    enum codec_fmt fmt;
+    uint64_t seq;          /* SW_BARRIER: the original seq to ack */
+    char room[CODEC_ROOMID_MAX + 1];
+    char id[CODEC_ID_MAX + 1];
+    char ref[CODEC_REF_MAX + 1];
+    char user[CODEC_USER_MAX + 1]; /* SW_USER */
+};
+
+enum read_kind { READ_JOINED, READ_HISTORY };
+
+/* A history read in flight: the DB part below the window, plus the window
+ * part captured when the request was made. */
+struct pending_read {
+    struct store_read r;
+    enum read_kind kind;
+    struct client *c;
+    msg_t *placeholder;    /* already queued to c, filled on completion */
+    enum codec_fmt fmt;
+    char ref[CODEC_REF_MAX + 1];
+    uint64_t room_seq;
+    bool more;
+    struct hist **win;
+    size_t nwin;
+    char **members;
+    size_t nmembers;
+};
+
+/* ---------------------------------------------------------------- helpers */
+
+static void reply(struct client *c, msg_t *m)
+{
+    client_push(c, m);
+}
+
+static void reply_error(struct client *c, enum err_code code, const char *message,
+                        const char *ref)
+{
+    METRIC_INC(&c->srv->metrics, protocol_errors_total);
+    reply(c, codec_error(c->fmt, code, message, ref, -1));
+}
+
+static struct room *joined_find(struct client *c, const char *room)
+{
+    for (unsigned i = 0; i < c->njoined; i++)
+        if (strcmp(c->joined[i].room->name, room) == 0)
+            return c->joined[i].room;
+    return NULL;
+}
+
+static void joined_remove(struct client *c, struct room *rm)
+{
+    for (unsigned i = 0; i < c->njoined; i++) {
+        if (c->joined[i].room == rm) {
+            c->joined[i] = c->joined[--c->njoined];
+            return;
+        }
+    }
+}
+
+static void idem_key(char *out, size_t sz, const char *room, const char *user, const char *id)
+{
+    snprintf(out, sz, "%s\x1f%s\x1f%s", room, user, id);
+}
+
+static bool idem_expired(const char *key, void *val, void *arg)
+{
+    (void)key;
+    struct idem_entry *e = val;
+    if (e->expires_ms > *(int64_t *)arg)
+        return false;
+    free(e);
+    return true;
+}
+
+/* {room lock} -> idem_lock. */
+static void idem_put(struct broker *b, const char *key, uint64_t seq, int64_t ts)
+{
+    struct idem_entry *e = xmalloc(sizeof(*e));
+    e->seq = seq;
+    e->expires_ms = ts + IDEM_TTL_MS;
+    pthread_mutex_lock(&b->idem_lock);
+    free(strmap_put(b->idem, key, e));
+    /* amortised cleanup: one sweep per 1024 inserts keeps the map at about
+     * one TTL's worth of ids without a timer thread */
+    if (++b->idem_puts % 1024 == 0) {
+        int64_t now = now_wall_ms();
+        strmap_sweep(b->idem, idem_expired, &now);
+    }
+    pthread_mutex_unlock(&b->idem_lock);
+}
+
+static bool idem_get(struct broker *b, const char *key, uint64_t *seq)
+{
+    bool found = false;
+    pthread_mutex_lock(&b->idem_lock);
+    struct idem_entry *e = strmap_get(b->idem, key);
+    if (e && e->expires_ms > now_wall_ms()) {
+        *seq = e->seq;
+        found = true;
+    }
+    pthread_mutex_unlock(&b->idem_lock);
+    return found;
+}
+
+/* ------------------------------------------------------------ users map */
+
+static struct user *user_get_locked(struct broker *b, const char *name, bool create)
+{
+    struct user *u = strmap_get(b->users, name);
+    if (!u && create) {
+        u = xcalloc(1, sizeof(*u));
+        strmap_put(b->users, name, u);
+    }
+    return u;
+}
+
+static void user_free(void *p)
+{
+    struct user *u = p;
+    for (size_t i = 0; i < u->n; i++)
+        client_unref(&u->conns[i]);
+    free(u->conns);
+    free(u);
+}
+
+static void write_done(struct store_write *w);
+
+static void remember_user(struct broker *b, const char *name)
+{
+    struct pending_write *pw = xcalloc(1, sizeof(*pw));
+    pw->b = b;
+    pw->w.kind = SW_USER;
+    str_lcpy(pw->user, name, sizeof(pw->user));
+    pw->w.msg.from = pw->user;
+    pw->w.done = write_done;
+    if (store_submit(b->srv->store, &pw->w) != 0) {
+        log_warn("broker", "cannot queue user '%s' for storage", name);
+        free(pw);
+    }
+}
+
+/* ------------------------------------------------------------- encoding */
+
+/* Lazily encoded event in both formats: encode once per format, share. */
+struct fanout {
+    msg_t *json, *text;
+};
+
+static msg_t *fanout_get(struct fanout *f, enum codec_fmt fmt, msg_t *(*enc)(enum codec_fmt, void *),
+                         void *arg)
+{
+    msg_t **slot = fmt == FMT_JSON ? &f->json : &f->text;
+    if (!*slot)
+        *slot = enc(fmt, arg);
+    return msg_ref(*slot);
+}
+
+static void fanout_release(struct fanout *f)
+{
+    msg_unref(&f->json);
+    msg_unref(&f->text);
+}
+
+struct presence_arg {
+    const char *room, *user;
+    bool join;
+};
+
+static msg_t *enc_presence(enum codec_fmt f, void *arg)
+{
+    struct presence_arg *a = arg;
+    return codec_presence(f, a->room, a->user, a->join);
+}
+
+static msg_t *enc_message(enum codec_fmt f, void *arg)
+{
+    return codec_message(f, arg);
+}
+
+static msg_t *enc_typing(enum codec_fmt f, void *arg)
+{
+    struct presence_arg *a = arg;
+    return codec_typing(f, a->room, a->user);
+}
+
+/* {room lock}. Send a presence event to every member but skip. */
+static void announce_locked(struct room *rm, const char *user, bool join, struct client *skip)
+{
+    struct fanout f = {0};
+    struct presence_arg a = {rm->name, user, join};
+    for (size_t i = 0; i < rm->nmembers; i++) {
+        struct client *m = rm->members[i];
+        if (m != skip)
+            client_push(m, fanout_get(&f, m->fmt, enc_presence, &a));
+    }
+    fanout_release(&f);
+}
+
+/* ------------------------------------------------------------ storage */
+
+static void write_done(struct store_write *w)
+{
+    struct pending_write *pw = (struct pending_write *)w;
+    struct metrics *mt = &pw->b->srv->metrics;
+
+    if (w->status == 0)
+        METRIC_INC(mt, storage_writes_total);
+    else
+        METRIC_INC(mt, storage_failures_total);
+
+    if (pw->c) {
+        if (w->status == 0) {
+            uint64_t seq = w->kind == SW_BARRIER ? pw->seq : (w->dup_seq ? w->dup_seq : pw->seq);
+            client_push(pw->c, codec_ack(pw->fmt, pw->room, seq, pw->id, pw->ref));
+        } else {
+            METRIC_INC(mt, protocol_errors_total);
+            client_push(pw->c, codec_error(pw->fmt, ERR_INTERNAL,
+                                           "message not yet stored; it will be retried, resend "
+                                           "with the same id to get its ack",
+                                           pw->ref, -1));
+        }
+        client_unref(&pw->c);
+    }
+    hist_unref(&pw->h);
+    free(pw);
+}
+
+/* Ack a duplicate id once everything queued before it is durable (the
+ * original included), without storing anything. */
+static void ack_duplicate(struct broker *b, struct client *c, const char *room, uint64_t seq,
+                          const char *id, const char *ref)
+{
+    struct pending_write *pw = xcalloc(1, sizeof(*pw));
+    pw->b = b;
+    pw->w.kind = SW_BARRIER;
+    pw->w.done = write_done;
+    pw->c = client_ref(c);
+    pw->fmt = c->fmt;
+    pw->seq = seq;
+    str_lcpy(pw->room, room, sizeof(pw->room));
+    str_lcpy(pw->id, id, sizeof(pw->id));
+    str_lcpy(pw->ref, ref, sizeof(pw->ref));
+    if (store_submit(b->srv->store, &pw->w) != 0) {
+        client_unref(&pw->c);
+        free(pw);
+        reply_error(c, ERR_INTERNAL, "storage is overloaded, try again", ref);
+    }
+}
+
+static void read_release(struct pending_read *pr)
+{
+    for (size_t i = 0; i < pr->nwin; i++)
+        hist_unref(&pr->win[i]);
+    free(pr->win);
+    for (size_t i = 0; i < pr->nmembers; i++)
+        free(pr->members[i]);
+    free(pr->members);
+    msg_unref(&pr->placeholder);
+    client_unref(&pr->c);
+    store_read_release(&pr->r);
+    free(pr);
+}
+
+static msg_t *encode_read(struct pending_read *pr, const struct chat_msg *msgs, size_t n)
+{
+    if (pr->kind == READ_JOINED)
+        return codec_joined(pr->fmt, pr->r.room, pr->room_seq, (const char *const *)pr->members,
+                            pr->nmembers, msgs, n, pr->ref);
+    return codec_history(pr->fmt, pr->r.room, msgs, n, pr->more, pr->ref);
+}
+
+static void read_done(struct store_read *r)
+{
+    struct pending_read *pr = (struct pending_read *)r;
+    msg_t *content;
+
+    if (r->status != 0) {
+        content = codec_error(pr->fmt, ERR_INTERNAL, "cannot read history, try again", pr->ref,
+                              -1);
+    } else {
+        /* DB rows (below the window) then the window part, oldest first. */
+        size_t n = 0;
+        struct chat_msg *all = xmalloc((r->n + pr->nwin + 1) * sizeof(*all));
+        for (size_t i = 0; i < r->n; i++)
+            all[n++] = r->msgs[i];
+        for (size_t i = 0; i < pr->nwin; i++)
+            all[n++] = pr->win[i]->m;
+        content = encode_read(pr, all, n);
+        free(all);
+    }
+    msg_fill(pr->placeholder, content);
+    loop_schedule(pr->c->loop, pr->c);
+    read_release(pr);
+}
+
+/*
+ * Answer a history-bearing request for seqs [a, z] (a > z: none). Must be
+ * called with rm->lock held so the reply is queued before any later event
+ * of the room. The window serves what it holds; anything older is read from
+ * storage off the loop and the reply waits in the queue as a placeholder.
+ */
+static void answer_range_locked(struct broker *b, struct client *c, struct room *rm,
+                                enum read_kind kind, uint64_t a, uint64_t z, bool more,
+                                const char *ref)
+{
+    uint64_t lo = room_window_lo_locked(rm);
+    const char *names[MAX_LIST];
+    size_t nn = kind == READ_JOINED ? room_member_names_locked(rm, names, MAX_LIST) : 0;
+    size_t cap = a <= z ? (size_t)(z - a + 1) : 0;
+    struct hist **win = xmalloc((cap + 1) * sizeof(*win));
+    size_t nwin = a <= z ? room_window_copy_locked(rm, a, z, win) : 0;
+
+    if (a > z || a >= lo) {
+        struct chat_msg *msgs = xmalloc((nwin + 1) * sizeof(*msgs));
+        for (size_t i = 0; i < nwin; i++)
+            msgs[i] = win[i]->m;
+        msg_t *m = kind == READ_JOINED
+                       ? codec_joined(c->fmt, rm->name, rm->seq, names, nn, msgs, nwin, ref)
+                       : codec_history(c->fmt, rm->name, msgs, nwin, more, ref);
+        reply(c, m);
+        free(msgs);
+        for (size_t i = 0; i < nwin; i++)
+            hist_unref(&win[i]);
+        free(win);
+        return;
+    }
+
+    struct pending_read *pr = xcalloc(1, sizeof(*pr));
+    str_lcpy(pr->r.room, rm->name, sizeof(pr->r.room));
+    pr->r.mode = SR_SINCE;
+    pr->r.key = a - 1;
+    pr->r.limit = (int)((z < lo ? z : lo - 1) - a + 1);
+    pr->r.done = read_done;
+    pr->kind = kind;
+    pr->c = client_ref(c);
+    pr->fmt = c->fmt;
+    str_lcpy(pr->ref, ref, sizeof(pr->ref));
+    pr->room_seq = rm->seq;
+    pr->more = more;
+    pr->win = win;
+    pr->nwin = nwin;
+    pr->members = xcalloc(nn + 1, sizeof(char *));
+    for (size_t i = 0; i < nn; i++)
+        pr->members[i] = xstrdup(names[i]);
+    pr->nmembers = nn;
+    pr->placeholder = msg_new_placeholder();
+    if (client_push(c, msg_ref(pr->placeholder)) != 0 ||
+        store_read_submit(b->srv->store, &pr->r) != 0) {
+        /* queue it anyway so the client is not stuck behind an empty slot */
+        msg_fill(pr->placeholder,
+                 codec_error(c->fmt, ERR_INTERNAL, "cannot read history, try again", ref, -1));
+        loop_schedule(c->loop, c);
+        read_release(pr);
+    }
+}
+
+/* ------------------------------------------------------------- requests */
+
+static bool dm_participant(const char *room, const char *user)
+{
+    char a[CODEC_USER_MAX + 1], z[CODEC_USER_MAX + 1];
+    return codec_parse_dm(room, a, z) && (strcmp(a, user) == 0 || strcmp(z, user) == 0);
+}
+
+static void do_hello(struct broker *b, struct client *c, const struct req *r)
+{
+    const struct config *cfg = b->srv->cfg;
+    bool first_seen = false;
+
+    if (c->authed) {
+        reply_error(c, ERR_BAD_REQUEST, "already signed in on this connection", r->ref);
+        return;
+    }
+    if (r->token || !r->user[0]) {
+        METRIC_INC(&b->srv->metrics, auth_failures_total);
+        reply_error(c, ERR_AUTH_FAILED, "this server runs in open mode: send hello with a user",
+                    r->ref);
+        return;
+    }
+    pthread_mutex_lock(&b->users_lock);
+    struct user *u = user_get_locked(b, r->user, false);
+    if (u && u->n) {
+        pthread_mutex_unlock(&b->users_lock);
+        reply_error(c, ERR_NAME_TAKEN, "that name is in use by a live connection", r->ref);
+        return;
+    }
+    if (!u) {
+        u = user_get_locked(b, r->user, true);
+        first_seen = true;
+    }
+    if (u->n == u->cap) {
+        u->cap = u->cap ? u->cap * 2 : 2;
+        u->conns = xrealloc(u->conns, u->cap * sizeof(*u->conns));
+    }
+    u->conns[u->n++] = client_ref(c);
+    pthread_mutex_unlock(&b->users_lock);
+
+    if (first_seen)
+        remember_user(b, r->user);
+    str_lcpy(c->user, r->user, sizeof(c->user));
+    c->authed = true;
+    unsigned char rnd[8];
+    RAND_bytes(rnd, sizeof(rnd));
+    for (int i = 0; i < 8; i++)
+        snprintf(c->session + 2 * i, 3, "%02x", rnd[i]);
+    reply(c, codec_welcome(c->fmt, c->user, c->session, r->ref, (size_t)cfg->max_text,
+                           (size_t)cfg->max_frame, 0, 0));
+}
+
+static void do_join(struct broker *b, struct client *c, const struct req *r)
+{
+    if (strncmp(r->room, "dm:", 3) == 0 && !dm_participant(r->room, c->user)) {
+        reply_error(c, ERR_FORBIDDEN, "only its two participants may read a DM conversation",
+                    r->ref);
+        return;
+    }
+    if (!joined_find(c, r->room) && c->njoined >= MAX_ROOMS_PER_CONN) {
+        reply_error(c, ERR_BAD_REQUEST, "too many rooms joined on this connection", r->ref);
+        return;
+    }
+    struct room *rm = rooms_acquire(b->rooms, r->room, true);
+    pthread_mutex_lock(&rm->lock);
+    bool added = room_add_member_locked(rm, c);
+    if (added) {
+        if (room_user_conns_locked(rm, c->user) == 1)
+            announce_locked(rm, c->user, true, c);
+        c->joined = xrealloc(c->joined, (c->njoined + 1) * sizeof(*c->joined));
+        c->joined[c->njoined++].room = rm; /* the membership keeps our reference */
+    }
+    uint64_t hi = rm->seq, a, z;
+    uint64_t limit = (uint64_t)r->limit;
+    if (r->has_since) {
+        a = r->since + 1;
+        z = r->since >= hi ? r->since : (hi - r->since > limit ? r->since + limit : hi);
+    } else {
+        a = hi >= limit ? hi - limit + 1 : 1;
+        z = hi;
+    }
+    answer_range_locked(b, c, rm, READ_JOINED, a, z, false, r->ref);
+    pthread_mutex_unlock(&rm->lock);
+    str_lcpy(c->current_room, r->room, sizeof(c->current_room));
+    if (!added)
+        rooms_release(b->rooms, &rm);
+}
+
+/* {home loop}. Leave one room: membership, presence, reference. */
+static void leave_room(struct broker *b, struct client *c, struct room *rm)
+{
+    pthread_mutex_lock(&rm->lock);
+    if (room_remove_member_locked(rm, c) && room_user_conns_locked(rm, c->user) == 0)
+        announce_locked(rm, c->user, false, NULL);
+    pthread_mutex_unlock(&rm->lock);
+    joined_remove(c, rm);
+    if (strcmp(c->current_room, rm->name) == 0)
+        c->current_room[0] = '\0';
+    rooms_release(b->rooms, &rm);
+}
+
+static void do_leave(struct broker *b, struct client *c, const struct req *r)
+{
+    struct room *rm = joined_find(c, r->room);
+    if (!rm) {
+        reply_error(c, ERR_NOT_JOINED, "you have not joined that room", r->ref);
+        return;
+    }
+    leave_room(b, c, rm);
+    reply(c, codec_left(c->fmt, r->room, r->ref));
+    if (!c->current_room[0] && c->njoined)
+        str_lcpy(c->current_room, c->joined[c->njoined - 1].room->name, sizeof(c->current_room));
+}
+
+/*
+ * Publish text to room rm as c. For a DM, peer is the other participant and
+ * the message goes to every connection of both users; otherwise to the
+ * room's members.
+ */
+static void publish(struct broker *b, struct client *c, struct room *rm, const char *peer,
+                    const struct req *r)
+{
+    char key[CODEC_ROOMID_MAX + CODEC_USER_MAX + CODEC_ID_MAX + 4];
+    uint64_t seq;
+
+    if (r->id[0]) {
+        idem_key(key, sizeof(key), rm->name, c->user, r->id);
+        if (idem_get(b, key, &seq)) {
+            ack_duplicate(b, c, rm->name, seq, r->id, r->ref);
+            return;
+        }
+    }
+
+    struct pending_write *pw = xcalloc(1, sizeof(*pw));
+    pw->b = b;
+    pw->w.kind = SW_MESSAGE;
+    pw->w.done = write_done;
+    pw->c = client_ref(c);
+    pw->fmt = c->fmt;
+    str_lcpy(pw->room, rm->name, sizeof(pw->room));
+    str_lcpy(pw->id, r->id, sizeof(pw->id));
+    str_lcpy(pw->ref, r->ref, sizeof(pw->ref));
+
+    pthread_mutex_lock(&rm->lock);
+    /* a resend racing its original on another connection of the same user */
+    if (r->id[0] && idem_get(b, key, &seq)) {
+        pthread_mutex_unlock(&rm->lock);
+        client_unref(&pw->c);
+        free(pw);
+        ack_duplicate(b, c, rm->name, seq, r->id, r->ref);
+        return;
+    }
+    int64_t ts = now_wall_ms();
+    pw->seq = rm->seq + 1;
+    pw->h = hist_new(rm->name, pw->seq, c->user, r->text, r->text_len, ts, r->id);
+    pw->w.msg = pw->h->m;
+    struct hist *h = hist_ref(pw->h);
+    /* Queue the write first: if storage refuses, nothing was announced and
+     * the seq is not consumed. After this the store owns pw. */
+    if (store_submit(b->srv->store, &pw->w) != 0) {
+        pthread_mutex_unlock(&rm->lock);
+        hist_unref(&h);
+        hist_unref(&pw->h);
+        client_unref(&pw->c);
+        free(pw);
+        reply_error(c, ERR_INTERNAL, "storage is overloaded, try again", r->ref);
+        return;
+    }
+    room_append_locked(rm, h);
+    if (r->id[0])
+        idem_put(b, key, h->m.seq, ts);
+
+    struct fanout f = {0};
+    if (peer) {
+        pthread_mutex_lock(&b->users_lock);
+        const char *who[2] = {c->user, peer};
+        for (int k = 0; k < 2; k++) {
+            struct user *u = user_get_locked(b, who[k], false);
+            for (size_t i = 0; u && i < u->n; i++)
+                client_push(u->conns[i], fanout_get(&f, u->conns[i]->fmt, enc_message, &h->m));
+        }
+        pthread_mutex_unlock(&b->users_lock);
+    } else {
+        for (size_t i = 0; i < rm->nmembers; i++) {
+            struct client *m = rm->members[i];
+            client_push(m, fanout_get(&f, m->fmt, enc_message, &h->m));
+        }
+    }
+    pthread_mutex_unlock(&rm->lock);
+    fanout_release(&f);
+    hist_unref(&h);
+    METRIC_INC(&b->srv->metrics, messages_received_total);
+}
+
+static bool user_known(struct broker *b, const char *name)
+{
+    pthread_mutex_lock(&b->users_lock);
+    bool known = user_get_locked(b, name, false) != NULL;
+    pthread_mutex_unlock(&b->users_lock);
+    return known;
+}
+
+static void do_send(struct broker *b, struct client *c, const struct req *r)
+{
+    char a[CODEC_USER_MAX + 1], z[CODEC_USER_MAX + 1];
+    struct room *rm = joined_find(c, r->room);
+    if (!rm) {
+        reply_error(c, ERR_NOT_JOINED, "join the room before sending to it", r->ref);
+        return;
+    }
+    if (rm->is_dm && codec_parse_dm(rm->name, a, z))
+        publish(b, c, rm, strcmp(a, c->user) == 0 ? z : a, r);
+    else
+        publish(b, c, rm, NULL, r);
+}
+
+static void do_dm(struct broker *b, struct client *c, const struct req *r)
+{
+    char room[CODEC_ROOMID_MAX + 1];
+    if (strcmp(r->to, c->user) == 0) {
+        reply_error(c, ERR_BAD_REQUEST, "cannot send a DM to yourself", r->ref);
+        return;
+    }
+    if (!user_known(b, r->to)) {
+        reply_error(c, ERR_NO_SUCH_USER, "no user by that name has ever been seen", r->ref);
+        return;
+    }
+    codec_dm_room(c->user, r->to, room);
+    struct room *rm = rooms_acquire(b->rooms, room, true);
+    publish(b, c, rm, r->to, r);
+    rooms_release(b->rooms, &rm);
+}
+
+static void do_history(struct broker *b, struct client *c, const struct req *r)
+{
+    if (strncmp(r->room, "dm:", 3) == 0 && !dm_participant(r->room, c->user)) {
+        reply_error(c, ERR_FORBIDDEN, "only its two participants may read a DM conversation",
+                    r->ref);
+        return;
+    }
+    struct room *rm = rooms_acquire(b->rooms, r->room, false);
+    if (!rm) {
+        reply(c, codec_history(c->fmt, r->room, NULL, 0, false, r->ref));
+        return;
+    }
+    uint64_t limit = (uint64_t)r->limit;
+    pthread_mutex_lock(&rm->lock);
+    uint64_t hi = rm->seq;
+    uint64_t end = r->has_before ? (r->before == 0 ? 0 : r->before - 1) : hi;
+    if (end > hi)
+        end = hi;
+    uint64_t a = end >= limit ? end - limit + 1 : 1;
+    answer_range_locked(b, c, rm, READ_HISTORY, a, end, end > 0 && a > 1, r->ref);
+    pthread_mutex_unlock(&rm->lock);
+    rooms_release(b->rooms, &rm);
+}
+
+static void do_who(struct broker *b, struct client *c, const struct req *r)
+{
+    const char *names[MAX_LIST];
+    size_t n = 0;
+
+    if (strncmp(r->room, "dm:", 3) == 0 && !dm_participant(r->room, c->user)) {
+        reply_error(c, ERR_FORBIDDEN, "only its two participants may see a DM conversation",
+                    r->ref);
+        return;
+    }
+    struct room *rm = rooms_acquire(b->rooms, r->room, false);
+    if (rm) {
+        pthread_mutex_lock(&rm->lock);
+        n = room_member_names_locked(rm, names, MAX_LIST);
+        reply(c, codec_members(c->fmt, r->room, names, n, r->ref));
+        pthread_mutex_unlock(&rm->lock);
+        rooms_release(b->rooms, &rm);
+    } else {
+        reply(c, codec_members(c->fmt, r->room, names, 0, r->ref));
+    }
+}
+
+static void do_rooms(struct broker *b, struct client *c, const struct req *r)
+{
+    struct room_snapshot *snap = xmalloc(MAX_LIST * sizeof(*snap));
+    struct room_info *info = xmalloc(MAX_LIST * sizeof(*info));
+    size_t n = rooms_list(b->rooms, snap, MAX_LIST);
+    for (size_t i = 0; i < n; i++) {
+        info[i].name = snap[i].name;
+        info[i].members = snap[i].members;
+        info[i].seq = snap[i].seq;
+    }
+    reply(c, codec_rooms(c->fmt, info, n, r->ref));
+    free(info);
+    free(snap);
+}
+
+static void do_typing(struct broker *b, struct client *c, const struct req *r)
+{
+    (void)b;
+    struct room *rm = joined_find(c, r->room);
+    if (!rm) {
+        reply_error(c, ERR_NOT_JOINED, "join the room first", r->ref);
+        return;
+    }
+    struct fanout f = {0};
+    struct presence_arg a = {rm->name, c->user, true};
+    pthread_mutex_lock(&rm->lock);
+    for (size_t i = 0; i < rm->nmembers; i++) {
+        struct client *m = rm->members[i];
+        if (strcmp(m->user, c->user) != 0)
+            client_push(m, fanout_get(&f, m->fmt, enc_typing, &a));
+    }
+    pthread_mutex_unlock(&rm->lock);
+    fanout_release(&f);
+}
+
+static void handle(struct broker *b, struct client *c, const struct req *r)
+{
+    if (!c->authed && r->type != REQ_HELLO && r->type != REQ_PING && r->type != REQ_HELP &&
+        r->type != REQ_QUIT) {
+        reply_error(c, ERR_AUTH_REQUIRED, "say hello first", r->ref);
+        return;
+    }
+    switch (r->type) {
+    case REQ_HELLO:
+        do_hello(b, c, r);
+        break;
+    case REQ_JOIN:
+        do_join(b, c, r);
+        break;
+    case REQ_LEAVE:
+        do_leave(b, c, r);
+        break;
+    case REQ_SEND:
+        do_send(b, c, r);
+        break;
+    case REQ_DM:
+        do_dm(b, c, r);
+        break;
+    case REQ_HISTORY:
+        do_history(b, c, r);
+        break;
+    case REQ_WHO:
+        do_who(b, c, r);
+        break;
+    case REQ_ROOMS:
+        do_rooms(b, c, r);
+        break;
+    case REQ_TYPING:
+        do_typing(b, c, r);
+        break;
+    case REQ_PING:
+        reply(c, codec_pong(c->fmt, r->ref));
+        break;
+    case REQ_HELP:
+        reply(c, codec_help());
+        break;
+    case REQ_QUIT:
+        client_kill(c, 1000, "bye");
+        break;
+    }
+}
+
+/* ------------------------------------------------------------- entry points */
+
+static void handle_one(struct broker *b, struct client *c, const char *buf, size_t len)
+{
+    struct req r;
+    char msg[160];
+    enum err_code e;
+
+    memset(&r, 0, sizeof(r));
+    if (c->fmt == FMT_TEXT)
+        e = codec_decode_text(buf, len, c->current_room, &b->lim, &r, msg, sizeof(msg));
+    else
+        e = codec_decode_json(buf, len, &b->lim, &r, msg, sizeof(msg));
+    METRIC_INC(&b->srv->metrics, requests_total);
+    if (e != ERR_NONE)
+        reply_error(c, e, msg, r.ref);
+    else
+        handle(b, c, &r);
+    req_release(&r);
+}
+
+void broker_frame(struct broker *b, struct client *c, const char *buf, size_t len)
+{
+    if (c->fmt == FMT_JSON) {
+        handle_one(b, c, buf, len);
+        return;
+    }
+    /* text mode: one command per line; a frame may carry several */
+    const char *p = buf, *end = buf + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = (size_t)((nl ? nl : end) - p);
+        if (n && p[n - 1] == '\r')
+            n--;
+        if (n)
+            handle_one(b, c, p, n);
+        p = nl ? nl + 1 : end;
+    }
+}
+
+void broker_connected(struct broker *b, struct client *c, const char *user, const char *token,
+                      const char *room)
+{
+    struct req r;
+    char msg[160];
+
+    if (!user[0] && !token[0] && !room[0])
+        return;
+    if (user[0] || token[0]) {
+        memset(&r, 0, sizeof(r));
+        r.type = REQ_HELLO;
+        if (user[0] && !codec_valid_user(user)) {
+            reply_error(c, ERR_BAD_REQUEST, "invalid user name in the query string", "");
+            return;
+        }
+        str_lcpy(r.user, user, sizeof(r.user));
+        if (token[0])
+            r.token = (char *)token;
+        do_hello(b, c, &r);
+        if (!c->authed)
+            return;
+    }
+    if (room[0]) {
+        memset(&r, 0, sizeof(r));
+        if (!codec_valid_room(room)) {
+            snprintf(msg, sizeof(msg), "invalid room name in the query string");
+            reply_error(c, ERR_BAD_REQUEST, msg, "");
+            return;
+        }
+        if (!c->authed) {
+            reply_error(c, ERR_AUTH_REQUIRED, "say hello first (room= needs user=)", "");
+            return;
+        }
+        r.type = REQ_JOIN;
+        str_lcpy(r.room, room, sizeof(r.room));
+        r.limit = CODEC_LIMIT_DEFAULT;
+        do_join(b, c, &r);
+    }
+}
+
+void broker_disconnected(struct broker *b, struct client *c)
+{
+    while (c->njoined)
+        leave_room(b, c, c->joined[c->njoined - 1].room);
+    if (c->authed) {
+        pthread_mutex_lock(&b->users_lock);
+        struct user *u = user_get_locked(b, c->user, false);
+        for (size_t i = 0; u && i < u->n; i++) {
+            if (u->conns[i] == c) {
+                u->conns[i] = u->conns[--u->n];
+                client_unref(&c);
+                break;
+            }
+        }
+        pthread_mutex_unlock(&b->users_lock);
+    }
+}
+
+size_t broker_active_rooms(struct broker *b)
+{
+    return rooms_active(b->rooms);
+}
+
+/* ------------------------------------------------------------- lifecycle */
+
+static void load_room(void *arg, const char *room, uint64_t seq)
+{
+    rooms_preload(((struct broker *)arg)->rooms, room, seq);
+}
+
+static void load_user(void *arg, const char *name)
+{
+    struct broker *b = arg;
+    user_get_locked(b, name, true);
+}
+
+static void load_id(void *arg, const char *room, const char *from, const char *id, uint64_t seq,
+                    int64_t ts)
+{
+    struct broker *b = arg;
+    char key[CODEC_ROOMID_MAX + CODEC_USER_MAX + CODEC_ID_MAX + 4];
+    struct idem_entry *e = xmalloc(sizeof(*e));
+    idem_key(key, sizeof(key), room, from, id);
+    e->seq = seq;
+    e->expires_ms = ts + IDEM_TTL_MS;
+    free(strmap_put(b->idem, key, e));
+}
+
+struct broker *broker_new(struct server *srv, char *err, size_t errsz)
+{
+    struct broker *b = xcalloc(1, sizeof(*b));
+    b->srv = srv;
+    b->rooms = rooms_new(HISTORY_WINDOW);
+    b->lim.max_text = (size_t)srv->cfg->max_text;
+    pthread_mutex_init(&b->users_lock, NULL);
+    pthread_mutex_init(&b->idem_lock, NULL);
+    b->users = strmap_new();
+    b->idem = strmap_new();
+
+    /* single-threaded here: the I/O threads have not started */
+    if (store_load_rooms(srv->store, load_room, b) != 0 ||
+        store_load_users(srv->store, load_user, b) != 0 ||
+        store_load_ids(srv->store, now_wall_ms() - IDEM_TTL_MS, load_id, b) != 0) {
+        snprintf(err, errsz, "cannot load rooms, users and recent ids from storage");
+        broker_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+static void free_ptr(void *p)
+{
+    free(p);
+}
+
+void broker_free(struct broker *b)
+{
+    if (!b)
+        return;
+    rooms_free(b->rooms);
+    strmap_free(b->users, user_free);
+    strmap_free(b->idem, free_ptr);
+    pthread_mutex_destroy(&b->users_lock);
+    pthread_mutex_destroy(&b->idem_lock);
+    free(b);
+}

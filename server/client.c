@@ -1,2 +1,119 @@
-/* client — being written */
-typedef int parley_client_placeholder;
+/*
+ * client — see client.h. Lock order: room lock -> client lock -> loop lock.
+ * The client lock is held only for queue operations, never across I/O.
+ */
+#include "client.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loop.h"
+#include "metrics.h"
+#include "server.h"
+#include "util.h"
+
+struct client *client_new(struct server *srv, struct loop *loop, size_t qmax, size_t qbytes)
+{
+    struct client *c = xcalloc(1, sizeof(*c));
+    pthread_mutex_init(&c->lock, NULL);
+    cq_init(&c->q, qmax, qbytes);
+    atomic_init(&c->refs, 1);
+    c->loop = loop;
+    c->srv = srv;
+    return c;
+}
+
+struct client *client_ref(struct client *c)
+{
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    return c;
+}
+
+static void client_free(struct client *c)
+{
+    METRIC_SUB(&c->srv->metrics, queue_bytes, (int64_t)cq_bytes(&c->q));
+    cq_release(&c->q);
+    pthread_mutex_destroy(&c->lock);
+    free(c->rx);
+    free(c->joined);
+    free(c);
+}
+
+void client_unref(struct client **cp)
+{
+    struct client *c = *cp;
+    if (!c)
+        return;
+    *cp = NULL;
+    unsigned old = atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel);
+    if (old == 0) {
+        fprintf(stderr, "parley: client refcount underflow\n");
+        abort();
+    }
+    if (old == 1)
+        client_free(c);
+}
+
+/* {lock} held. Free the queue of a client that will never send again. */
+static void drop_queue_locked(struct client *c)
+{
+    METRIC_SUB(&c->srv->metrics, queue_bytes, (int64_t)cq_bytes(&c->q));
+    cq_release(&c->q);
+}
+
+int client_push(struct client *c, msg_t *m)
+{
+    struct metrics *mt = &c->srv->metrics;
+    bool wake = false;
+    int rc = 0;
+
+    pthread_mutex_lock(&c->lock);
+    if (c->dead || c->close_code) {
+        rc = 1;
+    } else {
+        size_t sz = msg_size(m);
+        bool was_empty = cq_count(&c->q) == 0;
+        if (cq_push(&c->q, m) == 0) {
+            m = NULL;
+            METRIC_ADD(mt, queue_bytes, (int64_t)sz);
+            METRIC_INC(mt, deliveries_total);
+            wake = was_empty;
+        } else {
+            rc = -1;
+            c->close_code = 4008;
+            str_lcpy(c->close_reason, "slow consumer: queue overflow", sizeof(c->close_reason));
+            drop_queue_locked(c);
+            METRIC_INC(mt, deliveries_dropped_total);
+            METRIC_INC(mt, slow_consumer_disconnects_total);
+            wake = true;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    msg_unref(&m);
+    if (wake)
+        loop_schedule(c->loop, c);
+    return rc;
+}
+
+void client_kill(struct client *c, int code, const char *reason)
+{
+    bool wake = false;
+    pthread_mutex_lock(&c->lock);
+    if (!c->dead && !c->close_code) {
+        c->close_code = code;
+        str_lcpy(c->close_reason, reason, sizeof(c->close_reason));
+        wake = true;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (wake)
+        loop_schedule(c->loop, c);
+}
+
+void client_mark_dead(struct client *c)
+{
+    pthread_mutex_lock(&c->lock);
+    c->dead = true;
+    drop_queue_locked(c);
+    pthread_mutex_unlock(&c->lock);
+}

@@ -1,2 +1,321 @@
-/* loop — being written */
-typedef int parley_loop_placeholder;
+/*
+ * loop — see loop.h. Owns one lws_context and the thread that services it.
+ * The pending list is the only state other threads touch, under l->lock.
+ */
+#include "loop.h"
+
+#include <libwebsockets.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+#include "config.h"
+#include "log.h"
+#include "server.h"
+#include "util.h"
+#include "ws.h"
+
+#define SCRATCH_CAP (64 * 1024)
+
+_Static_assert(MSG_PRE == LWS_PRE, "msg headroom must match LWS_PRE");
+
+struct loop {
+    struct server *srv;
+    int index;
+    struct lws_context *ctx;
+    pthread_t thread;
+    bool started;
+    bool started_once;           /* the thread owns (and destroys) ctx */
+
+    pthread_mutex_t lock;
+    struct client *pending;      /* {lock} singly linked via pending_next */
+    struct client **pending_tail; /* {lock} */
+    bool stop_requested;         /* {lock} */
+    bool alive;                  /* {lock} ctx may be woken; false once destroy begins */
+    int *handoff;                /* {lock} accepted sockets to adopt */
+    size_t nhandoff, handoff_cap; /* {lock} */
+    _Atomic int nconn;           /* live connections, for least-loaded dispatch */
+
+    /* ---- loop thread only ---- */
+    struct client *clients;      /* live connections, for the shutdown drain */
+    bool draining;
+    int64_t drain_deadline_ms;
+    lws_sorted_usec_list_t drain_sul;
+    unsigned char scratch[LWS_PRE + SCRATCH_CAP];
+};
+
+static const lws_retry_bo_t idle_policy = {
+    /* ping a connection idle for 30 s, hang up when nothing for 60 s */
+    .secs_since_valid_ping = 30,
+    .secs_since_valid_hangup = 60,
+};
+
+struct loop *loop_new(struct server *srv, int index, char *err, size_t errsz)
+{
+    const struct config *cfg = srv->cfg;
+    struct lws_context_creation_info info;
+    struct loop *l = xcalloc(1, sizeof(*l));
+
+    l->srv = srv;
+    l->index = index;
+    pthread_mutex_init(&l->lock, NULL);
+    l->pending_tail = &l->pending;
+
+    memset(&info, 0, sizeof(info));
+    /* loop 0 listens and dispatches; the others only adopt sockets */
+    info.port = index == 0 ? cfg->listen_port : CONTEXT_PORT_NO_LISTEN_SERVER;
+    info.iface = index == 0 ? cfg->listen_host : NULL;
+    info.protocols = ws_protocols();
+    info.vhost_name = "parley";
+    info.user = l;
+    info.count_threads = 1;
+    info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_SKIP_PROTOCOL_INIT;
+    if (!strchr(cfg->listen_host, ':'))
+        info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.timeout_secs = 10;     /* an HTTP upgrade must complete within 10 s */
+    info.max_http_header_data = 4096;
+    info.retry_and_idle_policy = &idle_policy;
+    info.pt_serv_buf_size = 16 * 1024;
+
+    l->ctx = lws_create_context(&info);
+    if (!l->ctx) {
+        snprintf(err, errsz, "cannot listen on %s:%d (in use, or bad address)", cfg->listen_host,
+                 cfg->listen_port);
+        pthread_mutex_destroy(&l->lock);
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+static void drain_timer(lws_sorted_usec_list_t *sul)
+{
+    (void)sul; /* waking the loop is all it takes: run() checks the deadline */
+}
+
+static void begin_drain(struct loop *l)
+{
+    l->draining = true;
+    l->drain_deadline_ms = now_mono_ms() + (int64_t)(l->srv->cfg->drain_timeout * 1000);
+    for (struct client *c = l->clients; c; c = c->loop_next)
+        client_kill(c, 1001, "server shutting down");
+    lws_sul_schedule(l->ctx, 0, &l->drain_sul, drain_timer,
+                     (lws_usec_t)(l->srv->cfg->drain_timeout * LWS_US_PER_SEC));
+}
+
+static void *run(void *arg)
+{
+    struct loop *l = arg;
+
+    for (;;) {
+        if (lws_service(l->ctx, 0) < 0)
+            break;
+        if (!l->draining) {
+            pthread_mutex_lock(&l->lock);
+            bool stop = l->stop_requested;
+            pthread_mutex_unlock(&l->lock);
+            if (stop)
+                begin_drain(l);
+        }
+        if (l->draining && (!l->clients || now_mono_ms() >= l->drain_deadline_ms))
+            break;
+    }
+    if (l->clients)
+        log_warn("loop", "loop %d: drain timeout, dropping remaining connections", l->index);
+    lws_sul_cancel(&l->drain_sul);
+    /* Nobody may wake a context that is being destroyed. */
+    pthread_mutex_lock(&l->lock);
+    l->alive = false;
+    pthread_mutex_unlock(&l->lock);
+    /* Destroy here, on the thread that serviced it: closes what is left and
+     * runs every close callback on the owning thread. */
+    lws_context_destroy(l->ctx);
+    return NULL;
+}
+
+int loop_start(struct loop *l)
+{
+    l->alive = true;
+    if (pthread_create(&l->thread, NULL, run, l) != 0) {
+        l->alive = false;
+        return -1;
+    }
+    l->started = true;
+    l->started_once = true;
+    return 0;
+}
+
+void loop_join(struct loop *l)
+{
+    if (l && l->started) {
+        pthread_join(l->thread, NULL);
+        l->started = false;
+    }
+}
+
+void loop_free(struct loop *l)
+{
+    if (!l)
+        return;
+    if (!l->started_once)
+        lws_context_destroy(l->ctx); /* never ran: destroy it here */
+    for (size_t i = 0; i < l->nhandoff; i++)
+        close(l->handoff[i]);
+    free(l->handoff);
+    /* clients still pending hold a reference taken in loop_schedule */
+    for (struct client *c = l->pending, *n; c; c = n) {
+        n = c->pending_next;
+        client_unref(&c);
+    }
+    pthread_mutex_destroy(&l->lock);
+    free(l);
+}
+
+void loop_schedule(struct loop *l, struct client *c)
+{
+    bool wake = false;
+    pthread_mutex_lock(&l->lock);
+    if (!c->scheduled) {
+        c->scheduled = true;
+        c->pending_next = NULL;
+        *l->pending_tail = client_ref(c);
+        l->pending_tail = &c->pending_next;
+        wake = l->pending == c; /* list was empty: one wake per batch */
+    }
+    /* lws_cancel_service is safe from any thread and only writes a byte to
+     * the loop's wake pipe; it is under the lock so the context cannot be
+     * destroyed in between. */
+    if (wake && l->alive)
+        lws_cancel_service(l->ctx);
+    pthread_mutex_unlock(&l->lock);
+}
+
+struct client *loop_take_pending(struct loop *l)
+{
+    pthread_mutex_lock(&l->lock);
+    struct client *list = l->pending;
+    l->pending = NULL;
+    l->pending_tail = &l->pending;
+    for (struct client *c = list; c; c = c->pending_next)
+        c->scheduled = false;
+    pthread_mutex_unlock(&l->lock);
+    return list;
+}
+
+bool loop_dispatch_fd(struct loop *l0, int fd)
+{
+    struct server *srv = l0->srv;
+    struct loop *best = l0;
+    int best_n = atomic_load_explicit(&l0->nconn, memory_order_relaxed);
+
+    for (int i = 1; i < srv->nloops; i++) {
+        int n = atomic_load_explicit(&srv->loops[i]->nconn, memory_order_relaxed);
+        if (n < best_n) {
+            best = srv->loops[i];
+            best_n = n;
+        }
+    }
+    if (best == l0)
+        return false;
+    int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup_fd < 0)
+        return false; /* out of descriptors: serve it here */
+    /* count it now so a burst of accepts spreads out before adoption */
+    atomic_fetch_add_explicit(&best->nconn, 1, memory_order_relaxed);
+    pthread_mutex_lock(&best->lock);
+    if (!best->alive) {
+        pthread_mutex_unlock(&best->lock);
+        close(dup_fd);
+        atomic_fetch_sub_explicit(&best->nconn, 1, memory_order_relaxed);
+        return false;
+    }
+    if (best->nhandoff == best->handoff_cap) {
+        best->handoff_cap = best->handoff_cap ? best->handoff_cap * 2 : 16;
+        best->handoff = xrealloc(best->handoff, best->handoff_cap * sizeof(int));
+    }
+    best->handoff[best->nhandoff++] = dup_fd;
+    lws_cancel_service(best->ctx);
+    pthread_mutex_unlock(&best->lock);
+    return true;
+}
+
+void loop_adopt_handoffs(struct loop *l)
+{
+    int fds[64];
+    size_t n;
+
+    do {
+        pthread_mutex_lock(&l->lock);
+        n = l->nhandoff < 64 ? l->nhandoff : 64;
+        if (n)
+            memcpy(fds, l->handoff + (l->nhandoff - n), n * sizeof(int));
+        l->nhandoff -= n;
+        pthread_mutex_unlock(&l->lock);
+        for (size_t i = 0; i < n; i++) {
+            /* the adoption's own count comes with loop_attach */
+            atomic_fetch_sub_explicit(&l->nconn, 1, memory_order_relaxed);
+            if (l->draining)
+                close(fds[i]);
+            else if (!lws_adopt_socket_vhost(lws_get_vhost_by_name(l->ctx, "parley"), fds[i]))
+                log_warn("loop", "loop %d: cannot adopt a connection", l->index);
+            /* (a failed adoption has already closed the socket) */
+        }
+    } while (n);
+}
+
+void loop_stop(struct loop *l)
+{
+    pthread_mutex_lock(&l->lock);
+    l->stop_requested = true;
+    if (l->alive)
+        lws_cancel_service(l->ctx);
+    pthread_mutex_unlock(&l->lock);
+}
+
+bool loop_stopping(struct loop *l)
+{
+    return l->draining;
+}
+
+struct server *loop_server(struct loop *l)
+{
+    return l->srv;
+}
+
+int loop_index(struct loop *l)
+{
+    return l->index;
+}
+
+unsigned char *loop_scratch(struct loop *l, size_t *cap)
+{
+    *cap = SCRATCH_CAP;
+    return l->scratch + LWS_PRE;
+}
+
+void loop_attach(struct loop *l, struct client *c)
+{
+    atomic_fetch_add_explicit(&l->nconn, 1, memory_order_relaxed);
+    c->loop_prev = NULL;
+    c->loop_next = l->clients;
+    if (l->clients)
+        l->clients->loop_prev = c;
+    l->clients = c;
+}
+
+void loop_detach(struct loop *l, struct client *c)
+{
+    atomic_fetch_sub_explicit(&l->nconn, 1, memory_order_relaxed);
+    if (c->loop_prev)
+        c->loop_prev->loop_next = c->loop_next;
+    else
+        l->clients = c->loop_next;
+    if (c->loop_next)
+        c->loop_next->loop_prev = c->loop_prev;
+    c->loop_prev = c->loop_next = NULL;
+}

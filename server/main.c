@@ -1,4 +1,162 @@
-int main(void)
+/*
+ * main — parleyd's wiring: parse the configuration, open storage, load the
+ * web root, build the broker, bind one lws context per I/O thread, start the
+ * threads, wait for a signal, then stop everything in reverse order.
+ *
+ * Start-up is all-or-nothing: if any part fails, the parts already started
+ * are stopped and parleyd exits 1 with one clear line. Shutdown (SIGINT or
+ * SIGTERM): loops stop accepting, flush queues, close WebSockets with 1001
+ * and exit within --drain-timeout; then the store commits what is queued.
+ * A second signal exits at once.
+ */
+#include <errno.h>
+#include <libwebsockets.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "config.h"
+#include "log.h"
+#include "loop.h"
+#include "server.h"
+#include "store.h"
+#include "util.h"
+#include "webcache.h"
+
+static void lws_log_emit(int level, const char *line)
 {
-    return 0;
+    enum log_level l = level & LLL_ERR ? LOG_ERROR : level & LLL_WARN ? LOG_WARN : LOG_DEBUG;
+    size_t n = strlen(line);
+    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        n--;
+    /* lws prefixes its own timestamp; keep its text after the first ": " */
+    const char *text = strstr(line, "] ");
+    text = text ? text + 2 : line;
+    log_at(l, "lws", "%.*s", (int)(n - (size_t)(text - line)), text);
+}
+
+static void exit_now(int sig)
+{
+    (void)sig;
+    static const char m[] = "parleyd: second signal, exiting now\n";
+    ssize_t w = write(STDERR_FILENO, m, sizeof(m) - 1);
+    (void)w;
+    _exit(1);
+}
+
+int main(int argc, char **argv)
+{
+    struct config cfg;
+    struct server srv;
+    char err[512];
+    int rc = 1, started = 0;
+    sigset_t sigs;
+
+    memset(&srv, 0, sizeof(srv));
+    switch (cfg_parse(&cfg, argc, argv, stdout, err, sizeof(err))) {
+    case CFG_EXIT_0:
+        cfg_release(&cfg);
+        return 0;
+    case CFG_ERROR:
+        fprintf(stderr, "parleyd: %s (see --help)\n", err);
+        cfg_release(&cfg);
+        return 2;
+    case CFG_OK:
+        break;
+    }
+    srv.cfg = &cfg;
+
+    enum log_level lvl = LOG_INFO;
+    log_level_parse(cfg.log_level, &lvl);
+    log_set_level(lvl);
+    lws_set_log_level(lvl >= LOG_DEBUG ? LLL_ERR | LLL_WARN | LLL_NOTICE : LLL_ERR | LLL_WARN,
+                      lws_log_emit);
+
+    /* Every thread inherits this mask, so only main sees the signals. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct store_opts so = {
+        .path = cfg.db_path,
+        .durability_full = strcmp(cfg.durability, "full") == 0,
+        .batch_max = (int)cfg.commit_batch,
+        .batch_window_us = (int)cfg.commit_window_us,
+        .readers = 1,
+    };
+    srv.store = store_open(&so, err, sizeof(err));
+    if (!srv.store) {
+        log_error("main", "%s", err);
+        goto out;
+    }
+    srv.web = webcache_load(cfg.web_root, err, sizeof(err));
+    if (!srv.web)
+        log_warn("main", "web client not served: %s", err);
+    srv.broker = broker_new(&srv, err, sizeof(err));
+    if (!srv.broker) {
+        log_error("main", "%s", err);
+        goto out;
+    }
+
+    srv.nloops = cfg.threads;
+    srv.loops = xcalloc((size_t)srv.nloops, sizeof(*srv.loops));
+    for (int i = 0; i < srv.nloops; i++) {
+        srv.loops[i] = loop_new(&srv, i, err, sizeof(err));
+        if (!srv.loops[i]) {
+            log_error("main", "%s", err);
+            goto stop;
+        }
+    }
+    for (int i = 0; i < srv.nloops; i++) {
+        if (loop_start(srv.loops[i]) != 0) {
+            log_error("main", "cannot start I/O thread %d", i);
+            goto stop;
+        }
+        started++;
+    }
+    log_info("main", "parleyd %s listening on http://%s:%d (%d I/O threads, db '%s')",
+             PARLEY_VERSION, cfg.listen_host, cfg.listen_port, srv.nloops, cfg.db_path);
+
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&sigs, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            log_info("main", "SIGHUP: nothing to reload yet");
+            continue;
+        }
+        log_info("main", "%s: shutting down (drain up to %.1f s)", strsignal(sig),
+                 cfg.drain_timeout);
+        break;
+    }
+    rc = 0;
+
+stop:
+    /* From here a second SIGINT/SIGTERM ends the process at once. */
+    signal(SIGINT, exit_now);
+    signal(SIGTERM, exit_now);
+    pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
+    atomic_store(&srv.stopping, true);
+    for (int i = 0; i < started; i++)
+        loop_stop(srv.loops[i]);
+    for (int i = 0; i < started; i++)
+        loop_join(srv.loops[i]);
+out:
+    /* storage last: it commits what the loops queued before they stopped */
+    store_close(srv.store);
+    broker_free(srv.broker);
+    for (int i = 0; srv.loops && i < srv.nloops; i++)
+        loop_free(srv.loops[i]);
+    free(srv.loops);
+    webcache_free(srv.web);
+    if (rc == 0)
+        log_info("main", "stopped cleanly");
+    cfg_release(&cfg);
+    return rc;
 }

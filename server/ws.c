@@ -1,2 +1,277 @@
-/* ws — being written */
-typedef int parley_ws_placeholder;
+/*
+ * ws — see ws.h. Everything here runs on the loop thread that owns the wsi;
+ * the only cross-thread entry is EVENT_WAIT_CANCELLED, which drains the
+ * loop's pending list filled by loop_schedule.
+ */
+#include "ws.h"
+
+#include <libwebsockets.h>
+#include <string.h>
+
+#include "broker.h"
+#include "client.h"
+#include "http.h"
+#include "log.h"
+#include "loop.h"
+#include "metrics.h"
+#include "server.h"
+#include "util.h"
+
+#define BATCH_MAX 256
+/* A slow consumer asked to close gets this long to take its close frame. */
+#define CLOSE_GRACE_S 5
+
+struct pss {
+    struct client *c;     /* WebSocket connections */
+    struct http_state h;  /* plain HTTP */
+};
+
+static void close_with(struct lws *wsi, int code, const char *reason)
+{
+    lws_close_reason(wsi, (enum lws_close_status)code, (unsigned char *)reason, strlen(reason));
+}
+
+static void url_arg(struct lws *wsi, const char *name, char *out, size_t outsz)
+{
+    out[0] = '\0';
+    const char *v = lws_get_urlarg_by_name(wsi, name, out, (int)outsz);
+    if (!v) {
+        out[0] = '\0';
+        return;
+    }
+    memmove(out, v, strlen(v) + 1);
+}
+
+static int on_established(struct lws *wsi, struct pss *pss, struct loop *l)
+{
+    struct server *srv = loop_server(l);
+    const struct config *cfg = srv->cfg;
+    char user[64], token[CODEC_TOKEN_MAX + 8], room[96], fmt[16];
+
+    struct client *c = client_new(srv, l, (size_t)cfg->client_queue_max,
+                                  (size_t)cfg->client_queue_bytes);
+    c->wsi = wsi;
+    const struct lws_protocols *p = lws_get_protocol(wsi);
+    url_arg(wsi, "format=", fmt, sizeof(fmt));
+    c->fmt = (p && strcmp(p->name, "parley.text") == 0) || strcmp(fmt, "text") == 0 ? FMT_TEXT
+                                                                                    : FMT_JSON;
+    lws_get_peer_simple(wsi, c->ip, sizeof(c->ip));
+    pss->c = c;
+    loop_attach(l, c);
+    METRIC_INC(&srv->metrics, connections);
+
+    url_arg(wsi, "user=", user, sizeof(user));
+    url_arg(wsi, "token=", token, sizeof(token));
+    url_arg(wsi, "room=", room, sizeof(room));
+    broker_connected(srv->broker, c, user, token, room);
+    return 0;
+}
+
+static int on_receive(struct lws *wsi, struct client *c, const unsigned char *in, size_t len)
+{
+    struct server *srv = c->srv;
+    size_t max = (size_t)srv->cfg->max_frame;
+    size_t remaining = lws_remaining_packet_payload(wsi);
+
+    if (c->discard)
+        return 0;
+    /* Bad input closes from the writable callback, which sends the close
+     * frame and waits for the peer's; returning -1 here would drop the
+     * socket with the rest of the frame unread, and the peer would see a
+     * reset instead of the code. */
+    if (lws_frame_is_binary(wsi)) {
+        c->discard = true;
+        client_kill(c, 1003, "binary frames are not accepted");
+        return 0;
+    }
+    if (c->rx_len + len + remaining > max) {
+        c->discard = true;
+        client_kill(c, 1009, "message too big");
+        return 0;
+    }
+    bool final = lws_is_final_fragment(wsi);
+    if (final && c->rx_len == 0) {
+        /* the common case: a whole message in one piece, no copy */
+        broker_frame(srv->broker, c, (const char *)in, len);
+        return 0;
+    }
+    if (c->rx_len + len > c->rx_cap) {
+        size_t cap = c->rx_cap ? c->rx_cap : 1024;
+        while (cap < c->rx_len + len + remaining)
+            cap *= 2;
+        c->rx = xrealloc(c->rx, cap > max ? max : cap);
+        c->rx_cap = cap > max ? max : cap;
+    }
+    memcpy(c->rx + c->rx_len, in, len);
+    c->rx_len += len;
+    if (final) {
+        broker_frame(srv->broker, c, (const char *)c->rx, c->rx_len);
+        c->rx_len = 0;
+        /* idle connections keep no reassembly buffer */
+        free(c->rx);
+        c->rx = NULL;
+        c->rx_cap = 0;
+    }
+    return 0;
+}
+
+static int on_writeable(struct lws *wsi, struct client *c, struct loop *l)
+{
+    msg_t *batch[BATCH_MAX];
+    size_t cap, n, queued_bytes = 0;
+    unsigned char *scratch = loop_scratch(l, &cap);
+    int code;
+    char reason[64];
+    bool more;
+
+    pthread_mutex_lock(&c->lock);
+    code = c->close_code;
+    str_lcpy(reason, c->close_reason, sizeof(reason));
+    /* a connection being closed still gets what was queued before (the
+     * shutdown drain); a slow consumer's queue was already dropped */
+    n = cq_pop_batch(&c->q, batch, BATCH_MAX, cap);
+    more = cq_count(&c->q) && !cq_blocked(&c->q);
+    bool empty = cq_count(&c->q) == 0;
+    pthread_mutex_unlock(&c->lock);
+
+    if (n) {
+        /* Several ready frames go out in one write: each stays its own
+         * WebSocket frame, already framed by msg.c, so lws sends the bytes
+         * as they are. */
+        const unsigned char *out;
+        size_t total = 0, fl;
+        for (size_t i = 0; i < n; i++)
+            queued_bytes += msg_size(batch[i]);
+        if (n == 1) {
+            out = msg_frame(msg_resolve(batch[0]), &total);
+        } else {
+            for (size_t i = 0; i < n; i++) {
+                const unsigned char *f = msg_frame(msg_resolve(batch[i]), &fl);
+                memcpy(scratch + total, f, fl);
+                total += fl;
+            }
+            out = scratch;
+        }
+        int w = lws_write(wsi, (unsigned char *)out, total, LWS_WRITE_RAW);
+        for (size_t i = 0; i < n; i++)
+            msg_unref(&batch[i]);
+        METRIC_SUB(&c->srv->metrics, queue_bytes, (int64_t)queued_bytes);
+        if (w < 0)
+            return -1;
+    }
+    if (code && empty) {
+        close_with(wsi, code, reason);
+        return -1;
+    }
+    if (more || (code && n))
+        lws_callback_on_writable(wsi);
+    return 0;
+}
+
+static void on_closed(struct pss *pss, struct loop *l)
+{
+    struct client *c = pss->c;
+    if (!c)
+        return;
+    pss->c = NULL;
+    struct server *srv = c->srv;
+    broker_disconnected(srv->broker, c);
+    client_mark_dead(c);
+    c->wsi = NULL;
+    loop_detach(l, c);
+    METRIC_SUB(&srv->metrics, connections, 1);
+    client_unref(&c);
+}
+
+static void drain_pending(struct loop *l)
+{
+    struct client *c = loop_take_pending(l);
+    while (c) {
+        struct client *next = c->pending_next;
+        if (c->wsi) {
+            struct lws *wsi = c->wsi;
+            pthread_mutex_lock(&c->lock);
+            bool closing = c->close_code != 0;
+            pthread_mutex_unlock(&c->lock);
+            if (closing)
+                lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, CLOSE_GRACE_S);
+            lws_callback_on_writable(wsi);
+        }
+        client_unref(&c);
+        c = next;
+    }
+}
+
+static int is_ws_path(struct lws *wsi)
+{
+    char uri[256];
+    if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0)
+        return 0;
+    return strcmp(uri, "/ws") == 0;
+}
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                    size_t len)
+{
+    struct pss *pss = user;
+    struct lws_context *ctx = lws_get_context(wsi);
+    struct loop *l = ctx ? lws_context_user(ctx) : NULL;
+
+    switch (reason) {
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        if (l) {
+            loop_adopt_handoffs(l);
+            drain_pending(l);
+        }
+        return 0;
+    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+        /* draining: take no new connections; otherwise the listening loop
+         * hands the socket to the least-loaded loop (refusing its copy) */
+        if (!l || loop_stopping(l))
+            return -1;
+        return loop_dispatch_fd(l, (int)(intptr_t)in) ? -1 : 0;
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+        if (!is_ws_path(wsi) || (l && loop_stopping(l)))
+            return -1;
+        return 0;
+    case LWS_CALLBACK_ESTABLISHED:
+        return on_established(wsi, pss, l);
+    case LWS_CALLBACK_RECEIVE:
+        if (!pss->c)
+            return -1;
+        return on_receive(wsi, pss->c, in, len);
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        if (!pss->c)
+            return -1;
+        return on_writeable(wsi, pss->c, l);
+    case LWS_CALLBACK_CLOSED:
+        on_closed(pss, l);
+        return 0;
+    case LWS_CALLBACK_HTTP:
+        return http_request(wsi, loop_server(l), &pss->h, in ? (const char *)in : "/");
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        return http_writeable(wsi, loop_server(l), &pss->h);
+    case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+    case LWS_CALLBACK_CLOSED_HTTP:
+        if (pss)
+            http_release(&pss->h);
+        return 0;
+    default:
+        break;
+    }
+    return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+/* rx_buffer_size is small because lws allocates it per connection;
+ * longer messages arrive in pieces and are reassembled in client->rx.
+ * tx_packet_size lets one write carry a whole batch (64 KiB). */
+static const struct lws_protocols protocols[] = {
+    {"parley", callback, sizeof(struct pss), 2048, 0, NULL, 80 * 1024},
+    {"parley.text", callback, sizeof(struct pss), 2048, 0, NULL, 80 * 1024},
+    {NULL, NULL, 0, 0, 0, NULL, 0},
+};
+
+const struct lws_protocols *ws_protocols(void)
+{
+    return protocols;
+}

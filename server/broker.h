@@ -1,0 +1,42 @@
+/*
+ * broker — protocol v1 semantics: identities, rooms, DMs, presence,
+ * publishing with per-room seq, idempotency, history, and the hand-off of
+ * durable acks from the storage thread back to the sender.
+ *
+ * The broker has no thread of its own: its entry points run on the home loop
+ * of the client they are given; storage completions run on the store's
+ * threads and only encode a frame and push it to the client's queue.
+ *
+ * Flow of one `send`: decode (codec) -> assign seq under the room lock ->
+ * queue the write (store) -> encode the message once -> push a reference to
+ * every member's queue (client) -> their loops write it. Later the store
+ * commits and the completion pushes `ack` to the sender.
+ */
+#ifndef PARLEY_BROKER_H
+#define PARLEY_BROKER_H
+
+#include <stddef.h>
+
+struct server;
+struct client;
+struct broker;
+
+/* Thread: main. Builds the in-memory state from storage (rooms and their
+ * seqs, users seen, recent client ids). NULL with err on failure. */
+struct broker *broker_new(struct server *srv, char *err, size_t errsz);
+void broker_free(struct broker *b);
+
+/* Thread: home loop of c. A connection was upgraded; user/room come from the
+ * query string ("" if absent) and are handled like hello and join. */
+void broker_connected(struct broker *b, struct client *c, const char *user, const char *token,
+                      const char *room);
+/* Thread: home loop of c. One complete text message from the client. */
+void broker_frame(struct broker *b, struct client *c, const char *buf, size_t len);
+/* Thread: home loop of c. The connection is gone: leave every room, drop
+ * the user's claim, announce presence. */
+void broker_disconnected(struct broker *b, struct client *c);
+
+/* Thread: any. Rooms that currently have members. */
+size_t broker_active_rooms(struct broker *b);
+
+#endif

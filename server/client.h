@@ -1,0 +1,75 @@
+/*
+ * client — one WebSocket connection's state that other threads may touch:
+ * its bounded outgoing queue, its close request and its reference count.
+ *
+ * A client is created and its lws side driven by exactly one I/O loop (its
+ * "home"). Publishers on any thread push frames with client_push, which
+ * never blocks on I/O (it takes the client's short lock) and asks the home
+ * loop to drain the queue. Rooms, the user map and in-flight storage writes
+ * each hold a reference, so a client outlives its socket until the last of
+ * them lets go; client_push on a closed client is a quiet no-op.
+ */
+#ifndef PARLEY_CLIENT_H
+#define PARLEY_CLIENT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "codec.h"
+#include "cq.h"
+
+struct loop;
+struct server;
+struct joined;
+
+struct client {
+    pthread_mutex_t lock;
+    struct cq q;          /* {lock} */
+    int close_code;       /* {lock} nonzero: close with this code when next writable */
+    char close_reason[64]; /* {lock} */
+    bool dead;            /* {lock} socket gone: pushes are dropped */
+    _Atomic unsigned refs;
+
+    struct loop *loop;    /* home loop, fixed */
+    struct server *srv;   /* fixed */
+    bool scheduled;       /* {loop->lock} on the loop's pending list */
+    struct client *pending_next; /* {loop->lock} */
+
+    /* ---- home-loop thread only ---- */
+    void *wsi;                     /* struct lws *, NULL once closed */
+    struct client *loop_prev, *loop_next; /* the loop's list of live clients */
+    enum codec_fmt fmt;
+    bool authed;
+    char user[CODEC_USER_MAX + 1];
+    char session[24];
+    char current_room[CODEC_ROOMID_MAX + 1]; /* text mode: the room joined last */
+    struct joined *joined;         /* rooms this connection has joined */
+    unsigned njoined;
+    bool discard;                  /* closing for bad input: ignore what still arrives */
+    unsigned char *rx;             /* reassembly of a fragmented message */
+    size_t rx_len, rx_cap;
+    char ip[48];
+};
+
+/* Thread: home loop. Refcount 1 (the socket's). */
+struct client *client_new(struct server *srv, struct loop *loop, size_t qmax, size_t qbytes);
+/* Thread: any. */
+struct client *client_ref(struct client *c);
+void client_unref(struct client **cp);
+
+/*
+ * Queue one reference to m (taken from the caller in every case) and make
+ * sure the home loop will drain it. Returns 0, 1 if the client is already
+ * closed (m dropped), or -1 if the queue overflowed: the client is then
+ * marked for close 4008 and its queue freed (slow consumer).
+ * Thread: any; never blocks on I/O.
+ */
+int client_push(struct client *c, msg_t *m);
+/* Ask the home loop to close the connection with code/reason. Thread: any. */
+void client_kill(struct client *c, int code, const char *reason);
+/* The socket is gone: drop the queue and refuse further pushes. Thread: home loop. */
+void client_mark_dead(struct client *c);
+
+#endif

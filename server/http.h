@@ -1,0 +1,33 @@
+/*
+ * http — plain HTTP on the chat port: /healthz, /metrics, and the web client
+ * from the in-memory web cache. Responses are small and fully prepared when
+ * the request arrives, so writing never waits on anything.
+ * Thread: the loop thread that owns the connection.
+ */
+#ifndef PARLEY_HTTP_H
+#define PARLEY_HTTP_H
+
+#include <stddef.h>
+
+#include "msg.h"
+
+struct lws;
+struct server;
+
+/* Per-connection HTTP response state (lives in lws's per-session data). */
+struct http_state {
+    msg_t *owned;               /* dynamic body, or NULL */
+    const unsigned char *body;  /* into owned or the web cache */
+    size_t len, off;
+    int headers_only;           /* HEAD or 304 */
+};
+
+/* LWS_CALLBACK_HTTP: answer the request for uri. Returns what the lws
+ * callback should return. */
+int http_request(struct lws *wsi, struct server *srv, struct http_state *st, const char *uri);
+/* LWS_CALLBACK_HTTP_WRITEABLE: send the next chunk of the body. */
+int http_writeable(struct lws *wsi, struct server *srv, struct http_state *st);
+/* The connection's HTTP transaction ended. */
+void http_release(struct http_state *st);
+
+#endif

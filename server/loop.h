@@ -1,0 +1,61 @@
+/*
+ * loop — one I/O thread running one libwebsockets context.
+ *
+ * Debian's libwebsockets is built with LWS_MAX_SMP=1, so parleyd runs N
+ * independent contexts, one per thread. lws 4.1 does not set SO_REUSEPORT
+ * on Linux (its LWS_SERVER_OPTION_ALLOW_LISTEN_SHARE only affects Windows),
+ * so loop 0 alone listens; in LWS_CALLBACK_FILTER_NETWORK_CONNECTION it
+ * hands each new socket to the least-loaded loop: a dup of the fd goes to
+ * that loop's hand-off list and the original is refused (lws closes its
+ * copy), and the target loop adopts the dup with lws_adopt_socket_vhost.
+ * A connection then lives on that loop for life.
+ *
+ * Any thread hands a loop work by putting a client on the loop's pending
+ * list (loop_schedule) and waking it with lws_cancel_service; the loop's
+ * LWS_CALLBACK_EVENT_WAIT_CANCELLED handler takes the whole list and asks
+ * lws for a writable callback on each (or closes it, if asked to).
+ */
+#ifndef PARLEY_LOOP_H
+#define PARLEY_LOOP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct server;
+struct client;
+struct loop;
+
+/* Thread: main. Creates the lws context (binding the port); NULL on error. */
+struct loop *loop_new(struct server *srv, int index, char *err, size_t errsz);
+/* Thread: main. Start / join the thread. */
+int loop_start(struct loop *l);
+void loop_join(struct loop *l);
+/* Thread: main, after join. */
+void loop_free(struct loop *l);
+
+/* Thread: any. Make the loop drain c's queue (or close it) soon. Wakes the
+ * loop only when the pending list goes from empty to non-empty. */
+void loop_schedule(struct loop *l, struct client *c);
+/* Thread: loop 0 (the listener), in FILTER_NETWORK_CONNECTION. Returns
+ * true if fd was handed to another loop (the caller refuses the original),
+ * false if it should stay on loop 0. */
+bool loop_dispatch_fd(struct loop *l0, int fd);
+
+/* Thread: any. Ask the loop to close every connection with 1001 and exit
+ * within the drain timeout. */
+void loop_stop(struct loop *l);
+
+/* ---- for the lws glue (ws.c), home-loop thread only ---- */
+struct server *loop_server(struct loop *l);
+int loop_index(struct loop *l);
+/* 64 KiB + headroom scratch for batching several frames into one write. */
+unsigned char *loop_scratch(struct loop *l, size_t *cap);
+void loop_attach(struct loop *l, struct client *c);
+void loop_detach(struct loop *l, struct client *c);
+/* Take the pending list (NULL-terminated via pending_next). */
+struct client *loop_take_pending(struct loop *l);
+/* Adopt the sockets other loops handed to this one. */
+void loop_adopt_handoffs(struct loop *l);
+bool loop_stopping(struct loop *l);
+
+#endif

@@ -1,0 +1,31 @@
+/*
+ * server — the one object that holds parleyd's shared state. main.c builds
+ * it, starts the threads in order and tears them down in reverse; every other
+ * module reaches shared state through it, never through globals.
+ */
+#ifndef PARLEY_SERVER_H
+#define PARLEY_SERVER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "config.h"
+#include "metrics.h"
+
+struct loop;
+struct broker;
+struct webcache;
+struct store;
+
+struct server {
+    const struct config *cfg;       /* read-only after start */
+    struct metrics metrics;
+    struct broker *broker;
+    struct store *store;
+    struct webcache *web;           /* read-only after start */
+    struct loop **loops;
+    int nloops;
+    _Atomic bool stopping;          /* set once by main on SIGTERM/SIGINT */
+};
+
+#endif
