@@ -20,11 +20,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "accounts.h"
 #include "client.h"
+#include "counters.h"
 #include "config.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "ratelimit.h"
 #include "room.h"
 #include "server.h"
 #include "store.h"
@@ -33,7 +36,6 @@
 
 #define MAX_ROOMS_PER_CONN 64
 #define HISTORY_WINDOW 256
-#define IDEM_TTL_MS (10 * 60 * 1000)
 #define MAX_LIST 1024
 
 struct joined {
@@ -61,6 +63,8 @@ struct broker {
     pthread_mutex_t idem_lock;
     strmap_t *idem;        /* {idem_lock} "room\x1fuser\x1fid" -> struct idem_entry */
     unsigned idem_puts;    /* {idem_lock} sweep every so many inserts */
+    int64_t idem_ttl_ms;
+    _Atomic unsigned takes; /* rate-limit checks, for the amortised bucket sweep */
 };
 
 /* A storage write in flight, owned by the store until done(). */
@@ -148,7 +152,7 @@ static void idem_put(struct broker *b, const char *key, uint64_t seq, int64_t ts
 {
     struct idem_entry *e = xmalloc(sizeof(*e));
     e->seq = seq;
-    e->expires_ms = ts + IDEM_TTL_MS;
+    e->expires_ms = ts + b->idem_ttl_ms;
     pthread_mutex_lock(&b->idem_lock);
     free(strmap_put(b->idem, key, e));
     /* amortised cleanup: one sweep per 1024 inserts keeps the map at about
@@ -433,30 +437,63 @@ static bool dm_participant(const char *room, const char *user)
     return codec_parse_dm(room, a, z) && (strcmp(a, user) == 0 || strcmp(z, user) == 0);
 }
 
-static void do_hello(struct broker *b, struct client *c, const struct req *r)
+/* Resolve who the hello speaks for: open mode takes the name, accounts
+ * mode a valid token. Returns false after answering with auth_failed. */
+static bool hello_identity(struct broker *b, struct client *c, const struct req *r,
+                           char user[CODEC_USER_MAX + 1], bool at_connect)
+{
+    const char *why = NULL;
+    char msg[160];
+
+    if (b->srv->accounts) {
+        if (!r->token) {
+            why = "this server requires a token: log in with POST /api/login";
+        } else {
+            int rc = accounts_verify_token(b->srv->accounts, r->token, user, CODEC_USER_MAX + 1);
+            if (rc != 0) {
+                snprintf(msg, sizeof(msg), "invalid token: %s", accounts_token_error(rc));
+                why = msg;
+            }
+        }
+    } else if (r->token || !r->user[0]) {
+        why = "this server runs in open mode: send hello with a user";
+    } else {
+        str_lcpy(user, r->user, CODEC_USER_MAX + 1);
+    }
+    if (!why)
+        return true;
+    METRIC_INC(&b->srv->metrics, auth_failures_total);
+    reply_error(c, ERR_AUTH_FAILED, why, r->ref);
+    if (at_connect)
+        client_kill(c, 1008, "authentication failed");
+    return false;
+}
+
+static void do_hello(struct broker *b, struct client *c, const struct req *r, bool at_connect)
 {
     const struct config *cfg = b->srv->cfg;
+    char user[CODEC_USER_MAX + 1];
     bool first_seen = false;
 
     if (c->authed) {
         reply_error(c, ERR_BAD_REQUEST, "already signed in on this connection", r->ref);
         return;
     }
-    if (r->token || !r->user[0]) {
-        METRIC_INC(&b->srv->metrics, auth_failures_total);
-        reply_error(c, ERR_AUTH_FAILED, "this server runs in open mode: send hello with a user",
-                    r->ref);
+    if (!hello_identity(b, c, r, user, at_connect))
         return;
-    }
     pthread_mutex_lock(&b->users_lock);
-    struct user *u = user_get_locked(b, r->user, false);
-    if (u && u->n) {
+    struct user *u = user_get_locked(b, user, false);
+    /* open mode: a name belongs to one live connection; accounts mode: a
+     * user may have many (tabs), presence counts users */
+    if (u && u->n && !b->srv->accounts) {
         pthread_mutex_unlock(&b->users_lock);
         reply_error(c, ERR_NAME_TAKEN, "that name is in use by a live connection", r->ref);
+        if (at_connect)
+            client_kill(c, 1008, "name taken");
         return;
     }
     if (!u) {
-        u = user_get_locked(b, r->user, true);
+        u = user_get_locked(b, user, true);
         first_seen = true;
     }
     if (u->n == u->cap) {
@@ -467,15 +504,22 @@ static void do_hello(struct broker *b, struct client *c, const struct req *r)
     pthread_mutex_unlock(&b->users_lock);
 
     if (first_seen)
-        remember_user(b, r->user);
-    str_lcpy(c->user, r->user, sizeof(c->user));
+        remember_user(b, user);
+    str_lcpy(c->user, user, sizeof(c->user));
     c->authed = true;
     unsigned char rnd[8];
     RAND_bytes(rnd, sizeof(rnd));
     for (int i = 0; i < 8; i++)
         snprintf(c->session + 2 * i, 3, "%02x", rnd[i]);
     reply(c, codec_welcome(c->fmt, c->user, c->session, r->ref, (size_t)cfg->max_text,
-                           (size_t)cfg->max_frame, 0, 0));
+                           (size_t)cfg->max_frame, cfg->rate, cfg->burst));
+}
+
+void broker_user_added(struct broker *b, const char *name)
+{
+    pthread_mutex_lock(&b->users_lock);
+    user_get_locked(b, name, true);
+    pthread_mutex_unlock(&b->users_lock);
 }
 
 static void do_join(struct broker *b, struct client *c, const struct req *r)
@@ -740,6 +784,33 @@ static void do_typing(struct broker *b, struct client *c, const struct req *r)
     fanout_release(&f);
 }
 
+/* Token bucket per user on send, dm and typing. False after answering
+ * rate_limited (or closing 4029 for sustained abuse). */
+static bool rate_ok(struct broker *b, struct client *c, const struct req *r)
+{
+    int64_t retry_ms;
+    unsigned strikes;
+    char msg[96];
+
+    int64_t now = now_mono_ns();
+    /* reclaim buckets idle for 10 minutes, a sweep every 64k checks: no
+     * timer thread, and the sweep is memory-only */
+    if ((atomic_fetch_add_explicit(&b->takes, 1, memory_order_relaxed) & 0xffff) == 0xffff)
+        ratelimit_sweep(b->srv->ratelimit, now, (int64_t)600 * 1000000000);
+    if (ratelimit_take(b->srv->ratelimit, c->user, now, &retry_ms, &strikes))
+        return true;
+    METRIC_INC(&b->srv->metrics, rate_limited_total);
+    if ((long)strikes >= b->srv->cfg->abuse_strikes) {
+        client_kill(c, 4029, "rate limit abuse");
+        return false;
+    }
+    snprintf(msg, sizeof(msg), "slow down: %.0f messages per second at most",
+             b->srv->cfg->rate);
+    METRIC_INC(&b->srv->metrics, protocol_errors_total);
+    reply(c, codec_error(c->fmt, ERR_RATE_LIMITED, msg, r->ref, retry_ms));
+    return false;
+}
+
 static void handle(struct broker *b, struct client *c, const struct req *r)
 {
     if (!c->authed && r->type != REQ_HELLO && r->type != REQ_PING && r->type != REQ_HELP &&
@@ -747,9 +818,13 @@ static void handle(struct broker *b, struct client *c, const struct req *r)
         reply_error(c, ERR_AUTH_REQUIRED, "say hello first", r->ref);
         return;
     }
+    if (c->authed)
+        counters_inc(b->srv->counters, c->user);
+    if ((r->type == REQ_SEND || r->type == REQ_DM || r->type == REQ_TYPING) && !rate_ok(b, c, r))
+        return;
     switch (r->type) {
     case REQ_HELLO:
-        do_hello(b, c, r);
+        do_hello(b, c, r, false);
         break;
     case REQ_JOIN:
         do_join(b, c, r);
@@ -845,7 +920,7 @@ void broker_connected(struct broker *b, struct client *c, const char *user, cons
         str_lcpy(r.user, user, sizeof(r.user));
         if (token[0])
             r.token = (char *)token;
-        do_hello(b, c, &r);
+        do_hello(b, c, &r, true);
         if (!c->authed)
             return;
     }
@@ -911,7 +986,7 @@ static void load_id(void *arg, const char *room, const char *from, const char *i
     struct idem_entry *e = xmalloc(sizeof(*e));
     idem_key(key, sizeof(key), room, from, id);
     e->seq = seq;
-    e->expires_ms = ts + IDEM_TTL_MS;
+    e->expires_ms = ts + b->idem_ttl_ms;
     free(strmap_put(b->idem, key, e));
 }
 
@@ -921,6 +996,7 @@ struct broker *broker_new(struct server *srv, char *err, size_t errsz)
     b->srv = srv;
     b->rooms = rooms_new(HISTORY_WINDOW);
     b->lim.max_text = (size_t)srv->cfg->max_text;
+    b->idem_ttl_ms = srv->cfg->idempotency_ttl * 1000;
     pthread_mutex_init(&b->users_lock, NULL);
     pthread_mutex_init(&b->idem_lock, NULL);
     b->users = strmap_new();
@@ -929,7 +1005,7 @@ struct broker *broker_new(struct server *srv, char *err, size_t errsz)
     /* single-threaded here: the I/O threads have not started */
     if (store_load_rooms(srv->store, load_room, b) != 0 ||
         store_load_users(srv->store, load_user, b) != 0 ||
-        store_load_ids(srv->store, now_wall_ms() - IDEM_TTL_MS, load_id, b) != 0) {
+        store_load_ids(srv->store, now_wall_ms() - b->idem_ttl_ms, load_id, b) != 0) {
         snprintf(err, errsz, "cannot load rooms, users and recent ids from storage");
         broker_free(b);
         return NULL;

@@ -164,4 +164,18 @@ msg_t *codec_pong(enum codec_fmt f, const char *ref);
 /* Text mode only: the /help text. */
 msg_t *codec_help(void);
 
+/* ---- HTTP API bodies (apibody.c) ---- */
+
+/* {user, password, email?} of POST /api/register and /api/login. */
+struct credentials {
+    char user[CODEC_USER_MAX + 1]; /* validated name */
+    char *password;                /* <= 1024 bytes, not yet judged for strength */
+    char *email;                   /* NULL if absent; not yet validated */
+};
+/* Decode a JSON body; ERR_BAD_JSON / ERR_BAD_REQUEST with a message. */
+enum err_code codec_decode_credentials(const char *buf, size_t len, struct credentials *out,
+                                       char *msg, size_t msgsz);
+/* Wipe and free the password and email. */
+void credentials_release(struct credentials *c);
+
 #endif

@@ -67,6 +67,7 @@ static void default_web_root(char *buf, size_t sz);
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
 static const char *const durabilities[] = {"normal", "full", NULL};
+static const char *const auth_modes[] = {"open", "accounts", NULL};
 
 #define OFF(f) offsetof(struct config, f)
 
@@ -104,6 +105,35 @@ static const struct cfg_opt opts[] = {
     {.name = "commit-window-us", .type = OPT_LONG, .off = OFF(commit_window_us),
      .metavar = "USEC", .def = "1000", .min = 0, .max = 1000000,
      .help = "how long a transaction waits for more writes"},
+    {.name = "auth", .type = OPT_ENUM, .off = OFF(auth), .def = "open", .choices = auth_modes,
+     .help = "open: any free name; accounts: registered users, tokens"},
+    {.name = "token-secret-file", .type = OPT_STR, .off = OFF(token_secret_file),
+     .metavar = "FILE", .min = 1,
+     .help = "HS256 token secret; created beside the database if missing"},
+    {.name = "token-ttl", .type = OPT_LONG, .off = OFF(token_ttl), .metavar = "SEC",
+     .def = "86400", .min = 60, .max = 31536000, .help = "lifetime of tokens from /api/login"},
+    {.name = "admin-token-file", .type = OPT_STR, .off = OFF(admin_token_file),
+     .metavar = "FILE", .min = 1,
+     .help = "bearer token for admin endpoints (accounts mode)"},
+    {.name = "dump-interval", .type = OPT_DOUBLE, .off = OFF(dump_interval), .metavar = "SEC",
+     .def = "60", .min = 0.01, .max = 86400, .help = "how often per-user counters are dumped"},
+    {.name = "dump-file", .type = OPT_STR, .off = OFF(dump_file), .metavar = "FILE", .min = 1,
+     .help = "counter dumps (JSON lines); default: beside the database"},
+    {.name = "rate", .type = OPT_DOUBLE, .off = OFF(rate), .metavar = "PER_SEC", .def = "20",
+     .min = 0.001, .max = 1e6, .help = "messages per second per user (send, dm, typing)"},
+    {.name = "burst", .type = OPT_DOUBLE, .off = OFF(burst), .metavar = "N", .def = "40",
+     .min = 1, .max = 1e6, .help = "messages a user may send at once"},
+    {.name = "abuse-strikes", .type = OPT_LONG, .off = OFF(abuse_strikes), .metavar = "N",
+     .def = "50", .min = 1, .max = 1000000,
+     .help = "rate-limited requests in a row before close 4029"},
+    {.name = "idempotency-ttl", .type = OPT_LONG, .off = OFF(idempotency_ttl), .metavar = "SEC",
+     .def = "600", .min = 1, .max = 604800,
+     .help = "how long a client message id is remembered in memory"},
+    {.name = "max-connections", .type = OPT_LONG, .off = OFF(max_connections), .metavar = "N",
+     .def = "10000", .min = 1, .max = 10000000, .help = "open connections in all"},
+    {.name = "max-connections-per-ip", .type = OPT_LONG, .off = OFF(max_connections_per_ip),
+     .metavar = "N", .def = "1000", .min = 1, .max = 10000000,
+     .help = "open connections from one IP address"},
     {.name = "config", .type = OPT_STR, .off = OFF(config_file), .metavar = "FILE", .min = 1,
      .flags = OPTF_ARGV_ONLY,
      .help = "JSON file of settings; keys are the flag names without \"--\""},

@@ -28,6 +28,18 @@ struct config {
     char *durability;           /* --durability normal|full, default normal */
     long commit_batch;          /* --commit-batch writes per transaction, default 512 */
     long commit_window_us;      /* --commit-window-us, default 1000 */
+    char *auth;                 /* --auth open|accounts, default open */
+    char *token_secret_file;    /* --token-secret-file, default <db dir>/token.secret */
+    long token_ttl;             /* --token-ttl seconds for /api/login tokens, default 86400 */
+    char *admin_token_file;     /* --admin-token-file, default none */
+    double dump_interval;       /* --dump-interval seconds, default 60 */
+    char *dump_file;            /* --dump-file, default <db dir>/counters.jsonl */
+    double rate;                /* --rate messages/s per user, default 20 */
+    double burst;               /* --burst, default 40 */
+    long abuse_strikes;         /* --abuse-strikes refusals in a row before close 4029 */
+    long idempotency_ttl;       /* --idempotency-ttl seconds, default 600 */
+    long max_connections;       /* --max-connections, default 10000 */
+    long max_connections_per_ip; /* --max-connections-per-ip, default 1000 */
     char *config_file;          /* --config FILE (JSON) */
 };
 

@@ -8,7 +8,10 @@
 #include <libwebsockets.h>
 #include <string.h>
 
+#include "accounts.h"
+#include "auth.h"
 #include "broker.h"
+#include "counters.h"
 #include "log.h"
 #include "metrics.h"
 #include "pathres.h"
@@ -17,6 +20,7 @@
 #include "webcache.h"
 
 #define CHUNK (32 * 1024)
+#define API_BODY_MAX 8192
 
 static const char csp[] = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
                           "style-src 'self'; script-src 'self'; frame-ancestors 'none'; "
@@ -54,13 +58,58 @@ static int start_response(struct lws *wsi, struct http_state *st, unsigned statu
     return 0;
 }
 
+static int respond_owned(struct lws *wsi, struct http_state *st, unsigned status,
+                         const char *mime, msg_t *body)
+{
+    msg_unref(&st->owned);
+    st->owned = body;
+    st->body = msg_payload(st->owned, &st->len);
+    st->off = 0;
+    st->answered = true;
+    return start_response(wsi, st, status, mime, NULL, false);
+}
+
 static int respond_text(struct lws *wsi, struct http_state *st, unsigned status,
                         const char *text)
 {
-    st->owned = msg_new_text(text, strlen(text));
-    st->body = msg_payload(st->owned, &st->len);
-    st->off = 0;
-    return start_response(wsi, st, status, "text/plain; charset=utf-8", NULL, false);
+    return respond_owned(wsi, st, status, "text/plain; charset=utf-8",
+                         msg_new_text(text, strlen(text)));
+}
+
+static int respond_json(struct lws *wsi, struct http_state *st, unsigned status,
+                        const char *json)
+{
+    size_t n = strlen(json);
+    struct msgbuf b;
+    mb_init(&b, n + 1);
+    mb_put(&b, json, n);
+    mb_putc(&b, '\n');
+    return respond_owned(wsi, st, status, "application/json", mb_finish(&b));
+}
+
+static int respond_error(struct lws *wsi, struct http_state *st, unsigned status,
+                         const char *code, const char *message)
+{
+    char buf[512];
+    /* message is ours, never user input: no escaping needed */
+    snprintf(buf, sizeof(buf), "{\"error\":\"%s\",\"message\":\"%s\"}", code, message);
+    return respond_json(wsi, st, status, buf);
+}
+
+/* GET /api/stats/users: the live per-user request counters. */
+static int stats_users(struct lws *wsi, struct server *srv, struct http_state *st)
+{
+    char auth[512];
+    if (srv->accounts) {
+        if (lws_hdr_copy(wsi, auth, sizeof(auth), WSI_TOKEN_HTTP_AUTHORIZATION) <= 0 ||
+            !accounts_admin_ok(srv->accounts, auth))
+            return respond_error(wsi, st, 401, "auth_required",
+                                 "this endpoint needs the admin token (Authorization: Bearer)");
+    }
+    char *json = counters_json(srv->counters, now_wall_ms());
+    int rc = respond_json(wsi, st, 200, json);
+    free(json);
+    return rc;
 }
 
 int http_request(struct lws *wsi, struct server *srv, struct http_state *st, const char *uri)
@@ -69,11 +118,29 @@ int http_request(struct lws *wsi, struct server *srv, struct http_state *st, con
     bool get = lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) > 0;
     bool head = lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) > 0;
 
+    bool post = lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0;
+    char clen[32];
+
+    http_release(st);
     memset(st, 0, sizeof(*st));
-    if (!get && !head) {
-        st->headers_only = 0;
-        return respond_text(wsi, st, 405, "method not allowed\n");
+    st->wsi = wsi;
+    if (post) {
+        if (strcmp(uri, "/api/register") == 0)
+            st->api = API_REGISTER;
+        else if (strcmp(uri, "/api/login") == 0)
+            st->api = API_LOGIN;
+        else
+            return respond_error(wsi, st, 404, "not_found", "no such endpoint");
+        if (!srv->accounts)
+            return respond_error(wsi, st, 404, "not_found",
+                                 "accounts are disabled on this server (--auth open)");
+        if (lws_hdr_copy(wsi, clen, sizeof(clen), WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 &&
+            strtoull(clen, NULL, 10) > API_BODY_MAX)
+            return respond_error(wsi, st, 413, "too_large", "request body over 8 KiB");
+        return 0; /* the body follows */
     }
+    if (!get && !head)
+        return respond_text(wsi, st, 405, "method not allowed\n");
     st->headers_only = head;
 
     if (strcmp(uri, "/healthz") == 0)
@@ -87,6 +154,14 @@ int http_request(struct lws *wsi, struct server *srv, struct http_state *st, con
         return start_response(wsi, st, 200, "text/plain; version=0.0.4; charset=utf-8", NULL,
                               false);
     }
+    if (strcmp(uri, "/api/stats/users") == 0)
+        return stats_users(wsi, srv, st);
+    if (strncmp(uri, "/api/", 5) == 0)
+        return respond_error(wsi, st, strcmp(uri, "/api/register") == 0 ||
+                                              strcmp(uri, "/api/login") == 0
+                                          ? 405
+                                          : 404,
+                             "not_found", "no such endpoint for this method");
     if (strcmp(uri, "/ws") == 0)
         return respond_text(wsi, st, 426, "this endpoint speaks WebSocket: upgrade required\n");
 
@@ -135,8 +210,81 @@ int http_writeable(struct lws *wsi, struct server *srv, struct http_state *st)
     return 0;
 }
 
+int http_body(struct lws *wsi, struct server *srv, struct http_state *st, const void *in,
+              size_t len)
+{
+    (void)srv;
+    if (st->answered || st->api == API_NONE)
+        return 0; /* already refused: let the rest of the body drain */
+    if (st->req_len + len > API_BODY_MAX) {
+        free(st->req_body);
+        st->req_body = NULL;
+        return respond_error(wsi, st, 413, "too_large", "request body over 8 KiB");
+    }
+    st->req_body = xrealloc(st->req_body, st->req_len + len + 1);
+    memcpy(st->req_body + st->req_len, in, len);
+    st->req_len += len;
+    return 0;
+}
+
+/* Thread: the loop, via loop_post from the accounts worker. */
+static void api_done(struct acct_req *r)
+{
+    struct http_state *st = r->arg;
+    if (!atomic_load(&r->cancelled)) {
+        st->pending = NULL;
+        if (respond_json(st->wsi, st, (unsigned)r->http_status, r->body) != 0)
+            lws_set_timeout(st->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    }
+    acct_req_free(r);
+}
+
+int http_body_complete(struct lws *wsi, struct server *srv, struct http_state *st)
+{
+    char msg[160];
+    struct acct_req *r;
+
+    if (st->answered || st->api == API_NONE)
+        return 0;
+    r = xcalloc(1, sizeof(*r));
+    if (codec_decode_credentials(st->req_body ? st->req_body : "", st->req_len, &r->cred, msg,
+                                 sizeof(msg)) != ERR_NONE) {
+        acct_req_free(r);
+        return respond_error(wsi, st, 400, "bad_request", msg);
+    }
+    if (st->api == API_REGISTER) {
+        if (!auth_password_ok(r->cred.password)) {
+            acct_req_free(r);
+            return respond_error(wsi, st, 400, "bad_request",
+                                 "password must be 8 to 1024 characters");
+        }
+        if (r->cred.email && !auth_email_ok(r->cred.email)) {
+            acct_req_free(r);
+            return respond_error(wsi, st, 400, "bad_request", "malformed email address");
+        }
+    }
+    r->op = st->api == API_REGISTER ? ACCT_REGISTER : ACCT_LOGIN;
+    r->loop = lws_context_user(lws_get_context(wsi));
+    r->done = api_done;
+    r->arg = st;
+    if (accounts_submit(srv->accounts, r) != 0) {
+        acct_req_free(r);
+        return respond_error(wsi, st, 503, "overloaded", "too many requests, try again");
+    }
+    st->pending = r;
+    return 0;
+}
+
 void http_release(struct http_state *st)
 {
     msg_unref(&st->owned);
     st->body = NULL;
+    free(st->req_body);
+    st->req_body = NULL;
+    st->req_len = 0;
+    if (st->pending) {
+        /* the worker still holds it: it will only be freed when it comes back */
+        atomic_store(&st->pending->cancelled, true);
+        st->pending = NULL;
+    }
 }

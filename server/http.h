@@ -7,24 +7,38 @@
 #ifndef PARLEY_HTTP_H
 #define PARLEY_HTTP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "msg.h"
 
 struct lws;
 struct server;
+struct acct_req;
 
-/* Per-connection HTTP response state (lives in lws's per-session data). */
+enum http_api { API_NONE, API_REGISTER, API_LOGIN };
+
+/* Per-connection HTTP state (lives in lws's per-session data). */
 struct http_state {
     msg_t *owned;               /* dynamic body, or NULL */
     const unsigned char *body;  /* into owned or the web cache */
     size_t len, off;
     int headers_only;           /* HEAD or 304 */
+    enum http_api api;          /* a POST being received */
+    char *req_body;             /* its body so far (bounded) */
+    size_t req_len;
+    bool answered;              /* a response was started for this request */
+    struct acct_req *pending;   /* off-loop work in flight, answered via loop_post */
+    struct lws *wsi;
 };
 
 /* LWS_CALLBACK_HTTP: answer the request for uri. Returns what the lws
  * callback should return. */
 int http_request(struct lws *wsi, struct server *srv, struct http_state *st, const char *uri);
+/* LWS_CALLBACK_HTTP_BODY / _BODY_COMPLETION: a POST body arrives. */
+int http_body(struct lws *wsi, struct server *srv, struct http_state *st, const void *in,
+              size_t len);
+int http_body_complete(struct lws *wsi, struct server *srv, struct http_state *st);
 /* LWS_CALLBACK_HTTP_WRITEABLE: send the next chunk of the body. */
 int http_writeable(struct lws *wsi, struct server *srv, struct http_state *st);
 /* The connection's HTTP transaction ended. */

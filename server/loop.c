@@ -24,6 +24,12 @@
 
 _Static_assert(MSG_PRE == LWS_PRE, "msg headroom must match LWS_PRE");
 
+struct job {
+    void (*fn)(void *arg);
+    void *arg;
+    struct job *next;
+};
+
 struct loop {
     struct server *srv;
     int index;
@@ -40,6 +46,7 @@ struct loop {
     int *handoff;                /* {lock} accepted sockets to adopt */
     size_t nhandoff, handoff_cap; /* {lock} */
     _Atomic int nconn;           /* live connections, for least-loaded dispatch */
+    struct job *jobs, **jobs_tail; /* {lock} posted work, FIFO */
 
     /* ---- loop thread only ---- */
     struct client *clients;      /* live connections, for the shutdown drain */
@@ -65,6 +72,7 @@ struct loop *loop_new(struct server *srv, int index, char *err, size_t errsz)
     l->index = index;
     pthread_mutex_init(&l->lock, NULL);
     l->pending_tail = &l->pending;
+    l->jobs_tail = &l->jobs;
 
     memset(&info, 0, sizeof(info));
     /* loop 0 listens and dispatches; the others only adopt sockets */
@@ -132,6 +140,9 @@ static void *run(void *arg)
     pthread_mutex_lock(&l->lock);
     l->alive = false;
     pthread_mutex_unlock(&l->lock);
+    /* nothing can be posted any more: run what was, so every job's owner
+     * gets its callback exactly once */
+    loop_run_jobs(l);
     /* Destroy here, on the thread that serviced it: closes what is left and
      * runs every close callback on the owning thread. */
     lws_context_destroy(l->ctx);
@@ -166,6 +177,8 @@ void loop_free(struct loop *l)
         lws_context_destroy(l->ctx); /* never ran: destroy it here */
     for (size_t i = 0; i < l->nhandoff; i++)
         close(l->handoff[i]);
+    /* a loop that never started can still hold posted jobs: run them */
+    loop_run_jobs(l);
     free(l->handoff);
     /* clients still pending hold a reference taken in loop_schedule */
     for (struct client *c = l->pending, *n; c; c = n) {
@@ -205,6 +218,40 @@ struct client *loop_take_pending(struct loop *l)
         c->scheduled = false;
     pthread_mutex_unlock(&l->lock);
     return list;
+}
+
+int loop_post(struct loop *l, void (*fn)(void *arg), void *arg)
+{
+    struct job *j = xmalloc(sizeof(*j));
+    j->fn = fn;
+    j->arg = arg;
+    j->next = NULL;
+    pthread_mutex_lock(&l->lock);
+    if (!l->alive) {
+        pthread_mutex_unlock(&l->lock);
+        free(j);
+        return -1;
+    }
+    *l->jobs_tail = j;
+    l->jobs_tail = &j->next;
+    lws_cancel_service(l->ctx);
+    pthread_mutex_unlock(&l->lock);
+    return 0;
+}
+
+void loop_run_jobs(struct loop *l)
+{
+    pthread_mutex_lock(&l->lock);
+    struct job *j = l->jobs;
+    l->jobs = NULL;
+    l->jobs_tail = &l->jobs;
+    pthread_mutex_unlock(&l->lock);
+    while (j) {
+        struct job *n = j->next;
+        j->fn(j->arg);
+        free(j);
+        j = n;
+    }
 }
 
 bool loop_dispatch_fd(struct loop *l0, int fd)

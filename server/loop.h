@@ -36,6 +36,12 @@ void loop_free(struct loop *l);
 /* Thread: any. Make the loop drain c's queue (or close it) soon. Wakes the
  * loop only when the pending list goes from empty to non-empty. */
 void loop_schedule(struct loop *l, struct client *c);
+/* Thread: any. Run fn(arg) on the loop's thread soon (FIFO). Returns 0, or
+ * -1 if the loop has stopped (fn is then not called; the caller still owns
+ * arg). Used to hand results of off-loop work (password hashing, account
+ * lookups) back to the connection that asked. */
+int loop_post(struct loop *l, void (*fn)(void *arg), void *arg);
+
 /* Thread: loop 0 (the listener), in FILTER_NETWORK_CONNECTION. Returns
  * true if fd was handed to another loop (the caller refuses the original),
  * false if it should stay on loop 0. */
@@ -56,6 +62,8 @@ void loop_detach(struct loop *l, struct client *c);
 struct client *loop_take_pending(struct loop *l);
 /* Adopt the sockets other loops handed to this one. */
 void loop_adopt_handoffs(struct loop *l);
+/* Run the jobs posted with loop_post. */
+void loop_run_jobs(struct loop *l);
 bool loop_stopping(struct loop *l);
 
 #endif

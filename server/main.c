@@ -17,9 +17,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "accounts.h"
+#include "admin.h"
 #include "broker.h"
+#include "counters.h"
+#include "dumper.h"
 #include "config.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "loop.h"
 #include "server.h"
 #include "store.h"
@@ -56,6 +61,8 @@ int main(int argc, char **argv)
     sigset_t sigs;
 
     memset(&srv, 0, sizeof(srv));
+    if (admin_is_command(argc, argv))
+        return admin_main(argc, argv);
     switch (cfg_parse(&cfg, argc, argv, stdout, err, sizeof(err))) {
     case CFG_EXIT_0:
         cfg_release(&cfg);
@@ -68,6 +75,10 @@ int main(int argc, char **argv)
         break;
     }
     srv.cfg = &cfg;
+    if (!cfg.token_secret_file)
+        cfg.token_secret_file = path_beside(cfg.db_path, "token.secret");
+    if (!cfg.dump_file)
+        cfg.dump_file = path_beside(cfg.db_path, "counters.jsonl");
 
     enum log_level lvl = LOG_INFO;
     log_level_parse(cfg.log_level, &lvl);
@@ -80,6 +91,7 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGHUP);
+    sigaddset(&sigs, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -98,6 +110,20 @@ int main(int argc, char **argv)
     srv.web = webcache_load(cfg.web_root, err, sizeof(err));
     if (!srv.web)
         log_warn("main", "web client not served: %s", err);
+    srv.counters = counters_new();
+    srv.ratelimit = ratelimit_new(cfg.rate, cfg.burst);
+    srv.dumper = dumper_start(srv.counters, cfg.dump_file, cfg.dump_interval, err, sizeof(err));
+    if (!srv.dumper) {
+        log_error("main", "%s", err);
+        goto out;
+    }
+    if (strcmp(cfg.auth, "accounts") == 0) {
+        srv.accounts = accounts_new(&srv, err, sizeof(err));
+        if (!srv.accounts) {
+            log_error("main", "%s", err);
+            goto out;
+        }
+    }
     srv.broker = broker_new(&srv, err, sizeof(err));
     if (!srv.broker) {
         log_error("main", "%s", err);
@@ -131,6 +157,11 @@ int main(int argc, char **argv)
             log_info("main", "SIGHUP: nothing to reload yet");
             continue;
         }
+        if (sig == SIGUSR1) {
+            log_info("main", "SIGUSR1: dumping counters now");
+            dumper_trigger(srv.dumper);
+            continue;
+        }
         log_info("main", "%s: shutting down (drain up to %.1f s)", strsignal(sig),
                  cfg.drain_timeout);
         break;
@@ -148,9 +179,16 @@ stop:
     for (int i = 0; i < started; i++)
         loop_join(srv.loops[i]);
 out:
+    /* the accounts worker may still be waiting on a storage commit */
+    accounts_free(srv.accounts);
     /* storage last: it commits what the loops queued before they stopped */
     store_close(srv.store);
+    /* the final counter dump, after every request was counted */
+    if (srv.dumper)
+        dumper_stop(srv.dumper);
     broker_free(srv.broker);
+    ratelimit_free(srv.ratelimit);
+    counters_free(srv.counters);
     for (int i = 0; srv.loops && i < srv.nloops; i++)
         loop_free(srv.loops[i]);
     free(srv.loops);

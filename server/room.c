@@ -205,12 +205,16 @@ void rooms_release(rooms_t *r, struct room **rp)
     if (!rm)
         return;
     *rp = NULL;
-    if (atomic_fetch_sub_explicit(&rm->refs, 1, memory_order_acq_rel) != 1)
-        return;
-    /* Last reference: under the write lock no one can acquire it, so the
-     * checks below are stable. */
+    /* Not the last reference: drop it without the lock. The last one is
+     * dropped under the write lock, where no lookup can take a new one, so
+     * exactly one releaser sees the count reach zero and may reclaim. */
+    unsigned old = atomic_load_explicit(&rm->refs, memory_order_relaxed);
+    while (old > 1)
+        if (atomic_compare_exchange_weak_explicit(&rm->refs, &old, old - 1, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            return;
     pthread_rwlock_wrlock(&r->lock);
-    if (atomic_load_explicit(&rm->refs, memory_order_relaxed) == 0) {
+    if (atomic_fetch_sub_explicit(&rm->refs, 1, memory_order_acq_rel) == 1) {
         pthread_mutex_lock(&rm->lock);
         bool empty = rm->nmembers == 0;
         bool unused = empty && rm->seq == 0;

@@ -16,6 +16,10 @@ struct loop;
 struct broker;
 struct webcache;
 struct store;
+struct accounts;
+struct counters;
+struct dumper;
+struct ratelimit;
 
 struct server {
     const struct config *cfg;       /* read-only after start */
@@ -23,6 +27,10 @@ struct server {
     struct broker *broker;
     struct store *store;
     struct webcache *web;           /* read-only after start */
+    struct accounts *accounts;      /* NULL in open mode */
+    struct counters *counters;      /* per-user request counters */
+    struct dumper *dumper;          /* periodic counter dumps */
+    struct ratelimit *ratelimit;    /* per-user token buckets */
     struct loop **loops;
     int nloops;
     _Atomic bool stopping;          /* set once by main on SIGTERM/SIGINT */

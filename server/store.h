@@ -29,9 +29,12 @@ struct store_opts {
     const char *path;       /* SQLite file; created if missing */
     bool durability_full;   /* synchronous=FULL instead of NORMAL */
     int batch_max;          /* most writes per transaction (default 512) */
-    int batch_window_us;    /* wait this long for more writes after the first (default 1000) */
+    int batch_window_us;    /* wait this long for more writes after the first (default 1000;
+                               negative: no wait) */
     int readers;            /* reader threads (default 1) */
-    size_t queue_max;       /* bound on queued writes (default 65536) */
+    size_t queue_max;       /* bound on queued writes (default 65536); reads likewise */
+    int close_timeout_ms;   /* how long store_close keeps retrying a failing commit before
+                               giving the rest up as lost (default 5000; negative: no retry) */
 };
 
 /* Open (creating and migrating) the database and start the threads.
@@ -56,6 +59,11 @@ enum store_write_kind {
     SW_MESSAGE, /* insert msg */
     SW_USER,    /* remember that user name has been seen (insert or ignore) */
     SW_BARRIER, /* no row: completes once every earlier write is committed */
+    SW_ACCOUNT_ADD,    /* give msg.from a password (status -EEXIST if it has one) */
+    SW_ACCOUNT_PASSWD, /* change the password (status -ENOENT if no account) */
+    SW_ACCOUNT_DEL,    /* delete the account (status -ENOENT if none) */
+    SW_OUTBOX_ADD,     /* record a notification as pending */
+    SW_OUTBOX_MARK,    /* set a notification's state, attempts and next try */
 };
 
 struct store_write {
@@ -68,6 +76,17 @@ struct store_write {
     /* set when the database already held (room, from, id): its seq. The new
      * row is then stored without the id so seqs stay gapless. */
     uint64_t dup_seq;
+    /* SW_ACCOUNT_*: msg.from is the user. */
+    const char *password_hash; /* ADD, PASSWD */
+    const char *email;         /* ADD (NULL: none); OUTBOX_ADD: the address */
+    /* SW_OUTBOX_ADD: outbox_id, recipient, email, note_kind and msg.{room,
+     * from, text, ts}; SW_OUTBOX_MARK: outbox_id, state, attempts, next_at_ms */
+    const char *outbox_id;
+    const char *recipient;
+    const char *note_kind;     /* "dm" | "mention" */
+    const char *state;         /* "pending" | "sent" | "dead" */
+    int attempts;
+    int64_t next_at_ms;
     void (*done)(struct store_write *w); /* store thread; called exactly once */
     void *arg;
     struct store_write *next; /* private to the store */
@@ -76,11 +95,50 @@ struct store_write {
 /*
  * Queue a write; the store owns w until it calls w->done. Returns 0, or
  * -EAGAIN when the queue is at queue_max, or -ESHUTDOWN after store_close
- * began (done is not called then). A failing commit reports status < 0 to
- * every write in the batch, logs, and keeps retrying those rows with backoff
- * so nothing is lost and no seq is skipped; done is still called only once.
+ * began, or -EINVAL for a malformed write (no done; SW_MESSAGE without
+ * room/from/text; SW_USER without from); done is not called then. A failing
+ * commit reports status < 0 to every write in the batch, logs, and keeps
+ * retrying those rows (the store keeps its own copy, so the submitter may
+ * free w in done) with backoff so nothing is lost and no seq is skipped;
+ * done is still called only once. Writes submitted while a retry is pending
+ * wait in the queue behind it. A write still uncommitted when store_close
+ * gives up gets done with status < 0.
  */
 int store_submit(store_t *s, struct store_write *w);
+
+/* Thread: any but an I/O loop (it blocks until the write is committed).
+ * Submit w and wait; returns w's final status (or the submit error). w may
+ * live on the caller's stack; its done is replaced. */
+int store_submit_wait(store_t *s, struct store_write *w);
+
+/* Thread: any but an I/O loop (reads the disk on a connection of its own).
+ * An account's password hash and email ("" if none): 0, -ENOENT, or -EIO. */
+int store_account_get(store_t *s, const char *name, char *hash, size_t hashsz, char *email,
+                      size_t emailsz);
+
+/* A pending notification, as the notifier reads it back. */
+struct store_outbox_row {
+    char id[33];
+    char recipient[CODEC_USER_MAX + 1];
+    char email[255];
+    char kind[16];
+    char from[CODEC_USER_MAX + 1];
+    char room[CODEC_ROOMID_MAX + 1];
+    char *text;
+    int64_t ts;
+    int attempts;
+    int64_t next_at_ms;
+};
+
+/* Thread: any but an I/O loop. Pending rows due at or before now_ms, oldest
+ * first, at most max; free with store_outbox_rows_free. 0 or -EIO. */
+int store_outbox_pending(store_t *s, int64_t now_ms, size_t max, struct store_outbox_row **rows,
+                         size_t *n);
+void store_outbox_rows_free(struct store_outbox_row *rows, size_t n);
+/* Thread: any but an I/O loop. Set the state of rows ids[0..n) and wait for
+ * the commit. 0 or a negative errno. */
+int store_outbox_mark(store_t *s, const char *const *ids, size_t n, const char *state,
+                      int attempts, int64_t next_at_ms);
 
 enum store_read_mode {
     SR_LATEST, /* the latest `limit` messages */
@@ -104,7 +162,33 @@ struct store_read {
     void *priv;              /* private: result storage */
 };
 
-/* Queue a read; same ownership and error rules as store_submit. */
+/* Number of commit-duration buckets in struct store_stats. */
+#define STORE_COMMIT_BUCKETS 14
+
+/* Counters since store_open, for /metrics. A commit's duration is the whole
+ * transaction, BEGIN to COMMIT, as the writer thread measured it. */
+struct store_stats {
+    uint64_t commits;        /* transactions committed */
+    uint64_t writes;         /* rows committed (messages and users; not barriers) */
+    uint64_t failures;       /* writes whose done() got status < 0 */
+    uint64_t failed_commits; /* transactions rolled back on an error (every retry counts) */
+    uint64_t lost;           /* rows never stored: given up at close, or refused by
+                                the database itself (a constraint), logged each */
+    size_t queued;           /* writes waiting in the queue now */
+    size_t retrying;         /* failed writes being retried now */
+    double commit_seconds_sum;
+    /* Prometheus-style cumulative histogram: commit_le_count[i] commits took at most
+     * commit_le[i] seconds; the +Inf bucket is `commits`. */
+    double commit_le[STORE_COMMIT_BUCKETS];
+    uint64_t commit_le_count[STORE_COMMIT_BUCKETS];
+};
+
+/* Thread: any. A consistent-enough snapshot (each field read atomically). */
+void store_stats(store_t *s, struct store_stats *out);
+
+/* Queue a read; same ownership and error rules as store_submit (-EINVAL:
+ * no done, limit < 0, or an unknown mode). Reads queued when store_close
+ * begins are still answered. */
 int store_read_submit(store_t *s, struct store_read *r);
 /* Free a read's results (not r itself). */
 void store_read_release(struct store_read *r);

@@ -1,2 +1,1824 @@
-/* store_sqlite — being written */
-typedef int parley_store_sqlite_placeholder;
+/*
+ * store_sqlite — the SQLite engine behind store.h.
+ *
+ * Owns four kinds of connection to one database file, each used by one
+ * thread at a time (so they are opened SQLITE_OPEN_NOMUTEX):
+ *   - the write connection, used by the main thread while store_open
+ *     migrates the schema and afterwards only by the writer thread;
+ *   - one read-only connection per reader thread (history reads);
+ *   - one read-only connection for the main thread's start-up loads;
+ *   - the checkpointer thread's connection (it writes only the database
+ *     file, copying committed pages back from the WAL).
+ *
+ * DESIGN
+ * Writes: store_submit appends to a bounded FIFO under s->lock and wakes the
+ * writer only when that can matter (queue became non-empty, or reached a
+ * full batch). The writer takes the first write, waits up to the batch
+ * window for more, and commits up to batch_max writes in one transaction
+ * with prepared statements (group commit): one WAL append and, with
+ * durability_full, one fsync for the whole batch instead of one per message.
+ *
+ * A failed transaction is rolled back, every write in it is told (status <
+ * 0) and the writer keeps a private copy of its rows and retries that batch
+ * alone with capped exponential backoff until it commits. Later writes wait
+ * in the bounded queue meanwhile, so rows are committed in submit order and
+ * a barrier still means "everything before me is durable".
+ *
+ * Idempotency: the partial UNIQUE index on (room, sender, client_id) is the
+ * truth across restarts. A conflicting insert looks up the original seq for
+ * the caller (dup_seq) and stores the row without its id, because the broker
+ * already handed the seq out and seqs must stay gapless.
+ *
+ * Checkpoints: SQLite's automatic checkpoint would run inside the writer's
+ * COMMIT and fsync the WAL and the database there, stalling every ack
+ * behind it (tens of ms on a slow disk). Instead a checkpointer thread with
+ * its own connection copies the WAL back in the background (PASSIVE, so
+ * commits go on meanwhile), woken by the writer's WAL hook. A WAL can only
+ * start over from its beginning when a checkpoint has caught up with it
+ * entirely, which never happens while commits keep arriving faster than a
+ * checkpoint takes; so past a hard cap the writer checkpoints itself once,
+ * between commits, and the WAL restarts. That stall is rare (every
+ * CKPT_HARD_BYTES of WAL) instead of every few MB.
+ *
+ * Rooms: rooms(name, last_seq) is upserted once per room per batch by the
+ * writer. Computing it with "GROUP BY room" would read every message row at
+ * start-up (SQLite cannot skip-scan max(seq) per group), while the upsert
+ * costs one B-tree write per room per batch, not per message.
+ *
+ * Schema changes are an ordered list of migrations applied at open, one
+ * transaction each, tracked in PRAGMA user_version. Shipped migrations are
+ * never edited; a new change is a new entry.
+ */
+#include "store.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "util.h"
+
+#define MOD "store"
+
+#define DEFAULT_BATCH_MAX 512
+#define DEFAULT_WINDOW_US 1000
+#define DEFAULT_QUEUE_MAX 65536
+#define DEFAULT_CLOSE_TIMEOUT_MS 5000
+#define BACKOFF_MIN_MS 10
+#define BACKOFF_MAX_MS 1000
+/* The writer's busy handler gives up after this long (the only other writer
+ * could be an outside tool such as the sqlite3 shell holding a lock). */
+#define WRITER_BUSY_MS 2000
+#define READER_BUSY_MS 2000
+/* A persistent failure is logged at error once, then every so many tries. */
+#define RETRY_LOG_EVERY 10
+/* WAL size that wakes the checkpointer, and the size at which the writer
+ * checkpoints itself so the WAL can restart. */
+#define CKPT_SOFT_BYTES (4 << 20)
+#define CKPT_HARD_BYTES (256 << 20)
+/* The checkpointer rests this long between checkpoints: each one fsyncs. */
+#define CKPT_REST_MS 20
+
+/* migrations[i] takes the schema from version i to i + 1. */
+static const char *const migrations[] = {
+    /* v1: the initial schema */
+    "CREATE TABLE messages(room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,"
+    "  text TEXT NOT NULL, ts INTEGER NOT NULL, client_id TEXT,"
+    "  PRIMARY KEY(room, seq)) WITHOUT ROWID;"
+    "CREATE UNIQUE INDEX messages_client_id ON messages(room, sender, client_id)"
+    "  WHERE client_id IS NOT NULL;"
+    /* start-up loads the ids of the last day: without this index that is a
+     * scan of the whole history */
+    "CREATE INDEX messages_client_id_ts ON messages(ts) WHERE client_id IS NOT NULL;"
+    "CREATE TABLE rooms(name TEXT PRIMARY KEY, last_seq INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE users(name TEXT PRIMARY KEY, created_at INTEGER NOT NULL) WITHOUT ROWID;",
+    /* v2: accounts and the e-mail notification outbox */
+    "ALTER TABLE users ADD COLUMN password_hash TEXT;"
+    "ALTER TABLE users ADD COLUMN email TEXT;"
+    "CREATE TABLE outbox(id TEXT PRIMARY KEY, recipient TEXT NOT NULL, email TEXT NOT NULL,"
+    "  kind TEXT NOT NULL, sender TEXT NOT NULL, room TEXT NOT NULL, text TEXT NOT NULL,"
+    "  ts INT NOT NULL, state TEXT NOT NULL DEFAULT 'pending'"
+    "  CHECK(state IN ('pending', 'sent', 'dead')), attempts INT NOT NULL DEFAULT 0,"
+    "  next_at INT NOT NULL DEFAULT 0, created_at INT NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX outbox_due ON outbox(next_at) WHERE state = 'pending';",
+};
+#define SCHEMA_VERSION ((int)ARRAY_LEN(migrations))
+
+static const double commit_le[STORE_COMMIT_BUCKETS] = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025,  0.05,    0.1,    0.25,  0.5,    1.0,   2.5,
+};
+
+/* One write as the executor sees it: pointers into the submitter's write,
+ * or into `owned` for a retry copy. */
+struct row {
+    enum store_write_kind kind;
+    const char *room, *from, *text, *id; /* id NULL: none */
+    size_t text_len;
+    uint64_t seq;
+    int64_t ts;
+    uint64_t dup_seq;
+    /* accounts and outbox (rare writes) */
+    const char *hash, *email, *outbox_id, *recipient, *note_kind, *state;
+    int attempts;
+    int64_t next_at_ms;
+    int status; /* per-row outcome in a committed batch (-EEXIST, -ENOENT) */
+    char *owned;
+};
+
+struct reader {
+    store_t *s;
+    sqlite3 *db;
+    sqlite3_stmt *latest, *since, *before;
+    pthread_t tid;
+    bool started;
+};
+
+struct store {
+    char *path;
+    struct store_opts o; /* defaults applied; o.path unused */
+
+    /* writer connection and its statements: main thread in store_open,
+     * then the writer thread only */
+    sqlite3 *wdb;
+    sqlite3_stmt *st_begin, *st_commit, *st_rollback, *st_ins_msg, *st_find_dup, *st_room,
+        *st_user;
+    sqlite3 *mdb; /* main thread: start-up loads */
+    sqlite3 *cdb; /* checkpointer thread */
+
+    /* checkpoints: the background thread's and the writer's hard-cap one
+     * never overlap (SQLite would answer the second with SQLITE_BUSY) */
+    pthread_mutex_t ckpt_run;
+    pthread_mutex_t ck_lock;
+    pthread_cond_t ck_cond;
+    bool ck_wanted;     /* {ck_lock} the WAL has grown past CKPT_SOFT_BYTES */
+    bool ck_stop;       /* {ck_lock} */
+    atomic_bool ck_flag; /* cheap "already asked" check for the WAL hook */
+    bool ck_failing;    /* checkpointer thread only: last checkpoint failed */
+    pthread_t ckpt_tid;
+    bool ckpt_started;
+    int ckpt_soft_pages, ckpt_hard_pages; /* the CKPT_*_BYTES in this file's pages */
+
+    pthread_mutex_t lock;
+    pthread_cond_t wcond;           /* writer: new work, full batch, close */
+    struct store_write *qhead, *qtail; /* {lock} */
+    size_t qn;                      /* {lock} */
+    int64_t q_first_ns;             /* {lock} mono time the queue last became non-empty */
+    bool closing;                   /* {lock} store_close began */
+    int64_t close_deadline_ns;      /* {lock} mono; valid when closing */
+    atomic_bool closing_flag;       /* mirror of closing for the busy handler */
+
+    pthread_mutex_t rlock;
+    pthread_cond_t rcond;
+    struct store_read *rhead, *rtail; /* {rlock} */
+    size_t rn;                        /* {rlock} */
+    bool rclosing;                    /* {rlock} */
+
+    pthread_t writer;
+    bool writer_started;
+    struct reader *readers;
+    int nreaders;
+
+    /* writer thread only */
+    struct row *batch;
+    struct store_write **batch_w;
+    const struct row **sorted;
+    struct row *retry;
+    size_t nretry;
+
+    /* statistics: written by the writer, read by anyone */
+    atomic_uint_least64_t n_commits, n_writes, n_failures, n_failed_commits, n_lost;
+    atomic_uint_least64_t n_commit_ns;
+    atomic_size_t n_retrying;
+    atomic_uint_least64_t n_bucket[STORE_COMMIT_BUCKETS];
+};
+
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int npages);
+
+/* ------------------------------------------------------------- helpers */
+
+static int errno_from_sqlite(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_FULL:
+        return -ENOSPC;
+    case SQLITE_READONLY:
+        return -EROFS;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return -EBUSY;
+    case SQLITE_NOMEM:
+        return -ENOMEM;
+    case SQLITE_CONSTRAINT:
+        return -EINVAL;
+    case SQLITE_CANTOPEN:
+        return -ENOENT;
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+        return -EACCES;
+    default:
+        return -EIO;
+    }
+}
+
+/* "database or disk is full (File too large)": SQLite's message plus the
+ * OS error behind it when there is one. */
+static void describe(sqlite3 *db, int rc, char *buf, size_t sz)
+{
+    int sys = sqlite3_system_errno(db);
+    const char *msg = sqlite3_errcode(db) == rc ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    if (sys && ((rc & 0xff) == SQLITE_IOERR || (rc & 0xff) == SQLITE_FULL ||
+                (rc & 0xff) == SQLITE_CANTOPEN || (rc & 0xff) == SQLITE_READONLY))
+        snprintf(buf, sz, "%s (%s)", msg, strerror(sys));
+    else
+        snprintf(buf, sz, "%s", msg);
+}
+
+/* Run a statement that returns no rows of interest and reset it. */
+static int run_stmt(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+}
+
+static int bind_u64(sqlite3_stmt *st, int i, uint64_t v)
+{
+    /* seqs never reach 2^63; clamp instead of wrapping negative */
+    return sqlite3_bind_int64(st, i, v > (uint64_t)INT64_MAX ? INT64_MAX : (sqlite3_int64)v);
+}
+
+static void abs_timespec(struct timespec *ts, int64_t mono_ns)
+{
+    ts->tv_sec = (time_t)(mono_ns / 1000000000);
+    ts->tv_nsec = (long)(mono_ns % 1000000000);
+}
+
+static int cond_init_mono(pthread_cond_t *c)
+{
+    pthread_condattr_t a;
+    int rc = pthread_condattr_init(&a);
+    if (rc)
+        return rc;
+    rc = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    if (!rc)
+        rc = pthread_cond_init(c, &a);
+    pthread_condattr_destroy(&a);
+    return rc;
+}
+
+static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errsz, const char *what)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errsz, "%s: %s", what, msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+    }
+    return rc;
+}
+
+static int query_int(sqlite3 *db, const char *sql, int *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *out = sqlite3_column_int(st, 0);
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_ERROR;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* ------------------------------------------------------- open & schema */
+
+/* The writer's busy handler: wait in 1 ms steps, up to WRITER_BUSY_MS, and
+ * give up early once store_close has begun so shutdown is never held up. */
+static int writer_busy(void *arg, int count)
+{
+    store_t *s = arg;
+    if (count >= WRITER_BUSY_MS || atomic_load_explicit(&s->closing_flag, memory_order_relaxed))
+        return 0;
+    struct timespec d = {0, 1000000};
+    nanosleep(&d, NULL);
+    return 1;
+}
+
+static sqlite3 *open_conn(const char *path, bool readonly, char *err, size_t errsz)
+{
+    sqlite3 *db = NULL;
+    int flags = SQLITE_OPEN_NOMUTEX |
+                (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+    int rc = sqlite3_open_v2(path, &db, flags, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errsz, "cannot open database '%s': %s", path,
+                 db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    rc = sqlite3_extended_result_codes(db, 1);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errsz, "cannot configure database '%s': %s", path, sqlite3_errstr(rc));
+        goto fail;
+    }
+    return db;
+
+fail:
+    sqlite3_close(db);
+    return NULL;
+}
+
+/* Bring the schema to SCHEMA_VERSION, one migration per transaction. The
+ * version is read inside each IMMEDIATE transaction so two processes opening
+ * the same file cannot both apply a step. */
+static int migrate(store_t *s, char *err, size_t errsz)
+{
+    sqlite3 *db = s->wdb;
+    int from = -1, v = 0;
+    char what[128];
+
+    for (;;) {
+        if (exec_sql(db, "BEGIN IMMEDIATE", err, errsz, "cannot begin migration") != SQLITE_OK)
+            return -1;
+        int rc = query_int(db, "PRAGMA user_version", &v);
+        if (rc != SQLITE_OK) {
+            snprintf(err, errsz, "cannot read the schema version of '%s': %s", s->path,
+                     sqlite3_errmsg(db));
+            goto rollback;
+        }
+        if (from < 0)
+            from = v;
+        if (v > SCHEMA_VERSION) {
+            snprintf(err, errsz,
+                     "database '%s' has schema version %d, this parleyd knows up to %d: "
+                     "upgrade parleyd",
+                     s->path, v, SCHEMA_VERSION);
+            goto rollback;
+        }
+        if (v < 0) {
+            snprintf(err, errsz, "database '%s' has an invalid schema version %d", s->path, v);
+            goto rollback;
+        }
+        if (v == SCHEMA_VERSION)
+            break;
+        snprintf(what, sizeof(what), "cannot migrate '%s' to schema version %d", s->path,
+                 v + 1);
+        if (exec_sql(db, migrations[v], err, errsz, what) != SQLITE_OK)
+            goto rollback;
+        char set[64];
+        snprintf(set, sizeof(set), "PRAGMA user_version = %d", v + 1);
+        if (exec_sql(db, set, err, errsz, what) != SQLITE_OK)
+            goto rollback;
+        if (exec_sql(db, "COMMIT", err, errsz, what) != SQLITE_OK)
+            goto rollback;
+    }
+    if (exec_sql(db, "COMMIT", err, errsz, "cannot end migration") != SQLITE_OK)
+        goto rollback;
+    if (from != v)
+        log_info(MOD, "migrated database '%s' from schema version %d to %d", s->path, from, v);
+    return 0;
+
+rollback:
+    if (!sqlite3_get_autocommit(db)) {
+        char ignored[256];
+        if (exec_sql(db, "ROLLBACK", ignored, sizeof(ignored), "rollback") != SQLITE_OK)
+            log_warn(MOD, "cannot roll back the migration of '%s': %s", s->path, ignored);
+    }
+    return -1;
+}
+
+static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *err, size_t errsz)
+{
+    int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
+    if (rc != SQLITE_OK)
+        snprintf(err, errsz, "cannot prepare '%s': %s", sql, sqlite3_errmsg(db));
+    return rc;
+}
+
+static int open_writer(store_t *s, char *err, size_t errsz)
+{
+    char buf[64];
+    int rc;
+
+    s->wdb = open_conn(s->path, false, err, errsz);
+    if (!s->wdb)
+        return -1;
+    rc = sqlite3_busy_handler(s->wdb, writer_busy, s);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errsz, "cannot configure database '%s': %s", s->path, sqlite3_errstr(rc));
+        return -1;
+    }
+
+    /* Only a new file takes this (before WAL mode writes its header).
+     * Every page a batch changes is written whole to the WAL, and a batch
+     * changes about two leaves per room it touches (messages and the id
+     * index), so WAL bytes per message scale with the page size. With 100
+     * busy rooms at 10,000 msg/s storebench measured, per message, 14 KB of
+     * disk writes and an ack p99 of ~16 ms at 4096; 9.4 KB and ~11 ms at
+     * 2048; 6.2 KB and ~8 ms at 1024 (which costs ~25% more CPU and spills
+     * rows over ~230 bytes into overflow pages; 2048 keeps ~480 inline). */
+    if (exec_sql(s->wdb, "PRAGMA page_size = 2048", err, errsz, "cannot set page_size") !=
+        SQLITE_OK)
+        return -1;
+    /* WAL: readers never block the writer and a commit is one append. */
+    sqlite3_stmt *st = NULL;
+    rc = sqlite3_prepare_v2(s->wdb, "PRAGMA journal_mode = WAL", -1, &st, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        snprintf(err, errsz, "cannot open database '%s': %s", s->path, sqlite3_errmsg(s->wdb));
+        sqlite3_finalize(st);
+        return -1;
+    }
+    const unsigned char *mode = sqlite3_column_text(st, 0);
+    bool wal = mode && strcmp((const char *)mode, "wal") == 0;
+    sqlite3_finalize(st);
+    if (!wal) {
+        snprintf(err, errsz, "cannot switch database '%s' to WAL mode", s->path);
+        return -1;
+    }
+    snprintf(buf, sizeof(buf), "PRAGMA synchronous = %s", s->o.durability_full ? "FULL" : "NORMAL");
+    if (exec_sql(s->wdb, buf, err, errsz, "cannot set synchronous") != SQLITE_OK)
+        return -1;
+    /* A batch touches a leaf per room written to (and one per room in the
+     * id index): keep the hot leaves of many rooms cached. */
+    if (exec_sql(s->wdb, "PRAGMA cache_size = -16384", err, errsz, "cannot set cache_size") !=
+        SQLITE_OK)
+        return -1;
+
+    if (migrate(s, err, errsz) != 0)
+        return -1;
+    int page_size = 4096;
+    if (query_int(s->wdb, "PRAGMA page_size", &page_size) != SQLITE_OK || page_size <= 0) {
+        snprintf(err, errsz, "cannot read the page size of '%s': %s", s->path,
+                 sqlite3_errmsg(s->wdb));
+        return -1;
+    }
+    s->ckpt_soft_pages = CKPT_SOFT_BYTES / page_size;
+    s->ckpt_hard_pages = CKPT_HARD_BYTES / page_size;
+    /* replaces SQLite's automatic checkpoint on this connection */
+    sqlite3_wal_hook(s->wdb, wal_hook, s);
+
+    /* A (room, seq) that is already stored can only be a retried row whose
+     * earlier COMMIT reported an error yet reached the disk: keep the stored
+     * row (and log) instead of failing the batch on every retry. */
+    if (prepare(s->wdb, "BEGIN IMMEDIATE", &s->st_begin, err, errsz) ||
+        prepare(s->wdb, "COMMIT", &s->st_commit, err, errsz) ||
+        prepare(s->wdb, "ROLLBACK", &s->st_rollback, err, errsz) ||
+        prepare(s->wdb,
+                "INSERT INTO messages(room, seq, sender, text, ts, client_id)"
+                " VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(room, seq) DO NOTHING",
+                &s->st_ins_msg, err, errsz) ||
+        prepare(s->wdb,
+                "SELECT seq FROM messages WHERE room = ?1 AND sender = ?2 AND client_id = ?3",
+                &s->st_find_dup, err, errsz) ||
+        prepare(s->wdb,
+                "INSERT INTO rooms(name, last_seq, created_at) VALUES(?1, ?2, ?3)"
+                " ON CONFLICT(name) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+                &s->st_room, err, errsz) ||
+        prepare(s->wdb,
+                "INSERT INTO users(name, created_at) VALUES(?1, ?2) ON CONFLICT(name) DO NOTHING",
+                &s->st_user, err, errsz))
+        return -1;
+    return 0;
+}
+
+static int open_readonly(store_t *s, sqlite3 **out, char *err, size_t errsz)
+{
+    *out = open_conn(s->path, true, err, errsz);
+    if (!*out)
+        return -1;
+    int rc = sqlite3_busy_timeout(*out, READER_BUSY_MS);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errsz, "cannot configure database '%s': %s", s->path, sqlite3_errstr(rc));
+        return -1;
+    }
+    return 0;
+}
+
+/* -------------------------------------------------------------- writer */
+
+static void stats_commit(store_t *s, int64_t ns, size_t rows)
+{
+    atomic_fetch_add_explicit(&s->n_commits, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->n_writes, rows, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->n_commit_ns, (uint64_t)ns, memory_order_relaxed);
+    double sec = (double)ns / 1e9;
+    for (int i = 0; i < STORE_COMMIT_BUCKETS; i++) {
+        if (sec <= commit_le[i]) {
+            /* non-cumulative here; store_stats accumulates */
+            atomic_fetch_add_explicit(&s->n_bucket[i], 1, memory_order_relaxed);
+            break;
+        }
+    }
+}
+
+static int insert_msg(store_t *s, struct row *r)
+{
+    sqlite3_stmt *st = s->st_ins_msg;
+    bool has_id = r->id && r->id[0];
+    int rc;
+
+    if ((rc = sqlite3_bind_text(st, 1, r->room, -1, SQLITE_STATIC)) ||
+        (rc = bind_u64(st, 2, r->seq)) ||
+        (rc = sqlite3_bind_text(st, 3, r->from, -1, SQLITE_STATIC)) ||
+        (rc = sqlite3_bind_text(st, 4, r->text, (int)r->text_len, SQLITE_STATIC)) ||
+        (rc = sqlite3_bind_int64(st, 5, r->ts)) ||
+        (rc = has_id ? sqlite3_bind_text(st, 6, r->id, -1, SQLITE_STATIC)
+                     : sqlite3_bind_null(st, 6)))
+        return rc;
+    rc = run_stmt(st);
+    if (rc == SQLITE_OK) {
+        if (sqlite3_changes(s->wdb) == 0)
+            log_warn(MOD, "message %s/%" PRIu64 " was already stored; kept the stored row",
+                     r->room, r->seq);
+        return SQLITE_OK;
+    }
+    if (rc != SQLITE_CONSTRAINT_UNIQUE || !has_id)
+        return rc;
+
+    /* (room, sender, client_id) exists: find its seq, store this row
+     * without the id so the seq the broker handed out is not a gap. */
+    st = s->st_find_dup;
+    if ((rc = sqlite3_bind_text(st, 1, r->room, -1, SQLITE_STATIC)) ||
+        (rc = sqlite3_bind_text(st, 2, r->from, -1, SQLITE_STATIC)) ||
+        (rc = sqlite3_bind_text(st, 3, r->id, -1, SQLITE_STATIC)))
+        return rc;
+    rc = sqlite3_step(st);
+    uint64_t orig = rc == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW)
+        return rc == SQLITE_DONE ? SQLITE_CORRUPT : rc;
+    if (orig == r->seq)
+        return SQLITE_OK; /* this very row, committed by an earlier try */
+    r->dup_seq = orig;
+    st = s->st_ins_msg;
+    if ((rc = sqlite3_bind_null(st, 6)))
+        return rc;
+    rc = run_stmt(st);
+    return rc;
+}
+
+static int insert_user(store_t *s, const struct row *r)
+{
+    int rc;
+    if ((rc = sqlite3_bind_text(s->st_user, 1, r->from, -1, SQLITE_STATIC)) ||
+        (rc = sqlite3_bind_int64(s->st_user, 2, now_wall_ms())))
+        return rc;
+    return run_stmt(s->st_user);
+}
+
+/* Accounts and outbox rows are rare: prepared per use, not kept. A row
+ * that finds nothing to change gets a per-row status and the batch goes on. */
+static int run_rare(store_t *s, struct row *r)
+{
+    static const char *const sql[] = {
+        [SW_ACCOUNT_ADD] = "INSERT INTO users(name, created_at, password_hash, email)"
+                           " VALUES(?1, ?2, ?3, ?4) ON CONFLICT(name) DO UPDATE SET"
+                           " password_hash = excluded.password_hash, email = excluded.email"
+                           " WHERE users.password_hash IS NULL",
+        [SW_ACCOUNT_PASSWD] = "UPDATE users SET password_hash = ?3 WHERE name = ?1"
+                              " AND password_hash IS NOT NULL AND ?2 IS NOT NULL",
+        [SW_ACCOUNT_DEL] = "UPDATE users SET password_hash = NULL, email = NULL"
+                           " WHERE name = ?1 AND password_hash IS NOT NULL AND ?2 IS NOT NULL",
+        [SW_OUTBOX_ADD] = "INSERT INTO outbox(id, recipient, email, kind, sender, room, text, ts,"
+                          " created_at) VALUES(?5, ?6, ?4, ?7, ?1, ?8, ?9, ?10, ?2)"
+                          " ON CONFLICT(id) DO NOTHING",
+        [SW_OUTBOX_MARK] = "UPDATE outbox SET state = ?11, attempts = ?12, next_at = ?13"
+                           " WHERE id = ?5 AND ?2 IS NOT NULL",
+    };
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->wdb, sql[r->kind], -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, r->from, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now_wall_ms());
+    sqlite3_bind_text(st, 3, r->hash, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, r->email ? r->email : NULL, -1, SQLITE_STATIC);
+    if (r->kind == SW_OUTBOX_ADD || r->kind == SW_OUTBOX_MARK) {
+        sqlite3_bind_text(st, 5, r->outbox_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 6, r->recipient, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 7, r->note_kind, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 8, r->room, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 9, r->text ? r->text : "", (int)r->text_len, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 10, r->ts);
+        sqlite3_bind_text(st, 11, r->state, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 12, r->attempts);
+        sqlite3_bind_int64(st, 13, r->next_at_ms);
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+        if (sqlite3_changes(s->wdb) == 0 && r->kind != SW_OUTBOX_ADD)
+            r->status = r->kind == SW_ACCOUNT_ADD ? -EEXIST : -ENOENT;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int cmp_room(const void *a, const void *b)
+{
+    const struct row *x = *(const struct row *const *)a, *y = *(const struct row *const *)b;
+    return strcmp(x->room, y->room);
+}
+
+/* One upsert per distinct room of the batch, with its highest seq. */
+static int upsert_rooms(store_t *s, struct row *rows, size_t n)
+{
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (rows[i].kind == SW_MESSAGE)
+            s->sorted[m++] = &rows[i];
+    if (m > 1)
+        qsort(s->sorted, m, sizeof(*s->sorted), cmp_room);
+    for (size_t i = 0; i < m;) {
+        const struct row *first = s->sorted[i];
+        uint64_t max = first->seq;
+        int64_t ts = first->ts;
+        size_t j = i + 1;
+        for (; j < m && strcmp(s->sorted[j]->room, first->room) == 0; j++) {
+            if (s->sorted[j]->seq > max)
+                max = s->sorted[j]->seq;
+            if (s->sorted[j]->ts < ts)
+                ts = s->sorted[j]->ts;
+        }
+        int rc;
+        if ((rc = sqlite3_bind_text(s->st_room, 1, first->room, -1, SQLITE_STATIC)) ||
+            (rc = bind_u64(s->st_room, 2, max)) || (rc = sqlite3_bind_int64(s->st_room, 3, ts)) ||
+            (rc = run_stmt(s->st_room)))
+            return rc;
+        i = j;
+    }
+    return SQLITE_OK;
+}
+
+/* Errors that belong to one row's content rather than to the disk: that
+ * row would fail every retry, and hold up every write behind it. */
+static bool row_error(int rc)
+{
+    int p = rc & 0xff;
+    return p == SQLITE_CONSTRAINT || p == SQLITE_TOOBIG || p == SQLITE_MISMATCH ||
+           p == SQLITE_RANGE;
+}
+
+/* Run rows as one transaction. Returns 0, or a negative errno with the cause
+ * in `cause` after rolling back; *bad is then the index of a row that can
+ * never be stored (see row_error), or SIZE_MAX. */
+static int exec_batch(store_t *s, struct row *rows, size_t n, size_t *bad, char *cause,
+                      size_t causesz)
+{
+    int64_t t0 = now_mono_ns();
+    size_t nrows = 0, i = 0;
+    int rc;
+
+    *bad = SIZE_MAX;
+    for (i = 0; i < n; i++) {
+        rows[i].dup_seq = 0;
+        rows[i].status = 0;
+        if (rows[i].kind != SW_BARRIER)
+            nrows++;
+    }
+    /* Barriers alone need no transaction: every earlier write has already
+     * committed, or is being retried ahead of them. */
+    if (!nrows)
+        return 0;
+    if ((rc = run_stmt(s->st_begin)) != SQLITE_OK)
+        goto fail;
+    for (i = 0; i < n; i++) {
+        switch (rows[i].kind) {
+        case SW_MESSAGE:
+            rc = insert_msg(s, &rows[i]);
+            break;
+        case SW_USER:
+            rc = insert_user(s, &rows[i]);
+            break;
+        case SW_BARRIER:
+            rc = SQLITE_OK;
+            break;
+        case SW_ACCOUNT_ADD:
+        case SW_ACCOUNT_PASSWD:
+        case SW_ACCOUNT_DEL:
+        case SW_OUTBOX_ADD:
+        case SW_OUTBOX_MARK:
+            rc = run_rare(s, &rows[i]);
+            break;
+        }
+        if (rc != SQLITE_OK) {
+            if (row_error(rc))
+                *bad = i;
+            goto fail;
+        }
+    }
+    if ((rc = upsert_rooms(s, rows, n)) != SQLITE_OK)
+        goto fail;
+    if ((rc = run_stmt(s->st_commit)) != SQLITE_OK)
+        goto fail;
+    stats_commit(s, now_mono_ns() - t0, nrows);
+    return 0;
+
+fail:
+    describe(s->wdb, rc, cause, causesz);
+    atomic_fetch_add_explicit(&s->n_failed_commits, 1, memory_order_relaxed);
+    /* some errors (SQLITE_FULL, IOERR) already rolled the transaction back */
+    if (!sqlite3_get_autocommit(s->wdb)) {
+        int rrc = run_stmt(s->st_rollback);
+        if (rrc != SQLITE_OK)
+            log_error(MOD, "cannot roll back a failed transaction on '%s': %s", s->path,
+                      sqlite3_errmsg(s->wdb));
+    }
+    return errno_from_sqlite(rc);
+}
+
+static void row_from_write(struct row *r, const struct store_write *w)
+{
+    const struct chat_msg *m = &w->msg;
+    r->kind = w->kind;
+    r->room = m->room;
+    r->from = m->from;
+    r->text = m->text;
+    r->text_len = m->text_len;
+    r->id = m->id;
+    r->seq = m->seq;
+    r->ts = m->ts;
+    r->dup_seq = 0;
+    r->hash = w->password_hash;
+    r->email = w->email;
+    r->outbox_id = w->outbox_id;
+    r->recipient = w->recipient;
+    r->note_kind = w->note_kind;
+    r->state = w->state;
+    r->attempts = w->attempts;
+    r->next_at_ms = w->next_at_ms;
+    r->status = 0;
+    r->owned = NULL;
+}
+
+/* Append src (n bytes) and a NUL at *p; return where it went, or NULL for
+ * a NULL src. */
+static const char *own_str(char **p, const char *src, size_t n)
+{
+    if (!src)
+        return NULL;
+    char *d = *p;
+    memcpy(d, src, n);
+    d[n] = '\0';
+    *p += n + 1;
+    return d;
+}
+
+/* Copy a row's strings into one block the store owns (for the retry). */
+static void row_own(struct row *dst, const struct row *src)
+{
+    size_t lroom = src->room ? strlen(src->room) : 0, lfrom = src->from ? strlen(src->from) : 0;
+    size_t lid = src->id ? strlen(src->id) : 0;
+    size_t ltext = src->text ? src->text_len : 0;
+    const char *rare[6] = {src->hash, src->email, src->outbox_id, src->recipient, src->note_kind,
+                           src->state};
+    size_t lrare = 0;
+    for (int i = 0; i < 6; i++)
+        lrare += rare[i] ? strlen(rare[i]) + 1 : 0;
+    char *p = xmalloc(lroom + lfrom + lid + ltext + lrare + 4);
+
+    *dst = *src;
+    dst->owned = p;
+    dst->room = own_str(&p, src->room, lroom);
+    dst->from = own_str(&p, src->from, lfrom);
+    dst->id = own_str(&p, src->id, lid);
+    dst->text = own_str(&p, src->text, ltext);
+    dst->hash = own_str(&p, src->hash, src->hash ? strlen(src->hash) : 0);
+    dst->email = own_str(&p, src->email, src->email ? strlen(src->email) : 0);
+    dst->outbox_id = own_str(&p, src->outbox_id, src->outbox_id ? strlen(src->outbox_id) : 0);
+    dst->recipient = own_str(&p, src->recipient, src->recipient ? strlen(src->recipient) : 0);
+    dst->note_kind = own_str(&p, src->note_kind, src->note_kind ? strlen(src->note_kind) : 0);
+    dst->state = own_str(&p, src->state, src->state ? strlen(src->state) : 0);
+}
+
+static void retry_clear(store_t *s)
+{
+    for (size_t i = 0; i < s->nretry; i++)
+        free(s->retry[i].owned);
+    s->nretry = 0;
+    atomic_store_explicit(&s->n_retrying, 0, memory_order_relaxed);
+}
+
+/* Sleep until wake_ns, or until store_close begins; once closing, until the
+ * earlier of wake_ns and the close deadline. Returns false when the close
+ * deadline has passed: give up. */
+static bool backoff_wait(store_t *s, int64_t wake_ns)
+{
+    struct timespec ts;
+    bool ok = true;
+
+    pthread_mutex_lock(&s->lock);
+    bool was_closing = s->closing;
+    for (;;) {
+        int64_t now = now_mono_ns();
+        if (s->closing && now >= s->close_deadline_ns) {
+            ok = false;
+            break;
+        }
+        if (s->closing != was_closing || now >= wake_ns)
+            break;
+        int64_t until = wake_ns;
+        if (s->closing && s->close_deadline_ns < until)
+            until = s->close_deadline_ns;
+        abs_timespec(&ts, until);
+        pthread_cond_timedwait(&s->wcond, &s->lock, &ts);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ok;
+}
+
+/* Fail every queued write (the close deadline passed during a retry). */
+static size_t fail_queue(store_t *s, int status)
+{
+    pthread_mutex_lock(&s->lock);
+    struct store_write *w = s->qhead;
+    size_t n = s->qn;
+    s->qhead = s->qtail = NULL;
+    s->qn = 0;
+    pthread_mutex_unlock(&s->lock);
+    while (w) {
+        struct store_write *next = w->next;
+        w->status = status;
+        w->dup_seq = 0;
+        atomic_fetch_add_explicit(&s->n_failures, 1, memory_order_relaxed);
+        w->done(w);
+        w = next;
+    }
+    return n;
+}
+
+/* A row no retry can store: drop it so it does not block every write
+ * behind it, and count it as lost. */
+static void drop_row(store_t *s, const struct row *r, const char *cause)
+{
+    if (r->kind == SW_MESSAGE)
+        log_error(MOD, "dropping message %s/%" PRIu64 " from '%s': it cannot be stored: %s",
+                  r->room, r->seq, r->from, cause);
+    else
+        log_error(MOD, "dropping user '%s': it cannot be stored: %s", r->from, cause);
+    atomic_fetch_add_explicit(&s->n_lost, 1, memory_order_relaxed);
+}
+
+static void retry_remove(store_t *s, size_t k)
+{
+    free(s->retry[k].owned);
+    memmove(&s->retry[k], &s->retry[k + 1], (s->nretry - k - 1) * sizeof(*s->retry));
+    s->nretry--;
+    atomic_store_explicit(&s->n_retrying, s->nretry, memory_order_relaxed);
+}
+
+/* Retry s->retry until it commits. Returns false if store_close gave up. */
+static bool retry_until_committed(store_t *s, int status, const char *first_cause)
+{
+    char cause[256];
+    char last[256];
+    int64_t backoff_ms = BACKOFF_MIN_MS;
+    int attempt = 0;
+    bool wait = true;
+
+    snprintf(last, sizeof(last), "%s", first_cause);
+    while (s->nretry) {
+        if (wait && !backoff_wait(s, now_mono_ns() + backoff_ms * 1000000)) {
+            size_t n = s->nretry;
+            atomic_fetch_add_explicit(&s->n_lost, n, memory_order_relaxed);
+            retry_clear(s);
+            size_t never = fail_queue(s, status);
+            atomic_fetch_add_explicit(&s->n_lost, never, memory_order_relaxed);
+            log_error(MOD,
+                      "giving up on '%s' at shutdown: %zu failed writes and %zu queued writes "
+                      "are lost (last error: %s)",
+                      s->path, n, never, last);
+            return false;
+        }
+        attempt++;
+        size_t bad;
+        int rc = exec_batch(s, s->retry, s->nretry, &bad, cause, sizeof(cause));
+        if (rc == 0) {
+            log_info(MOD, "committed %zu delayed writes to '%s' after %d retries", s->nretry,
+                     s->path, attempt);
+            retry_clear(s);
+            return true;
+        }
+        status = rc;
+        snprintf(last, sizeof(last), "%s", cause);
+        if (bad != SIZE_MAX) {
+            /* the row, not the disk: drop it and go again at once */
+            drop_row(s, &s->retry[bad], cause);
+            retry_remove(s, bad);
+            wait = false;
+            continue;
+        }
+        wait = true;
+        if (attempt % RETRY_LOG_EVERY == 0)
+            log_error(MOD, "still cannot commit %zu writes to '%s' after %d retries: %s",
+                      s->nretry, s->path, attempt, cause);
+        else
+            log_debug(MOD, "retry %d of %zu writes to '%s' failed: %s", attempt, s->nretry,
+                      s->path, cause);
+        backoff_ms = backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff_ms * 2;
+    }
+    return true;
+}
+
+/* Take the next batch off the queue into s->batch_w. Waits for the first
+ * write, then for more until the batch window has passed since the oldest
+ * queued write arrived: writes that piled up during the last commit have
+ * waited long enough and go at once. Returns 0 only when closing with an
+ * empty queue. */
+static size_t take_batch(store_t *s)
+{
+    size_t max = (size_t)s->o.batch_max, n = 0;
+
+    pthread_mutex_lock(&s->lock);
+    while (!s->qn && !s->closing)
+        pthread_cond_wait(&s->wcond, &s->lock);
+    if (s->qn && s->qn < max && s->o.batch_window_us > 0 && !s->closing) {
+        struct timespec ts;
+        abs_timespec(&ts, s->q_first_ns + (int64_t)s->o.batch_window_us * 1000);
+        while (s->qn < max && !s->closing)
+            if (pthread_cond_timedwait(&s->wcond, &s->lock, &ts) == ETIMEDOUT)
+                break;
+    }
+    while (n < max && s->qhead) {
+        struct store_write *w = s->qhead;
+        s->qhead = w->next;
+        s->batch_w[n++] = w;
+    }
+    if (!s->qhead)
+        s->qtail = NULL;
+    s->qn -= n;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+static void *writer_main(void *arg)
+{
+    store_t *s = arg;
+    char cause[256];
+
+    for (;;) {
+        size_t n = take_batch(s);
+        if (!n)
+            break;
+        for (size_t i = 0; i < n; i++)
+            row_from_write(&s->batch[i], s->batch_w[i]);
+        size_t bad;
+        int rc = exec_batch(s, s->batch, n, &bad, cause, sizeof(cause));
+        if (rc == 0) {
+            for (size_t i = 0; i < n; i++) {
+                struct store_write *w = s->batch_w[i];
+                w->status = s->batch[i].status;
+                w->dup_seq = s->batch[i].dup_seq;
+                w->done(w); /* may free w */
+            }
+            continue;
+        }
+
+        log_error(MOD, "cannot commit %zu writes to '%s': %s; retrying", n, s->path, cause);
+        /* Keep our own copy first: done() lets the submitter free w. */
+        s->nretry = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (i == bad)
+                drop_row(s, &s->batch[i], cause);
+            else if (s->batch[i].kind != SW_BARRIER)
+                row_own(&s->retry[s->nretry++], &s->batch[i]);
+        }
+        atomic_store_explicit(&s->n_retrying, s->nretry, memory_order_relaxed);
+        for (size_t i = 0; i < n; i++) {
+            struct store_write *w = s->batch_w[i];
+            w->status = rc;
+            w->dup_seq = 0;
+            atomic_fetch_add_explicit(&s->n_failures, 1, memory_order_relaxed);
+            w->done(w);
+        }
+        if (s->nretry && !retry_until_committed(s, rc, cause))
+            break;
+    }
+    return NULL;
+}
+
+/* --------------------------------------------------------- checkpoints */
+
+/* Writer thread, after each commit; npages is the WAL's size in frames. */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int npages)
+{
+    store_t *s = arg;
+    if (npages >= s->ckpt_hard_pages) {
+        /* If the checkpointer is busy, let it finish and try after the next
+         * commit rather than wait for it: its work shrinks ours. */
+        if (pthread_mutex_trylock(&s->ckpt_run) != 0)
+            return SQLITE_OK;
+        int log = 0, done = 0;
+        int64_t t0 = now_mono_ns();
+        int rc = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+        pthread_mutex_unlock(&s->ckpt_run);
+        if (rc != SQLITE_OK)
+            log_warn(MOD, "cannot checkpoint '%s' (WAL at %d pages): %s", s->path, npages,
+                     sqlite3_errmsg(db));
+        else
+            log_debug(MOD, "writer checkpointed %d of %d WAL pages of '%s' in %.1f ms", done,
+                      log, s->path, (double)(now_mono_ns() - t0) / 1e6);
+    } else if (npages >= s->ckpt_soft_pages &&
+               !atomic_exchange_explicit(&s->ck_flag, true, memory_order_relaxed)) {
+        pthread_mutex_lock(&s->ck_lock);
+        s->ck_wanted = true;
+        pthread_cond_signal(&s->ck_cond);
+        pthread_mutex_unlock(&s->ck_lock);
+    }
+    return SQLITE_OK;
+}
+
+static void *ckpt_main(void *arg)
+{
+    store_t *s = arg;
+    struct timespec ts;
+
+    pthread_mutex_lock(&s->ck_lock);
+    for (;;) {
+        while (!s->ck_wanted && !s->ck_stop)
+            pthread_cond_wait(&s->ck_cond, &s->ck_lock);
+        if (s->ck_stop)
+            break;
+        s->ck_wanted = false;
+        atomic_store_explicit(&s->ck_flag, false, memory_order_relaxed);
+        pthread_mutex_unlock(&s->ck_lock);
+
+        int log = 0, done = 0;
+        pthread_mutex_lock(&s->ckpt_run);
+        int rc = sqlite3_wal_checkpoint_v2(s->cdb, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+        pthread_mutex_unlock(&s->ckpt_run);
+        log_debug(MOD, "checkpoint of '%s': rc %d, %d of %d WAL pages", s->path, rc, done, log);
+        /* log changes of state only: a failing disk fails every time */
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY && !s->ck_failing) {
+            log_warn(MOD, "cannot checkpoint '%s': %s", s->path, sqlite3_errmsg(s->cdb));
+            s->ck_failing = true;
+        } else if (rc == SQLITE_OK && s->ck_failing) {
+            log_info(MOD, "checkpoints of '%s' work again", s->path);
+            s->ck_failing = false;
+        }
+
+        pthread_mutex_lock(&s->ck_lock);
+        abs_timespec(&ts, now_mono_ns() + (int64_t)CKPT_REST_MS * 1000000);
+        while (!s->ck_stop)
+            if (pthread_cond_timedwait(&s->ck_cond, &s->ck_lock, &ts) == ETIMEDOUT)
+                break;
+    }
+    pthread_mutex_unlock(&s->ck_lock);
+    return NULL;
+}
+
+/* -------------------------------------------------------------- reader */
+
+/* Result rows collected before the string block's final address is known. */
+struct rrow {
+    uint64_t seq;
+    int64_t ts;
+    size_t from, text, id, text_len; /* offsets into the block */
+};
+
+static size_t buf_put(char **buf, size_t *len, size_t *cap, const unsigned char *s, size_t n)
+{
+    size_t off = *len;
+    if (*len + n + 1 > *cap) {
+        while (*len + n + 1 > *cap)
+            *cap = *cap ? *cap * 2 : 1024;
+        *buf = xrealloc(*buf, *cap);
+    }
+    if (n)
+        memcpy(*buf + *len, s, n);
+    (*buf)[*len + n] = '\0';
+    *len += n + 1;
+    return off;
+}
+
+static int do_read(struct reader *rd, struct store_read *r)
+{
+    sqlite3_stmt *st;
+    bool desc = r->mode != SR_SINCE;
+    int rc, keyidx = 0;
+    struct rrow *rows = NULL;
+    size_t n = 0, cap = 0, blen = 0, bcap = 0;
+    char *block = NULL;
+    /* fetch one more than asked to learn whether more exist */
+    int64_t want = (int64_t)r->limit + 1;
+
+    switch (r->mode) {
+    case SR_LATEST:
+        st = rd->latest;
+        break;
+    case SR_SINCE:
+        st = rd->since;
+        keyidx = 2;
+        if (r->key >= (uint64_t)INT64_MAX)
+            goto done; /* nothing is newer than that */
+        break;
+    case SR_BEFORE:
+    default:
+        st = rd->before;
+        keyidx = 2;
+        break;
+    }
+    if ((rc = sqlite3_bind_text(st, 1, r->room, -1, SQLITE_STATIC)) ||
+        (keyidx && (rc = bind_u64(st, keyidx, r->key))) ||
+        (rc = sqlite3_bind_int64(st, keyidx ? 3 : 2, want)))
+        goto fail;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if ((int64_t)n == r->limit) {
+            r->more = true;
+            continue; /* the extra row: step once more to reach SQLITE_DONE */
+        }
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            rows = xrealloc(rows, cap * sizeof(*rows));
+        }
+        struct rrow *x = &rows[n++];
+        x->seq = (uint64_t)sqlite3_column_int64(st, 0);
+        const unsigned char *from = sqlite3_column_text(st, 1);
+        size_t lfrom = (size_t)sqlite3_column_bytes(st, 1);
+        const unsigned char *text = sqlite3_column_text(st, 2);
+        size_t ltext = (size_t)sqlite3_column_bytes(st, 2);
+        x->ts = sqlite3_column_int64(st, 3);
+        const unsigned char *id = sqlite3_column_text(st, 4);
+        size_t lid = id ? (size_t)sqlite3_column_bytes(st, 4) : 0;
+        if ((!from || !text) && sqlite3_errcode(rd->db) == SQLITE_NOMEM) {
+            rc = SQLITE_NOMEM;
+            goto fail;
+        }
+        x->from = buf_put(&block, &blen, &bcap, from, from ? lfrom : 0);
+        x->text = buf_put(&block, &blen, &bcap, text, text ? ltext : 0);
+        x->text_len = text ? ltext : 0;
+        x->id = buf_put(&block, &blen, &bcap, id, lid);
+    }
+    if (rc != SQLITE_DONE)
+        goto fail;
+    sqlite3_reset(st);
+
+done:
+    r->n = n;
+    r->msgs = n ? xmalloc(n * sizeof(*r->msgs)) : NULL;
+    r->priv = block;
+    for (size_t i = 0; i < n; i++) {
+        const struct rrow *x = &rows[desc ? n - 1 - i : i];
+        struct chat_msg *m = &r->msgs[i];
+        m->room = r->room;
+        m->seq = x->seq;
+        m->from = block + x->from;
+        m->text = block + x->text;
+        m->text_len = x->text_len;
+        m->ts = x->ts;
+        m->id = block + x->id;
+    }
+    free(rows);
+    return 0;
+
+fail:
+    log_warn(MOD, "cannot read history of '%s' from '%s': %s", r->room, rd->s->path,
+             sqlite3_errmsg(rd->db));
+    sqlite3_reset(st);
+    free(rows);
+    free(block);
+    r->more = false;
+    return errno_from_sqlite(rc);
+}
+
+static void *reader_main(void *arg)
+{
+    struct reader *rd = arg;
+    store_t *s = rd->s;
+
+    for (;;) {
+        pthread_mutex_lock(&s->rlock);
+        while (!s->rhead && !s->rclosing)
+            pthread_cond_wait(&s->rcond, &s->rlock);
+        struct store_read *r = s->rhead;
+        if (r) {
+            s->rhead = r->next;
+            if (!s->rhead)
+                s->rtail = NULL;
+            s->rn--;
+        }
+        pthread_mutex_unlock(&s->rlock);
+        if (!r)
+            break;
+        r->next = NULL;
+        r->status = do_read(rd, r);
+        r->done(r);
+    }
+    return NULL;
+}
+
+static int open_reader(store_t *s, struct reader *rd, char *err, size_t errsz)
+{
+    static const char cols[] = "SELECT seq, sender, text, ts, client_id FROM messages ";
+    char sql[256];
+
+    if (open_readonly(s, &rd->db, err, errsz) != 0)
+        return -1;
+    snprintf(sql, sizeof(sql), "%sWHERE room = ?1 ORDER BY seq DESC LIMIT ?2", cols);
+    if (prepare(rd->db, sql, &rd->latest, err, errsz))
+        return -1;
+    snprintf(sql, sizeof(sql), "%sWHERE room = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3", cols);
+    if (prepare(rd->db, sql, &rd->since, err, errsz))
+        return -1;
+    snprintf(sql, sizeof(sql), "%sWHERE room = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3", cols);
+    if (prepare(rd->db, sql, &rd->before, err, errsz))
+        return -1;
+    return 0;
+}
+
+/* -------------------------------------------------------- open / close */
+
+static void close_db(store_t *s, sqlite3 *db)
+{
+    if (!db)
+        return;
+    int rc = sqlite3_close(db);
+    if (rc != SQLITE_OK)
+        log_error(MOD, "cannot close database '%s': %s", s->path, sqlite3_errstr(rc));
+}
+
+/* Stop and join whatever store_open started, then release everything.
+ * Shared by store_close and store_open's error path. */
+static void store_destroy(store_t *s)
+{
+    pthread_mutex_lock(&s->lock);
+    if (!s->closing) {
+        s->closing = true;
+        s->close_deadline_ns = now_mono_ns() + (int64_t)s->o.close_timeout_ms * 1000000;
+    }
+    atomic_store_explicit(&s->closing_flag, true, memory_order_relaxed);
+    pthread_cond_broadcast(&s->wcond);
+    pthread_mutex_unlock(&s->lock);
+    if (s->writer_started) {
+        int rc = pthread_join(s->writer, NULL);
+        if (rc)
+            log_error(MOD, "cannot join the writer thread: %s", strerror(rc));
+    }
+
+    pthread_mutex_lock(&s->ck_lock);
+    s->ck_stop = true;
+    pthread_cond_broadcast(&s->ck_cond);
+    pthread_mutex_unlock(&s->ck_lock);
+    if (s->ckpt_started) {
+        int rc = pthread_join(s->ckpt_tid, NULL);
+        if (rc)
+            log_error(MOD, "cannot join the checkpoint thread: %s", strerror(rc));
+    }
+
+    pthread_mutex_lock(&s->rlock);
+    s->rclosing = true;
+    pthread_cond_broadcast(&s->rcond);
+    pthread_mutex_unlock(&s->rlock);
+    for (int i = 0; i < s->nreaders; i++) {
+        struct reader *rd = &s->readers[i];
+        if (rd->started) {
+            int rc = pthread_join(rd->tid, NULL);
+            if (rc)
+                log_error(MOD, "cannot join reader thread %d: %s", i, strerror(rc));
+        }
+        sqlite3_finalize(rd->latest);
+        sqlite3_finalize(rd->since);
+        sqlite3_finalize(rd->before);
+        close_db(s, rd->db);
+    }
+    free(s->readers);
+
+    sqlite3_finalize(s->st_begin);
+    sqlite3_finalize(s->st_commit);
+    sqlite3_finalize(s->st_rollback);
+    sqlite3_finalize(s->st_ins_msg);
+    sqlite3_finalize(s->st_find_dup);
+    sqlite3_finalize(s->st_room);
+    sqlite3_finalize(s->st_user);
+    close_db(s, s->mdb);
+    close_db(s, s->cdb);
+    close_db(s, s->wdb); /* the last connection checkpoints and removes the WAL */
+
+    retry_clear(s);
+    free(s->batch);
+    free(s->batch_w);
+    free(s->sorted);
+    free(s->retry);
+    pthread_cond_destroy(&s->ck_cond);
+    pthread_mutex_destroy(&s->ck_lock);
+    pthread_mutex_destroy(&s->ckpt_run);
+    pthread_cond_destroy(&s->rcond);
+    pthread_mutex_destroy(&s->rlock);
+    pthread_cond_destroy(&s->wcond);
+    pthread_mutex_destroy(&s->lock);
+    free(s->path);
+    free(s);
+}
+
+store_t *store_open(const struct store_opts *o, char *err, size_t errsz)
+{
+    int rc;
+
+    if (!o || !o->path || !o->path[0]) {
+        snprintf(err, errsz, "no database path given");
+        return NULL;
+    }
+    store_t *s = xcalloc(1, sizeof(*s));
+    s->path = xstrdup(o->path);
+    s->o = *o;
+    s->o.path = NULL;
+    if (s->o.batch_max <= 0)
+        s->o.batch_max = DEFAULT_BATCH_MAX;
+    if (s->o.batch_window_us == 0)
+        s->o.batch_window_us = DEFAULT_WINDOW_US;
+    if (s->o.readers <= 0)
+        s->o.readers = 1;
+    if (s->o.queue_max == 0)
+        s->o.queue_max = DEFAULT_QUEUE_MAX;
+    if (s->o.close_timeout_ms == 0)
+        s->o.close_timeout_ms = DEFAULT_CLOSE_TIMEOUT_MS;
+    else if (s->o.close_timeout_ms < 0)
+        s->o.close_timeout_ms = 0;
+
+    /* The primitives first so store_destroy can always use them. */
+    if ((rc = pthread_mutex_init(&s->lock, NULL)) != 0) {
+        snprintf(err, errsz, "cannot create a mutex: %s", strerror(rc));
+        goto fail_early;
+    }
+    if ((rc = cond_init_mono(&s->wcond)) != 0) {
+        snprintf(err, errsz, "cannot create a condition variable: %s", strerror(rc));
+        goto fail_lock;
+    }
+    if ((rc = pthread_mutex_init(&s->rlock, NULL)) != 0) {
+        snprintf(err, errsz, "cannot create a mutex: %s", strerror(rc));
+        goto fail_wcond;
+    }
+    if ((rc = pthread_cond_init(&s->rcond, NULL)) != 0) {
+        snprintf(err, errsz, "cannot create a condition variable: %s", strerror(rc));
+        goto fail_rlock;
+    }
+    if ((rc = pthread_mutex_init(&s->ckpt_run, NULL)) != 0) {
+        snprintf(err, errsz, "cannot create a mutex: %s", strerror(rc));
+        goto fail_rcond;
+    }
+    if ((rc = pthread_mutex_init(&s->ck_lock, NULL)) != 0) {
+        snprintf(err, errsz, "cannot create a mutex: %s", strerror(rc));
+        goto fail_ckpt_run;
+    }
+    if ((rc = cond_init_mono(&s->ck_cond)) != 0) {
+        snprintf(err, errsz, "cannot create a condition variable: %s", strerror(rc));
+        goto fail_ck_lock;
+    }
+
+    size_t bm = (size_t)s->o.batch_max;
+    s->batch = xcalloc(bm, sizeof(*s->batch));
+    s->batch_w = xcalloc(bm, sizeof(*s->batch_w));
+    s->sorted = xcalloc(bm, sizeof(*s->sorted));
+    s->retry = xcalloc(bm, sizeof(*s->retry));
+    s->readers = xcalloc((size_t)s->o.readers, sizeof(*s->readers));
+
+    if (open_writer(s, err, errsz) != 0)
+        goto fail;
+    if (open_readonly(s, &s->mdb, err, errsz) != 0)
+        goto fail;
+    s->cdb = open_conn(s->path, false, err, errsz);
+    if (!s->cdb)
+        goto fail;
+    /* PASSIVE checkpoints never call it; it is there for the WAL-index
+     * recovery a checkpoint may have to wait for */
+    if ((rc = sqlite3_busy_timeout(s->cdb, READER_BUSY_MS)) != SQLITE_OK) {
+        snprintf(err, errsz, "cannot configure database '%s': %s", s->path, sqlite3_errstr(rc));
+        goto fail;
+    }
+    /* A connection learns the file is in WAL mode when it first reads it;
+     * until then a checkpoint on it is a silent no-op. */
+    if (exec_sql(s->cdb, s->o.durability_full ? "PRAGMA synchronous = FULL"
+                                              : "PRAGMA synchronous = NORMAL",
+                 err, errsz, "cannot set synchronous") != SQLITE_OK ||
+        exec_sql(s->cdb, "SELECT count(*) FROM sqlite_schema", err, errsz,
+                 "cannot read the database") != SQLITE_OK)
+        goto fail;
+    for (int i = 0; i < s->o.readers; i++) {
+        struct reader *rd = &s->readers[i];
+        rd->s = s;
+        s->nreaders = i + 1;
+        if (open_reader(s, rd, err, errsz) != 0)
+            goto fail;
+    }
+    for (int i = 0; i < s->nreaders; i++) {
+        struct reader *rd = &s->readers[i];
+        if ((rc = pthread_create(&rd->tid, NULL, reader_main, rd)) != 0) {
+            snprintf(err, errsz, "cannot start a storage reader thread: %s", strerror(rc));
+            goto fail;
+        }
+        rd->started = true;
+    }
+    if ((rc = pthread_create(&s->ckpt_tid, NULL, ckpt_main, s)) != 0) {
+        snprintf(err, errsz, "cannot start the storage checkpoint thread: %s", strerror(rc));
+        goto fail;
+    }
+    s->ckpt_started = true;
+    if ((rc = pthread_create(&s->writer, NULL, writer_main, s)) != 0) {
+        snprintf(err, errsz, "cannot start the storage writer thread: %s", strerror(rc));
+        goto fail;
+    }
+    s->writer_started = true;
+    log_info(MOD, "opened '%s' (schema version %d, synchronous=%s, batch %d, window %d us)",
+             s->path, SCHEMA_VERSION, s->o.durability_full ? "full" : "normal", s->o.batch_max,
+             s->o.batch_window_us > 0 ? s->o.batch_window_us : 0);
+    return s;
+
+fail:
+    store_destroy(s);
+    return NULL;
+fail_ck_lock:
+    pthread_mutex_destroy(&s->ck_lock);
+fail_ckpt_run:
+    pthread_mutex_destroy(&s->ckpt_run);
+fail_rcond:
+    pthread_cond_destroy(&s->rcond);
+fail_rlock:
+    pthread_mutex_destroy(&s->rlock);
+fail_wcond:
+    pthread_cond_destroy(&s->wcond);
+fail_lock:
+    pthread_mutex_destroy(&s->lock);
+fail_early:
+    free(s->path);
+    free(s);
+    return NULL;
+}
+
+void store_close(store_t *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    size_t pending = s->qn;
+    pthread_mutex_unlock(&s->lock);
+    log_info(MOD, "closing '%s': flushing %zu queued writes", s->path, pending);
+    store_destroy(s);
+}
+
+/* ------------------------------------------------------------- submit */
+
+int store_submit(store_t *s, struct store_write *w)
+{
+    if (!w || !w->done)
+        return -EINVAL;
+    if (w->kind == SW_MESSAGE &&
+        (!w->msg.room || !w->msg.from || !w->msg.text || w->msg.text_len > INT32_MAX))
+        return -EINVAL;
+    if (w->kind == SW_USER && !w->msg.from)
+        return -EINVAL;
+    if ((w->kind == SW_ACCOUNT_ADD || w->kind == SW_ACCOUNT_PASSWD) &&
+        (!w->msg.from || !w->password_hash))
+        return -EINVAL;
+    if (w->kind == SW_ACCOUNT_DEL && !w->msg.from)
+        return -EINVAL;
+    if (w->kind == SW_OUTBOX_ADD &&
+        (!w->outbox_id || !w->recipient || !w->email || !w->note_kind || !w->msg.from ||
+         !w->msg.room || !w->msg.text))
+        return -EINVAL;
+    if (w->kind == SW_OUTBOX_MARK && (!w->outbox_id || !w->state))
+        return -EINVAL;
+    if (w->kind > SW_OUTBOX_MARK)
+        return -EINVAL;
+    w->next = NULL;
+    w->status = 0;
+    w->dup_seq = 0;
+
+    pthread_mutex_lock(&s->lock);
+    if (s->closing) {
+        pthread_mutex_unlock(&s->lock);
+        return -ESHUTDOWN;
+    }
+    if (s->qn >= s->o.queue_max) {
+        pthread_mutex_unlock(&s->lock);
+        return -EAGAIN;
+    }
+    if (s->qtail) {
+        s->qtail->next = w;
+    } else {
+        s->qhead = w;
+        s->q_first_ns = now_mono_ns();
+    }
+    s->qtail = w;
+    s->qn++;
+    /* The writer waits only for a first write or for a full batch. */
+    if (s->qn == 1 || s->qn == (size_t)s->o.batch_max)
+        pthread_cond_signal(&s->wcond);
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+int store_read_submit(store_t *s, struct store_read *r)
+{
+    if (!r || !r->done || r->limit < 0 ||
+        (r->mode != SR_LATEST && r->mode != SR_SINCE && r->mode != SR_BEFORE))
+        return -EINVAL;
+    r->next = NULL;
+    r->msgs = NULL;
+    r->priv = NULL;
+    r->n = 0;
+    r->more = false;
+    r->status = 0;
+
+    pthread_mutex_lock(&s->rlock);
+    if (s->rclosing || atomic_load_explicit(&s->closing_flag, memory_order_relaxed)) {
+        pthread_mutex_unlock(&s->rlock);
+        return -ESHUTDOWN;
+    }
+    if (s->rn >= s->o.queue_max) {
+        pthread_mutex_unlock(&s->rlock);
+        return -EAGAIN;
+    }
+    if (s->rtail)
+        s->rtail->next = r;
+    else
+        s->rhead = r;
+    s->rtail = r;
+    s->rn++;
+    pthread_cond_signal(&s->rcond);
+    pthread_mutex_unlock(&s->rlock);
+    return 0;
+}
+
+void store_read_release(struct store_read *r)
+{
+    if (!r)
+        return;
+    free(r->msgs);
+    free(r->priv);
+    r->msgs = NULL;
+    r->priv = NULL;
+    r->n = 0;
+}
+
+/* ------------------------------------------------------ start-up loads */
+
+static int load_fail(store_t *s, const char *what)
+{
+    log_error(MOD, "cannot load %s from '%s': %s", what, s->path, sqlite3_errmsg(s->mdb));
+    return -1;
+}
+
+int store_load_rooms(store_t *s, void (*cb)(void *arg, const char *room, uint64_t last_seq),
+                     void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->mdb, "SELECT name, last_seq FROM rooms", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return load_fail(s, "rooms");
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *name = sqlite3_column_text(st, 0);
+        if (name)
+            cb(arg, (const char *)name, (uint64_t)sqlite3_column_int64(st, 1));
+    }
+    if (rc != SQLITE_DONE) {
+        load_fail(s, "rooms");
+        sqlite3_finalize(st);
+        return -1;
+    }
+    sqlite3_finalize(st);
+    return 0;
+}
+
+int store_load_users(store_t *s, void (*cb)(void *arg, const char *user), void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->mdb, "SELECT name FROM users", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return load_fail(s, "users");
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *name = sqlite3_column_text(st, 0);
+        if (name)
+            cb(arg, (const char *)name);
+    }
+    if (rc != SQLITE_DONE) {
+        load_fail(s, "users");
+        sqlite3_finalize(st);
+        return -1;
+    }
+    sqlite3_finalize(st);
+    return 0;
+}
+
+int store_load_ids(store_t *s, int64_t since_ms,
+                   void (*cb)(void *arg, const char *room, const char *from, const char *id,
+                              uint64_t seq, int64_t ts),
+                   void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    /* "client_id IS NOT NULL" lets the planner use the partial ts index */
+    int rc = sqlite3_prepare_v2(s->mdb,
+                                "SELECT room, sender, client_id, seq, ts FROM messages"
+                                " WHERE client_id IS NOT NULL AND ts >= ?1",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return load_fail(s, "message ids");
+    if ((rc = sqlite3_bind_int64(st, 1, since_ms)) != SQLITE_OK) {
+        load_fail(s, "message ids");
+        sqlite3_finalize(st);
+        return -1;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *room = sqlite3_column_text(st, 0);
+        const unsigned char *from = sqlite3_column_text(st, 1);
+        const unsigned char *id = sqlite3_column_text(st, 2);
+        if (room && from && id)
+            cb(arg, (const char *)room, (const char *)from, (const char *)id,
+               (uint64_t)sqlite3_column_int64(st, 3), sqlite3_column_int64(st, 4));
+    }
+    if (rc != SQLITE_DONE) {
+        load_fail(s, "message ids");
+        sqlite3_finalize(st);
+        return -1;
+    }
+    sqlite3_finalize(st);
+    return 0;
+}
+
+/* --------------------------------------------------------------- stats */
+
+void store_stats(store_t *s, struct store_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->commits = atomic_load_explicit(&s->n_commits, memory_order_relaxed);
+    out->writes = atomic_load_explicit(&s->n_writes, memory_order_relaxed);
+    out->failures = atomic_load_explicit(&s->n_failures, memory_order_relaxed);
+    out->failed_commits = atomic_load_explicit(&s->n_failed_commits, memory_order_relaxed);
+    out->lost = atomic_load_explicit(&s->n_lost, memory_order_relaxed);
+    out->retrying = atomic_load_explicit(&s->n_retrying, memory_order_relaxed);
+    out->commit_seconds_sum =
+        (double)atomic_load_explicit(&s->n_commit_ns, memory_order_relaxed) / 1e9;
+    uint64_t cum = 0;
+    for (int i = 0; i < STORE_COMMIT_BUCKETS; i++) {
+        cum += atomic_load_explicit(&s->n_bucket[i], memory_order_relaxed);
+        out->commit_le[i] = commit_le[i];
+        out->commit_le_count[i] = cum;
+    }
+    pthread_mutex_lock(&s->lock);
+    out->queued = s->qn;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* ------------------------------------------------- blocking helpers */
+
+struct waiter {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+};
+
+static void wake_waiter(struct store_write *w)
+{
+    struct waiter *wt = w->arg;
+    pthread_mutex_lock(&wt->lock);
+    wt->done = true;
+    pthread_cond_signal(&wt->cond);
+    pthread_mutex_unlock(&wt->lock);
+}
+
+int store_submit_wait(store_t *s, struct store_write *w)
+{
+    struct waiter wt = {.done = false};
+    pthread_mutex_init(&wt.lock, NULL);
+    pthread_cond_init(&wt.cond, NULL);
+    w->done = wake_waiter;
+    w->arg = &wt;
+    int rc = store_submit(s, w);
+    if (rc == 0) {
+        pthread_mutex_lock(&wt.lock);
+        while (!wt.done)
+            pthread_cond_wait(&wt.cond, &wt.lock);
+        pthread_mutex_unlock(&wt.lock);
+        rc = w->status;
+    }
+    pthread_cond_destroy(&wt.cond);
+    pthread_mutex_destroy(&wt.lock);
+    return rc;
+}
+
+/* A short-lived read-only connection for the rare blocking reads of worker
+ * threads (logins, the notifier's outbox scan): no queue, no shared state. */
+static sqlite3 *open_side_reader(store_t *s)
+{
+    char err[256];
+    sqlite3 *db = open_conn(s->path, true, err, sizeof(err));
+    if (!db) {
+        log_error(MOD, "%s", err);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, READER_BUSY_MS);
+    return db;
+}
+
+int store_account_get(store_t *s, const char *name, char *hash, size_t hashsz, char *email,
+                      size_t emailsz)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = -EIO;
+    sqlite3 *db = open_side_reader(s);
+    if (!db)
+        return -EIO;
+    if (sqlite3_prepare_v2(db, "SELECT password_hash, email FROM users WHERE name = ?1", -1, &st,
+                           NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+        const char *h = (const char *)sqlite3_column_text(st, 0);
+        const char *e = (const char *)sqlite3_column_text(st, 1);
+        if (hash)
+            str_lcpy(hash, h ? h : "", hashsz);
+        if (email)
+            str_lcpy(email, e ? e : "", emailsz);
+        rc = 0;
+    } else if (step == SQLITE_ROW || step == SQLITE_DONE) {
+        rc = -ENOENT;
+    }
+out:
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return rc;
+}
+
+int store_outbox_pending(store_t *s, int64_t now_ms, size_t max, struct store_outbox_row **rows,
+                         size_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    struct store_outbox_row *out = NULL;
+    size_t k = 0;
+    int rc = -EIO, step;
+    sqlite3 *db = open_side_reader(s);
+
+    *rows = NULL;
+    *n = 0;
+    if (!db)
+        return -EIO;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT id, recipient, email, kind, sender, room, text, ts, attempts,"
+                           " next_at FROM outbox WHERE state = 'pending' AND next_at <= ?1"
+                           " ORDER BY next_at, created_at LIMIT ?2",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, now_ms);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)max);
+    out = xcalloc(max ? max : 1, sizeof(*out));
+    while (k < max && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        struct store_outbox_row *r = &out[k++];
+        str_lcpy(r->id, (const char *)sqlite3_column_text(st, 0), sizeof(r->id));
+        str_lcpy(r->recipient, (const char *)sqlite3_column_text(st, 1), sizeof(r->recipient));
+        str_lcpy(r->email, (const char *)sqlite3_column_text(st, 2), sizeof(r->email));
+        str_lcpy(r->kind, (const char *)sqlite3_column_text(st, 3), sizeof(r->kind));
+        str_lcpy(r->from, (const char *)sqlite3_column_text(st, 4), sizeof(r->from));
+        str_lcpy(r->room, (const char *)sqlite3_column_text(st, 5), sizeof(r->room));
+        r->text = xstrdup((const char *)sqlite3_column_text(st, 6));
+        r->ts = sqlite3_column_int64(st, 7);
+        r->attempts = sqlite3_column_int(st, 8);
+        r->next_at_ms = sqlite3_column_int64(st, 9);
+    }
+    rc = 0;
+out:
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    if (rc == 0) {
+        *rows = out;
+        *n = k;
+    } else {
+        store_outbox_rows_free(out, k);
+    }
+    return rc;
+}
+
+void store_outbox_rows_free(struct store_outbox_row *rows, size_t n)
+{
+    for (size_t i = 0; rows && i < n; i++)
+        free(rows[i].text);
+    free(rows);
+}
+
+int store_outbox_mark(store_t *s, const char *const *ids, size_t n, const char *state,
+                      int attempts, int64_t next_at_ms)
+{
+    int first = 0;
+    /* a row that is not there yet (its insert still queued behind) is not
+     * an error: the notifier marks what it knows and moves on */
+    for (size_t i = 0; i < n; i++) {
+        struct store_write w = {.kind = SW_OUTBOX_MARK, .outbox_id = ids[i], .state = state,
+                                .attempts = attempts, .next_at_ms = next_at_ms};
+        int rc = store_submit_wait(s, &w);
+        if (rc != 0 && rc != -ENOENT && !first)
+            first = rc;
+    }
+    return first;
+}

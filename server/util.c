@@ -122,3 +122,13 @@ long utf8_count(const char *s, size_t len)
     }
     return n;
 }
+
+char *path_beside(const char *file, const char *name)
+{
+    const char *slash = strrchr(file, '/');
+    int dl = slash ? (int)(slash - file) : 1;
+    size_t n = (size_t)dl + strlen(name) + 2;
+    char *p = xmalloc(n);
+    snprintf(p, n, "%.*s/%s", dl, slash ? file : ".", name);
+    return p;
+}

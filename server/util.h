@@ -27,6 +27,10 @@ int64_t now_wall_ms(void);
  * length of src, like BSD strlcpy, so truncation is detectable. */
 size_t str_lcpy(char *dst, const char *src, size_t dstsz);
 
+/* Thread: any. "<directory of file>/<name>" (heap; "./name" for a bare
+ * file name), for files that live beside another one. */
+char *path_beside(const char *file, const char *name);
+
 /* Thread: any. Number of Unicode code points in valid UTF-8 input, or -1 if
  * the input is not valid UTF-8 (overlongs, surrogates and > U+10FFFF are
  * invalid). */

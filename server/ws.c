@@ -31,15 +31,17 @@ static void close_with(struct lws *wsi, int code, const char *reason)
     lws_close_reason(wsi, (enum lws_close_status)code, (unsigned char *)reason, strlen(reason));
 }
 
+/* Copy query argument name ("user=") into out ("" if absent or too long).
+ * lws copies each fragment into the buffer it is given and stops looking at
+ * the first fragment that does not fit, so the scan buffer must hold the
+ * longest fragment we accept (a token), whatever out's size. */
 static void url_arg(struct lws *wsi, const char *name, char *out, size_t outsz)
 {
+    char buf[CODEC_TOKEN_MAX + 16];
+    const char *v = lws_get_urlarg_by_name(wsi, name, buf, (int)sizeof(buf));
     out[0] = '\0';
-    const char *v = lws_get_urlarg_by_name(wsi, name, out, (int)outsz);
-    if (!v) {
-        out[0] = '\0';
-        return;
-    }
-    memmove(out, v, strlen(v) + 1);
+    if (v && strlen(v) < outsz)
+        memcpy(out, v, strlen(v) + 1);
 }
 
 static int on_established(struct lws *wsi, struct pss *pss, struct loop *l)
@@ -221,6 +223,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         if (l) {
             loop_adopt_handoffs(l);
+            loop_run_jobs(l);
             drain_pending(l);
         }
         return 0;
@@ -249,6 +252,10 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 0;
     case LWS_CALLBACK_HTTP:
         return http_request(wsi, loop_server(l), &pss->h, in ? (const char *)in : "/");
+    case LWS_CALLBACK_HTTP_BODY:
+        return http_body(wsi, loop_server(l), &pss->h, in, len);
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+        return http_body_complete(wsi, loop_server(l), &pss->h);
     case LWS_CALLBACK_HTTP_WRITEABLE:
         return http_writeable(wsi, loop_server(l), &pss->h);
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:

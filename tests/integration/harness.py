@@ -1,0 +1,970 @@
+"""Integration-test harness: a real parleyd on a loopback port, and clients.
+
+What it gives the tests:
+
+- Server: starts parleyd on a free 127.0.0.1 port with a temporary database,
+  its stdout+stderr captured to a file, waits (bounded poll of GET /healthz)
+  until it is ready, stops it with SIGTERM (the exit code is returned so the
+  test can insist on 0), kills it with SIGKILL as a last resort, and removes
+  its temporary directory.
+- ServerCase: an IsolatedAsyncioTestCase with one server per test class;
+  the server's log is printed when a test of the class fails and a clean
+  exit (code 0 on SIGTERM) is checked when the class is done.
+- JClient / TClient: JSON-mode and text-mode WebSocket clients
+  (python3-websockets, asyncio API) whose every wait is bounded. Every JSON
+  frame received is checked with schema_check.validate_server_frame.
+- http_get: a raw-socket HTTP/1.1 request, so a path reaches the server
+  byte for byte (urllib and http.client normalise or refuse some of them).
+- RawWS: a raw-socket WebSocket client for frames no library will send
+  (binary, invalid UTF-8, oversize, hostile fragmentation).
+
+Every wait polls for a condition with a deadline; nothing sleeps and hopes.
+Time limits scale up under sanitizers (ASAN_OPTIONS/TSAN_OPTIONS set) or
+with PARLEY_TIMEOUT_SCALE.
+"""
+
+import asyncio
+import base64
+import collections
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import websockets
+
+SOURCE = os.environ.get("PARLEY_SOURCE") or os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PARLEYD = os.environ.get("PARLEYD") or os.path.join(SOURCE, "build-h5", "server", "parleyd")
+
+
+def _scale():
+    s = os.environ.get("PARLEY_TIMEOUT_SCALE")
+    if s:
+        return float(s)
+    if os.environ.get("ASAN_OPTIONS") or os.environ.get("TSAN_OPTIONS"):
+        return 3.0
+    return 1.0
+
+
+SCALE = _scale()
+# The usual bound for one expected frame; generous because a miss fails fast
+# anyway only when the frame never comes.
+T = 5.0 * SCALE
+# How long a negative check ("no such frame arrives") listens.
+QUIET = 0.3
+
+_counter = itertools.count(1)
+
+
+def uniq(prefix="x"):
+    """A name unique within this test process, valid as a user or room."""
+    return f"{prefix}{os.getpid() % 10000}_{next(_counter)}"
+
+
+# ------------------------------------------------------------------ schema
+
+_validator = None
+
+
+def validate(obj):
+    """Check a server frame against the protocol schema (schema_check.py)."""
+    global _validator
+    if _validator is None:
+        try:
+            import schema_check  # written alongside; imported lazily
+            _validator = schema_check.validate_server_frame
+        except ImportError:
+            print("harness: schema_check.py not found, using the minimal check",
+                  file=sys.stderr)
+            _validator = _minimal_validate
+    _validator(obj)
+
+
+def _minimal_validate(obj):
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise AssertionError(f"server frame is not an object with a string type: {obj!r}")
+
+
+def _no_dup_pairs(pairs):
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise AssertionError(f"server frame has duplicate key {k!r}")
+        d[k] = v
+    return d
+
+
+# Raw frames already validated. A fan-out sends the same bytes to hundreds
+# of clients and schema validation costs most of a millisecond, so each
+# distinct frame is validated once: identical bytes, identical verdict.
+_valid_raw = set()
+
+
+def parse_frame(raw):
+    """Parse and validate one JSON frame from the server."""
+    if isinstance(raw, bytes):
+        raise AssertionError(f"server sent a binary frame in JSON mode: {raw[:80]!r}")
+    obj = json.loads(raw, object_pairs_hook=_no_dup_pairs)
+    if raw not in _valid_raw:
+        validate(obj)
+        if len(_valid_raw) > 200000:
+            _valid_raw.clear()
+        _valid_raw.add(raw)
+    return obj
+
+
+# ------------------------------------------------------------------ process
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout, interval=0.02, what="condition"):
+    """Poll pred() until it returns a true value; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+async def async_wait_for(pred, timeout, interval=0.02, what="condition"):
+    """The asyncio form of wait_for; pred may be a coroutine function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if asyncio.iscoroutine(v):
+            v = await v
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def run_parleyd(args, timeout=10 * SCALE, **kw):
+    """Run parleyd to completion (CLI checks). Returns CompletedProcess."""
+    return subprocess.run([PARLEYD] + list(args), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+
+
+_help_text = None
+
+
+def parleyd_flags():
+    """The long flags parleyd --help lists (to pass optional tuning flags)."""
+    global _help_text
+    if _help_text is None:
+        _help_text = run_parleyd(["--help"]).stdout
+    return set(re.findall(r"--(?:\[no-\])?([a-z][a-z0-9-]*)", _help_text))
+
+
+class Server:
+    """One parleyd process (restartable on the same database)."""
+
+    def __init__(self, args=(), web_root=None, threads=2, log_level="warn", tmpdir=None):
+        self.tmp = tmpdir or tempfile.mkdtemp(prefix="parley-it-")
+        self.db = os.path.join(self.tmp, "parley.db")
+        self.web_root = web_root or os.path.join(SOURCE, "web")
+        self.args = list(args) + self.unlimited_rate_args(args)
+        self.threads = threads
+        self.log_level = log_level
+        self.proc = None
+        self.port = None
+        self.logs = []
+        self.starts = 0
+
+    @staticmethod
+    def unlimited_rate_args(args):
+        """The load tests here send far faster than a person types: raise the
+        per-user rate limit out of reach (--rate/--burst, at most 1e6) unless
+        the test sets it itself."""
+        out = []
+        for name in sorted(parleyd_flags()):
+            if name in ("rate", "burst") and f"--{name}" not in args:
+                out += [f"--{name}", "1000000"]
+        return out
+
+    # -- lifecycle
+
+    def command(self, port):
+        return [PARLEYD, "--listen", f"127.0.0.1:{port}", "--db", self.db,
+                "--web-root", self.web_root, "--threads", str(self.threads),
+                "--log-level", self.log_level] + self.args
+
+    def start(self, timeout=10 * SCALE):
+        """Start on a fresh free port and wait until /healthz answers."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        last = ""
+        for _ in range(3):  # a free port can be taken between probe and bind
+            port = free_port()
+            self.starts += 1
+            log = os.path.join(self.tmp, f"parleyd-{self.starts}.log")
+            self.logs.append(log)
+            with open(log, "wb") as lf:
+                self.proc = subprocess.Popen(self.command(port), stdin=subprocess.DEVNULL,
+                                             stdout=lf, stderr=subprocess.STDOUT)
+            self.port = port
+            if self._wait_ready(timeout):
+                return self
+            if self.proc.poll() is None:
+                self.kill()
+                raise AssertionError(f"parleyd not ready after {timeout:.0f} s\n{self.log_text()}")
+            last = self.log_text()
+            if "in use" not in last.lower() and "bind" not in last.lower():
+                break
+        raise AssertionError(f"parleyd exited at start (code {self.proc.returncode}):\n{last}")
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                st, _, body = http_get(self.port, "/healthz", timeout=1.0)
+                if st == 200 and body == b"ok\n":
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.02)
+        return False
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=None):
+        """SIGTERM, wait (bounded), return the exit code. Kill -9 on timeout."""
+        if self.proc is None:
+            return None
+        if timeout is None:
+            timeout = 15 * SCALE
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(f"parleyd did not exit within {timeout:.0f} s of SIGTERM\n"
+                                     f"{self.log_text()}")
+        return self.proc.returncode
+
+    def kill(self):
+        """SIGKILL by PID (the crash test, or the last resort)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        return self.proc.returncode if self.proc else None
+
+    def restart(self, timeout=10 * SCALE):
+        rc = self.stop()
+        if rc != 0:
+            raise AssertionError(f"parleyd exited {rc} on SIGTERM\n{self.log_text()}")
+        return self.start(timeout)
+
+    def cleanup(self):
+        self.kill()
+        self._kept_log = self.log_text()  # still printable after the files go
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    _kept_log = None
+
+    def log_text(self, last_n=200):
+        if self._kept_log is not None:
+            return self._kept_log
+        out = []
+        for p in self.logs:
+            try:
+                with open(p, "rb") as f:
+                    lines = f.read().decode("utf-8", "replace").splitlines()
+            except OSError:
+                continue
+            out.append(f"--- {os.path.basename(p)} ---")
+            out.extend(lines[-last_n:])
+        return "\n".join(out)
+
+    # -- addresses
+
+    def ws_url(self, query=""):
+        q = query.lstrip("?")
+        return f"ws://127.0.0.1:{self.port}/ws" + (f"?{q}" if q else "")
+
+    def get(self, path, **kw):
+        return http_get(self.port, path, **kw)
+
+    def metrics(self):
+        st, _, body = self.get("/metrics")
+        if st != 200:
+            raise AssertionError(f"/metrics answered {st}")
+        return parse_metrics(body.decode())
+
+    def metric(self, name):
+        return self.metrics().get(name, {}).get("", None)
+
+
+def parse_metrics(text):
+    """Prometheus text -> {name: {labels: value}}; raises on a malformed line."""
+    out = {}
+    pat = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)(\s+-?\d+)?$')
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        m = pat.match(line)
+        if not m:
+            raise AssertionError(f"malformed metrics line: {line!r}")
+        v = float(m.group(3))  # raises on a non-number
+        out.setdefault(m.group(1), {})[m.group(2) or ""] = v
+    return out
+
+
+# ------------------------------------------------------------------ test case
+
+class AsyncCase(unittest.IsolatedAsyncioTestCase):
+    """IsolatedAsyncioTestCase runs its loop in debug mode, which slows a
+    test with hundreds of clients down and warns about every blocking call
+    (the raw-socket helpers block on purpose); run it in normal mode."""
+
+    async def asyncSetUp(self):
+        asyncio.get_running_loop().set_debug(False)
+        await super().asyncSetUp()
+
+
+class ServerCase(AsyncCase):
+    """One parleyd per test class; clients are closed after each test."""
+
+    server_args = ()
+    web_root = None
+    threads = 2
+
+    @classmethod
+    def make_server(cls):
+        return Server(args=cls.server_args, web_root=cls.web_root, threads=cls.threads)
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.server = cls.make_server()
+        try:
+            cls.server.start()
+        except BaseException:
+            cls.server.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        srv = cls.server
+        try:
+            if srv.proc is not None and srv.proc.poll() is None:
+                rc = srv.stop()
+                if rc != 0:
+                    raise AssertionError(f"parleyd exited {rc} on SIGTERM:\n{srv.log_text()}")
+        finally:
+            srv.cleanup()
+            super().tearDownClass()
+
+    def run(self, result=None):
+        # print the server's log under a failing test, nowhere else
+        before = (len(result.failures) + len(result.errors)) if result else 0
+        r = super().run(result)
+        res = result or r
+        if res is not None and len(res.failures) + len(res.errors) > before:
+            print(f"\n==== parleyd log for {self.id()} ====\n{self.server.log_text()}\n====",
+                  file=sys.stderr)
+        return r
+
+    async def json_client(self, user=None, **kw):
+        c = await JClient.connect(self.server, user=user, **kw)
+        self.addAsyncCleanup(c.close)
+        return c
+
+    async def text_client(self, **kw):
+        c = await TClient.connect(self.server, **kw)
+        self.addAsyncCleanup(c.close)
+        return c
+
+
+# ------------------------------------------------------------------ clients
+
+class _Client:
+    """What the JSON and text clients share: a backlog of unconsumed frames,
+    bounded receives, and predicate matching."""
+
+    def __init__(self, ws, server):
+        self.ws = ws
+        self.server = server
+        self.backlog = collections.deque()
+        self.received = 0
+
+    @classmethod
+    async def _open(cls, server, query="", subprotocols=None, sock=None, timeout=None,
+                    max_size=None, max_queue=32):
+        kw = dict(subprotocols=subprotocols, max_size=max_size, max_queue=max_queue,
+                  open_timeout=timeout or T, ping_interval=None, close_timeout=T)
+        if sock is not None:
+            kw["sock"] = sock
+        return await websockets.connect(server.ws_url(query), **kw)
+
+    def _decode(self, raw):
+        raise NotImplementedError
+
+    async def _next(self, timeout):
+        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        self.received += 1
+        return self._decode(raw)
+
+    async def recv(self, timeout=None):
+        """The next frame (the backlog first); fails after timeout."""
+        if self.backlog:
+            return self.backlog.popleft()
+        try:
+            return await self._next(timeout or T)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"no frame within {timeout or T:.1f} s") from None
+
+    async def expect(self, pred, timeout=None, what=None):
+        """The first frame matching pred, from the backlog or the wire; frames
+        that do not match stay in the backlog, in order."""
+        for i, f in enumerate(self.backlog):
+            if pred(f):
+                del self.backlog[i]
+                return f
+        timeout = timeout or T
+        deadline = time.monotonic() + timeout
+        skipped = []
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"timed out after {timeout:.1f} s waiting for {what or 'a matching frame'};"
+                    f" got meanwhile: {skipped[-8:]!r}")
+            try:
+                f = await self._next(left)
+            except asyncio.TimeoutError:
+                continue
+            if pred(f):
+                return f
+            skipped.append(f)
+            self.backlog.append(f)
+
+    async def expect_none(self, pred=None, window=QUIET, what=None):
+        """Negative check: no frame (matching pred) arrives within window."""
+        pred = pred or (lambda f: True)
+        for f in self.backlog:
+            if pred(f):
+                raise AssertionError(f"unexpected frame {what or ''}: {f!r}")
+        deadline = time.monotonic() + window
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                f = await self._next(left)
+            except asyncio.TimeoutError:
+                return
+            if pred(f):
+                raise AssertionError(f"unexpected frame {what or ''}: {f!r}")
+            self.backlog.append(f)
+
+    def clear(self):
+        self.backlog.clear()
+
+    async def send_raw(self, data):
+        await self.ws.send(data)
+
+    async def close(self, code=1000):
+        """Close and wait for the server's close frame. Unread frames are
+        drained meanwhile: the library stops reading when its queue is full,
+        and would then never see the server's answer."""
+        async def drain():
+            try:
+                while True:
+                    await self.ws.recv()
+            except Exception:
+                pass
+        d = asyncio.ensure_future(drain())
+        try:
+            if self.ws.transport is not None and not self.ws.transport.is_closing():
+                self.ws.transport.resume_reading()  # a test may have paused it
+        except Exception:
+            pass
+        try:
+            await asyncio.wait_for(self.ws.close(code), T)
+        except Exception:
+            pass
+        finally:
+            d.cancel()
+
+    async def wait_closed(self, timeout=None):
+        """Read (and drop) frames until the server closes; return the close code."""
+        timeout = timeout or T
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"connection not closed within {timeout:.1f} s")
+            try:
+                await asyncio.wait_for(self.ws.recv(), left)
+            except websockets.ConnectionClosed:
+                await asyncio.wait_for(self.ws.wait_closed(), max(left, 1.0))
+                return self.ws.close_code
+            except asyncio.TimeoutError:
+                continue
+
+    @property
+    def close_code(self):
+        return self.ws.close_code
+
+
+def _match(frame, typ=None, **fields):
+    if typ is not None and frame.get("type") != typ:
+        return False
+    return all(frame.get(k) == v for k, v in fields.items())
+
+
+class JClient(_Client):
+    """A JSON-mode client."""
+
+    _refs = itertools.count(1)
+
+    @classmethod
+    async def connect(cls, server, user=None, room=None, query=None, hello=True,
+                      subprotocols=None, sock=None, max_queue=32):
+        """Connect; with user (and hello), sign in with a hello frame; with
+        room, join it too. query (a string) is passed on the URL as is."""
+        ws = await cls._open(server, query or "", subprotocols, sock, max_queue=max_queue)
+        c = cls(ws, server)
+        c.user = user
+        c.welcome = None
+        c.joined = {}
+        if user and hello and not query:
+            c.welcome = await c.call({"type": "hello", "user": user}, "welcome")
+        if room:
+            c.joined[room] = await c.call({"type": "join", "room": room}, "joined")
+        return c
+
+    def _decode(self, raw):
+        return parse_frame(raw)
+
+    async def send(self, obj):
+        await self.ws.send(json.dumps(obj))
+
+    def new_ref(self):
+        return f"r{next(self._refs)}"
+
+    async def call(self, obj, expect_type=None, timeout=None):
+        """Send obj with a fresh ref and return the frame that echoes it;
+        with expect_type, fail unless that frame has that type."""
+        obj = dict(obj)
+        ref = obj.setdefault("ref", self.new_ref())
+        await self.send(obj)
+        f = await self.expect(lambda f: f.get("ref") == ref, timeout,
+                              what=f"the reply to {obj!r}")
+        if expect_type is not None and f.get("type") != expect_type:
+            raise AssertionError(f"{obj!r} got {f!r}, expected a {expect_type}")
+        return f
+
+    async def expect_type(self, typ, timeout=None, **fields):
+        return await self.expect(lambda f: _match(f, typ, **fields), timeout,
+                                 what=f"{typ} {fields}")
+
+    async def expect_error(self, code, ref=None, timeout=None):
+        f = await self.expect(lambda f: f.get("type") == "error", timeout, what=f"error {code}")
+        if f.get("code") != code or (ref is not None and f.get("ref") != ref):
+            raise AssertionError(f"expected error {code} (ref {ref!r}), got {f!r}")
+        return f
+
+    async def sync(self, timeout=None):
+        """A barrier: every frame the server queued to us before it answered
+        this ping is then in the backlog."""
+        await self.call({"type": "ping"}, "pong", timeout)
+
+    async def send_msg(self, room, text, id=None, timeout=None):
+        """send and wait for its ack; returns the ack."""
+        req = {"type": "send", "room": room, "text": text}
+        if id is not None:
+            req["id"] = id
+        return await self.call(req, "ack", timeout)
+
+
+class Line(str):
+    """One line of text-mode output; .frame is every line of the frame it
+    came in (a joined/history/help reply is one multi-line frame)."""
+    frame = ()
+
+
+class TClient(_Client):
+    """A text-mode client. Each frame may hold several lines; recv/expect
+    work line by line, and the lines after a hit in the same frame are
+    t.last_frame[t.last_index + 1:]."""
+
+    last_frame = ()
+    last_index = 0
+
+    @classmethod
+    async def connect(cls, server, query="format=text", subprotocols=None):
+        ws = await cls._open(server, query, subprotocols)
+        return cls(ws, server)
+
+    def _decode(self, raw):
+        if isinstance(raw, bytes):
+            raise AssertionError(f"server sent a binary frame in text mode: {raw[:80]!r}")
+        return raw
+
+    async def _next(self, timeout):
+        # split a multi-line frame: the first line now, the rest in the
+        # backlog ahead of anything later
+        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        self.received += 1
+        lines = self._decode(raw).split("\n")
+        if lines and lines[-1] == "" and len(lines) > 1:
+            lines.pop()  # one trailing newline ends a line, it is not a line
+        lines = [Line(x) for x in lines]
+        frame = tuple(lines)
+        for ln in lines:
+            ln.frame = frame
+        self._pending_lines = lines[1:]
+        first = lines[0]
+        return first
+
+    async def recv(self, timeout=None):
+        if self.backlog:
+            return self._hit(self.backlog.popleft())
+        line = await super().recv(timeout)
+        self.backlog.extend(self._pending_lines)
+        self._pending_lines = []
+        return self._hit(line)
+
+    def _hit(self, line):
+        self.last_frame = getattr(line, "frame", ()) or (line,)
+        self.last_index = 0
+        for i, x in enumerate(self.last_frame):
+            if x is line:
+                self.last_index = i
+        return line
+
+    def rest_of_frame(self):
+        """The lines after the last line returned, in the same frame (taken
+        out of the backlog)."""
+        rest = list(self.last_frame[self.last_index + 1:])
+        ids = {id(x) for x in rest}
+        self.backlog = collections.deque(x for x in self.backlog if id(x) not in ids)
+        return rest
+
+    async def expect(self, pred, timeout=None, what=None):
+        if isinstance(pred, str):
+            rx = re.compile(pred)
+            what = what or pred
+            pred = lambda s: rx.search(s) is not None  # noqa: E731
+        for i, f in enumerate(self.backlog):
+            if pred(f):
+                del self.backlog[i]
+                return self._hit(f)
+        timeout = timeout or T
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out after {timeout:.1f} s waiting for "
+                                     f"{what or 'a matching line'}; backlog: "
+                                     f"{list(self.backlog)[-8:]!r}")
+            try:
+                first = await self._next(left)
+            except asyncio.TimeoutError:
+                continue
+            lines = [first] + self._pending_lines
+            self._pending_lines = []
+            hit = None
+            for ln in lines:
+                if hit is None and pred(ln):
+                    hit = ln
+                else:
+                    self.backlog.append(ln)
+            if hit is not None:
+                return self._hit(hit)
+
+    async def expect_none(self, pred=None, window=QUIET, what=None):
+        if isinstance(pred, str):
+            rx = re.compile(pred)
+            pred = lambda s: rx.search(s) is not None  # noqa: E731
+        pred = pred or (lambda s: True)
+        for ln in self.backlog:
+            if pred(ln):
+                raise AssertionError(f"unexpected line {what or ''}: {ln!r}")
+        deadline = time.monotonic() + window
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                first = await self._next(left)
+            except asyncio.TimeoutError:
+                return
+            for ln in [first] + self._pending_lines:
+                if pred(ln):
+                    raise AssertionError(f"unexpected line {what or ''}: {ln!r}")
+                self.backlog.append(ln)
+            self._pending_lines = []
+
+    _pending_lines = []
+
+    async def send(self, line):
+        await self.ws.send(line)
+
+
+# ------------------------------------------------------------------ raw HTTP
+
+def http_get(port, path, method="GET", headers=None, timeout=5.0 * SCALE):
+    """One HTTP/1.1 request over a raw socket; path is sent byte for byte.
+
+    Returns (status, headers {lowercase name: value}, body bytes); status is
+    None when the server closed the connection without a response.
+    """
+    if isinstance(path, str):
+        path = path.encode("latin-1")
+    hdrs = {"Host": f"127.0.0.1:{port}", "Connection": "close"}
+    hdrs.update(headers or {})
+    req = method.encode() + b" " + path + b" HTTP/1.1\r\n"
+    req += b"".join(f"{k}: {v}\r\n".encode() for k, v in hdrs.items()) + b"\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(req)
+        data = b""
+        deadline = time.monotonic() + timeout
+        head_end = -1
+        while head_end < 0:
+            chunk = _recv_some(s, deadline)
+            if not chunk:
+                if not data:
+                    return None, {}, b""
+                raise AssertionError(f"truncated HTTP response head: {data[:200]!r}")
+            data += chunk
+            head_end = data.find(b"\r\n\r\n")
+        head, rest = data[:head_end].decode("latin-1"), data[head_end + 4:]
+        lines = head.split("\r\n")
+        m = re.match(r"HTTP/1\.[01] (\d{3})", lines[0])
+        if not m:
+            raise AssertionError(f"bad status line {lines[0]!r}")
+        status = int(m.group(1))
+        h = {}
+        for ln in lines[1:]:
+            k, _, v = ln.partition(":")
+            h[k.strip().lower()] = v.strip()
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            return status, h, b""
+        if "content-length" in h:
+            n = int(h["content-length"])
+            while len(rest) < n:
+                chunk = _recv_some(s, deadline)
+                if not chunk:
+                    raise AssertionError("HTTP body shorter than its content-length")
+                rest += chunk
+            return status, h, rest[:n]
+        if "chunked" in h.get("transfer-encoding", "").lower():
+            return status, h, _dechunk(s, rest, deadline)
+        while True:
+            chunk = _recv_some(s, deadline)
+            if not chunk:
+                return status, h, rest
+            rest += chunk
+
+
+def _recv_some(s, deadline):
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise AssertionError("HTTP response timed out")
+    s.settimeout(left)
+    try:
+        return s.recv(65536)
+    except ConnectionResetError:
+        return b""
+
+
+def _dechunk(s, buf, deadline):
+    body = b""
+    while True:
+        while b"\r\n" not in buf:
+            more = _recv_some(s, deadline)
+            if not more:
+                raise AssertionError("truncated chunked body")
+            buf += more
+        line, buf = buf.split(b"\r\n", 1)
+        n = int(line.split(b";")[0], 16)
+        while len(buf) < n + 2:
+            more = _recv_some(s, deadline)
+            if not more:
+                raise AssertionError("truncated chunked body")
+            buf += more
+        if n == 0:
+            return body
+        body += buf[:n]
+        buf = buf[n + 2:]
+
+
+# ------------------------------------------------------------------ raw WebSocket
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+
+
+class RawWS:
+    """A blocking raw-socket WebSocket client for hostile frames."""
+
+    def __init__(self, port, query="", subprotocol=None, timeout=5.0 * SCALE):
+        self.timeout = timeout
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        path = "/ws" + (f"?{query}" if query else "")
+        req = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               f"Sec-WebSocket-Version: 13\r\n")
+        if subprotocol:
+            req += f"Sec-WebSocket-Protocol: {subprotocol}\r\n"
+        self.sock.sendall((req + "\r\n").encode())
+        self.buf = b""
+        deadline = time.monotonic() + timeout
+        while b"\r\n\r\n" not in self.buf:
+            chunk = _recv_some(self.sock, deadline)
+            if not chunk:
+                raise AssertionError(f"handshake refused: {self.buf[:200]!r}")
+            self.buf += chunk
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        head = head.decode("latin-1")
+        if not head.startswith("HTTP/1.1 101"):
+            raise AssertionError(f"handshake failed: {head[:200]!r}")
+        want = base64.b64encode(hashlib.sha1(
+            (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        if want not in head:
+            raise AssertionError("bad Sec-WebSocket-Accept")
+
+    def send_frame(self, opcode, payload=b"", fin=True, masked=True, rsv=0, length=None):
+        """Send one frame; length overrides the header's payload length (to
+        announce more than is sent)."""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        n = len(payload) if length is None else length
+        b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+        mbit = 0x80 if masked else 0
+        if n < 126:
+            head = struct.pack("!BB", b0, mbit | n)
+        elif n < 65536:
+            head = struct.pack("!BBH", b0, mbit | 126, n)
+        else:
+            head = struct.pack("!BBQ", b0, mbit | 127, n)
+        if masked:
+            mask = os.urandom(4)
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            head += mask
+        try:
+            self.sock.sendall(head + payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may close first; the close code tells
+
+    def send_text(self, text):
+        self.send_frame(OP_TEXT, text.encode() if isinstance(text, str) else text)
+
+    def _read(self, n, deadline):
+        while len(self.buf) < n:
+            try:
+                chunk = _recv_some(self.sock, deadline)
+            except socket.timeout:
+                raise AssertionError("timed out reading a frame") from None
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def recv_frame(self, timeout=None):
+        """(fin, opcode, payload) of the next frame; EOFError if the TCP
+        connection ends first."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        b0, b1 = self._read(2, deadline)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", self._read(2, deadline))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", self._read(8, deadline))[0]
+        if b1 & 0x80:
+            raise AssertionError("server sent a masked frame")
+        return bool(b0 & 0x80), b0 & 0x0F, self._read(n, deadline)
+
+    def recv_message(self, timeout=None):
+        """(opcode, payload) of the next data or close frame, fragments joined."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        parts, op0 = [], None
+        while True:
+            fin, op, data = self.recv_frame(max(deadline - time.monotonic(), 0.01))
+            if op == OP_PING:
+                self.send_frame(OP_PONG, data)
+                continue
+            if op == OP_PONG:
+                continue
+            if op == OP_CLOSE:
+                return op, data
+            if op0 is None:
+                op0 = op
+            parts.append(data)
+            if fin:
+                return op0, b"".join(parts)
+
+    def expect_close(self, timeout=None):
+        """Read until the server's close frame; return (code, reason), or
+        (None, "") if the TCP connection ended without one."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            try:
+                op, data = self.recv_message(max(deadline - time.monotonic(), 0.01))
+            except EOFError:
+                return None, ""
+            if op == OP_CLOSE:
+                code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+                return code, data[2:].decode("utf-8", "replace")
+
+    def recv_json(self, timeout=None):
+        op, data = self.recv_message(timeout)
+        if op != OP_TEXT:
+            raise AssertionError(f"expected a text frame, got opcode {op}: {data[:80]!r}")
+        return parse_frame(data.decode("utf-8"))
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def small_rcvbuf_socket(port, size=4096):
+    """A TCP socket to the server with a small receive buffer set before
+    connecting, so a client that stops reading backs up into the server's
+    queue instead of megabytes of kernel buffers."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    s.settimeout(T)
+    s.connect(("127.0.0.1", port))
+    s.setblocking(False)
+    return s
+
+
+def main():
+    """unittest.main with output that tools/test can count."""
+    unittest.main(verbosity=2)

@@ -1,0 +1,772 @@
+/*
+ * Unit tests for room: the registry (creation, lookup, reclaim, preload,
+ * listing), the per-room history window and membership, and concurrent
+ * acquire/release from many threads (run under TSan by tools/test).
+ *
+ * Clients are real struct client objects on a zeroed server with no loop:
+ * client_new only stores those pointers, and these tests never push (a push
+ * would schedule on the NULL loop).
+ */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "room.h"
+#include "server.h"
+
+static struct server srv; /* zeroed: the metrics client_free updates */
+
+static struct client *new_client(const char *user)
+{
+    struct client *c = client_new(&srv, NULL, 16, 1 << 20);
+    cr_assert_not_null(c);
+    cr_assert_lt(strlen(user), sizeof(c->user));
+    strcpy(c->user, user);
+    return c;
+}
+
+static unsigned client_refs(struct client *c)
+{
+    return atomic_load(&c->refs);
+}
+
+static unsigned hist_refs(struct hist *h)
+{
+    return atomic_load(&h->refs);
+}
+
+/* Append message seq to rm (room lock held); the window keeps the only
+ * reference unless keep is given, which receives one more. */
+static void append(struct room *rm, uint64_t seq, struct hist **keep)
+{
+    char text[32];
+    int n = snprintf(text, sizeof(text), "message %llu", (unsigned long long)seq);
+    struct hist *h = hist_new(rm->name, seq, "alice", text, (size_t)n, 1000 + (int64_t)seq, NULL);
+    room_append_locked(rm, h);
+    if (keep)
+        *keep = h;
+    else
+        hist_unref(&h);
+}
+
+Test(room, hist_new_lays_out_every_field)
+{
+    struct hist *h = hist_new("lobby", 7, "bob", "a\0b", 3, 12345, "cid-1");
+    cr_assert_str_eq(h->m.room, "lobby");
+    cr_assert_eq(h->m.seq, 7);
+    cr_assert_str_eq(h->m.from, "bob");
+    cr_assert_eq(h->m.text_len, 3);
+    cr_assert_eq(memcmp(h->m.text, "a\0b", 4), 0, "text is copied by length and terminated");
+    cr_assert_eq(h->m.ts, 12345);
+    cr_assert_str_eq(h->m.id, "cid-1");
+    cr_assert_eq(hist_refs(h), 1);
+
+    struct hist *r = hist_ref(h);
+    cr_assert_eq(r, h);
+    cr_assert_eq(hist_refs(h), 2);
+    hist_unref(&r);
+    cr_assert_null(r, "unref NULLs the caller's pointer");
+    hist_unref(&r); /* NULL: no-op */
+    cr_assert_eq(hist_refs(h), 1);
+    hist_unref(&h);
+
+    h = hist_new("lobby", 1, "bob", "", 0, 0, NULL);
+    cr_assert_str_eq(h->m.id, "", "no id reads as the empty string");
+    cr_assert_str_eq(h->m.text, "");
+    hist_unref(&h);
+}
+
+/* Kept reachable so valgrind's leak check at the abort does not count it. */
+static struct hist *volatile abort_keep;
+
+Test(room, hist_unref_underflow_aborts, .signal = SIGABRT)
+{
+    struct hist *h = abort_keep = hist_new("lobby", 1, "bob", "x", 1, 0, NULL);
+    atomic_store(&h->refs, 0);
+    hist_unref(&h);
+}
+
+Test(room, acquire_absent_without_create)
+{
+    rooms_t *r = rooms_new(8);
+    cr_assert_null(rooms_acquire(r, "nowhere", false));
+    struct room_snapshot snap[4];
+    cr_assert_eq(rooms_list(r, snap, 4), 0);
+    cr_assert_eq(rooms_active(r), 0);
+    rooms_release(r, &(struct room *){NULL}); /* NULL: no-op */
+    rooms_free(r);
+    rooms_free(NULL);
+}
+
+Test(room, create_lookup_and_reclaim)
+{
+    rooms_t *r = rooms_new(8);
+    struct room *a = rooms_acquire(r, "general", true);
+    cr_assert_not_null(a);
+    cr_assert_str_eq(a->name, "general");
+    cr_assert_not(a->is_dm);
+    cr_assert_eq(a->seq, 0);
+    cr_assert_eq(atomic_load(&a->refs), 1);
+
+    struct room *b = rooms_acquire(r, "general", false);
+    cr_assert_eq(b, a, "a lookup finds the same room");
+    struct room *c = rooms_acquire(r, "general", true);
+    cr_assert_eq(c, a, "create finds the existing room");
+    cr_assert_eq(atomic_load(&a->refs), 3);
+
+    rooms_release(r, &b);
+    cr_assert_null(b, "release NULLs the caller's pointer");
+    rooms_release(r, &c);
+    struct room *d = rooms_acquire(r, "general", false);
+    cr_assert_eq(d, a, "still referenced: not reclaimed");
+    rooms_release(r, &d);
+    cr_assert_eq(atomic_load(&a->refs), 1);
+    rooms_release(r, &a);
+    /* no references, no members, no messages: gone */
+    cr_assert_null(rooms_acquire(r, "general", false));
+    rooms_free(r);
+}
+
+Test(room, dm_rooms_are_marked)
+{
+    rooms_t *r = rooms_new(8);
+    struct room *d = rooms_acquire(r, "dm:alice:bob", true);
+    cr_assert(d->is_dm);
+    struct room *g = rooms_acquire(r, "dmz", true);
+    cr_assert_not(g->is_dm, "only the 'dm:' prefix makes a DM");
+    rooms_release(r, &d);
+    rooms_release(r, &g);
+    rooms_free(r);
+}
+
+Test(room, registry_grows_past_its_initial_buckets)
+{
+    enum { N = 1000 };
+    static struct room *held[N];
+    rooms_t *r = rooms_new(8);
+    char name[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "room-%d", i);
+        held[i] = rooms_acquire(r, name, true);
+        cr_assert_str_eq(held[i]->name, name);
+    }
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "room-%d", i);
+        struct room *rm = rooms_acquire(r, name, false);
+        cr_assert_eq(rm, held[i], "%s moved or was duplicated by growth", name);
+        rooms_release(r, &rm);
+    }
+    for (int i = 0; i < N; i += 2)
+        rooms_release(r, &held[i]);
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "room-%d", i);
+        struct room *rm = rooms_acquire(r, name, false);
+        if (i % 2 == 0) {
+            cr_assert_null(rm, "%s should have been reclaimed", name);
+        } else {
+            cr_assert_eq(rm, held[i]);
+            rooms_release(r, &rm);
+        }
+    }
+    for (int i = 1; i < N; i += 2)
+        rooms_release(r, &held[i]);
+    rooms_free(r);
+}
+
+Test(room, room_with_messages_keeps_its_seq_but_not_its_window)
+{
+    rooms_t *r = rooms_new(8);
+    struct client *c = new_client("alice");
+    struct hist *h3;
+
+    struct room *rm = rooms_acquire(r, "lobby", true); /* the membership's reference */
+    pthread_mutex_lock(&rm->lock);
+    cr_assert(room_add_member_locked(rm, c));
+    append(rm, 1, NULL);
+    append(rm, 2, NULL);
+    append(rm, 3, &h3);
+    pthread_mutex_unlock(&rm->lock);
+    cr_assert_eq(hist_refs(h3), 2);
+
+    pthread_mutex_lock(&rm->lock);
+    cr_assert(room_remove_member_locked(rm, c));
+    pthread_mutex_unlock(&rm->lock);
+    struct room *was = rm;
+    rooms_release(r, &rm);
+
+    /* still registered, same seq, window and member array given back */
+    rm = rooms_acquire(r, "lobby", false);
+    cr_assert_eq(rm, was, "a room with messages must stay registered");
+    pthread_mutex_lock(&rm->lock);
+    cr_assert_eq(rm->seq, 3);
+    cr_assert_eq(rm->wcount, 0);
+    cr_assert_null(rm->win);
+    cr_assert_null(rm->members);
+    cr_assert_eq(rm->nmembers, 0);
+    cr_assert_eq(hist_refs(h3), 1, "the window's reference was dropped");
+    cr_assert_eq(room_window_lo_locked(rm), 4, "empty window: lo is seq + 1");
+    struct hist *out[4];
+    cr_assert_eq(room_window_copy_locked(rm, 1, 3, out), 0);
+
+    /* and it carries on from seq 4 */
+    append(rm, 4, NULL);
+    cr_assert_eq(rm->seq, 4);
+    cr_assert_eq(room_window_lo_locked(rm), 4);
+    cr_assert_eq(room_window_copy_locked(rm, 1, 10, out), 1);
+    cr_assert_eq(out[0]->m.seq, 4);
+    hist_unref(&out[0]);
+    pthread_mutex_unlock(&rm->lock);
+    rooms_release(r, &rm);
+
+    hist_unref(&h3);
+    client_unref(&c);
+    rooms_free(r);
+}
+
+Test(room, window_evicts_the_oldest)
+{
+    rooms_t *r = rooms_new(4);
+    struct room *rm = rooms_acquire(r, "lobby", true);
+    struct hist *h[11];
+    struct hist *out[16];
+
+    pthread_mutex_lock(&rm->lock);
+    cr_assert_eq(room_window_lo_locked(rm), 1, "a new room's window starts at seq 1");
+    cr_assert_eq(room_window_copy_locked(rm, 1, 5, out), 0);
+    for (uint64_t s = 1; s <= 10; s++) {
+        append(rm, s, &h[s]);
+        uint64_t lo = s > 4 ? s - 3 : 1;
+        cr_assert_eq(room_window_lo_locked(rm), lo, "after seq %llu", (unsigned long long)s);
+        cr_assert_eq(rm->seq, s);
+    }
+    for (int s = 1; s <= 6; s++)
+        cr_assert_eq(hist_refs(h[s]), 1, "seq %d evicted: the window let go", s);
+    for (int s = 7; s <= 10; s++)
+        cr_assert_eq(hist_refs(h[s]), 2, "seq %d in the window", s);
+
+    size_t n = room_window_copy_locked(rm, 1, 10, out);
+    cr_assert_eq(n, 4, "a range below the window is clamped to it");
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_eq(out[i], h[7 + i]);
+        cr_assert_eq(out[i]->m.seq, 7 + i);
+        cr_assert_eq(hist_refs(out[i]), 3, "each copy holds a reference");
+        hist_unref(&out[i]);
+    }
+    n = room_window_copy_locked(rm, 8, 9, out);
+    cr_assert_eq(n, 2);
+    cr_assert_eq(out[0], h[8]);
+    cr_assert_eq(out[1], h[9]);
+    hist_unref(&out[0]);
+    hist_unref(&out[1]);
+    n = room_window_copy_locked(rm, 9, 1000, out);
+    cr_assert_eq(n, 2, "a range beyond seq is clamped to it");
+    hist_unref(&out[0]);
+    hist_unref(&out[1]);
+    cr_assert_eq(room_window_copy_locked(rm, 11, 20, out), 0);
+    cr_assert_eq(room_window_copy_locked(rm, 9, 8, out), 0, "an empty range");
+    cr_assert_eq(room_window_copy_locked(rm, 0, 7, out), 1);
+    cr_assert_eq(out[0], h[7]);
+    hist_unref(&out[0]);
+    cr_assert_str_eq(h[10]->m.text, "message 10");
+    pthread_mutex_unlock(&rm->lock);
+
+    rooms_release(r, &rm);
+    rooms_free(r);
+    for (int s = 1; s <= 10; s++) {
+        cr_assert_eq(hist_refs(h[s]), 1, "rooms_free drops the window's references");
+        hist_unref(&h[s]);
+    }
+}
+
+Test(room, window_of_one)
+{
+    rooms_t *r = rooms_new(0); /* 0 means 1 */
+    struct room *rm = rooms_acquire(r, "tiny", true);
+    struct hist *out[2];
+    pthread_mutex_lock(&rm->lock);
+    for (uint64_t s = 1; s <= 3; s++)
+        append(rm, s, NULL);
+    cr_assert_eq(room_window_lo_locked(rm), 3);
+    cr_assert_eq(room_window_copy_locked(rm, 1, 3, out), 1);
+    cr_assert_eq(out[0]->m.seq, 3);
+    hist_unref(&out[0]);
+    pthread_mutex_unlock(&rm->lock);
+    rooms_release(r, &rm);
+    rooms_free(r);
+}
+
+Test(room, preload)
+{
+    rooms_t *r = rooms_new(8);
+    rooms_preload(r, "archive", 42);
+    struct room *rm = rooms_acquire(r, "archive", false);
+    cr_assert_not_null(rm, "a preloaded room exists without create");
+    cr_assert_eq(rm->seq, 42);
+    pthread_mutex_lock(&rm->lock);
+    cr_assert_eq(room_window_lo_locked(rm), 43);
+    struct hist *out[2];
+    cr_assert_eq(room_window_copy_locked(rm, 1, 42, out), 0, "nothing of it is in memory");
+    pthread_mutex_unlock(&rm->lock);
+    struct room *was = rm;
+    rooms_release(r, &rm);
+    cr_assert_eq(rm = rooms_acquire(r, "archive", false), was, "seq > 0: never reclaimed");
+    rooms_release(r, &rm);
+
+    /* preloading a known room updates it in place */
+    rooms_preload(r, "archive", 50);
+    rm = rooms_acquire(r, "archive", false);
+    cr_assert_eq(rm, was);
+    cr_assert_eq(rm->seq, 50);
+    pthread_mutex_lock(&rm->lock);
+    append(rm, 51, NULL);
+    cr_assert_eq(room_window_lo_locked(rm), 51);
+    pthread_mutex_unlock(&rm->lock);
+    rooms_release(r, &rm);
+
+    struct room_snapshot snap[4];
+    cr_assert_eq(rooms_list(r, snap, 4), 0, "a room without members is not listed");
+    rooms_free(r);
+}
+
+Test(room, members_add_remove_dedupe)
+{
+    rooms_t *r = rooms_new(8);
+    struct room *rm = rooms_acquire(r, "lobby", true);
+    struct client *a1 = new_client("alice"), *a2 = new_client("alice"), *b = new_client("bob");
+
+    pthread_mutex_lock(&rm->lock);
+    cr_assert_not(room_has_member_locked(rm, a1));
+    cr_assert(room_add_member_locked(rm, a1));
+    cr_assert_eq(client_refs(a1), 2, "a membership holds a client reference");
+    cr_assert_not(room_add_member_locked(rm, a1), "the same connection is added once");
+    cr_assert_eq(client_refs(a1), 2);
+    cr_assert_eq(rm->nmembers, 1);
+    cr_assert(room_add_member_locked(rm, a2), "a second connection of the same user");
+    cr_assert(room_add_member_locked(rm, b));
+    cr_assert(room_has_member_locked(rm, a1));
+    cr_assert(room_has_member_locked(rm, a2));
+    cr_assert(room_has_member_locked(rm, b));
+    cr_assert_eq(rm->nmembers, 3);
+
+    cr_assert_eq(room_user_conns_locked(rm, "alice"), 2);
+    cr_assert_eq(room_user_conns_locked(rm, "bob"), 1);
+    cr_assert_eq(room_user_conns_locked(rm, "carol"), 0);
+    cr_assert_eq(room_user_conns_locked(rm, "alic"), 0);
+
+    const char *names[8];
+    size_t n = room_member_names_locked(rm, names, 8);
+    cr_assert_eq(n, 2, "names are distinct");
+    cr_assert((strcmp(names[0], "alice") == 0 && strcmp(names[1], "bob") == 0) ||
+              (strcmp(names[0], "bob") == 0 && strcmp(names[1], "alice") == 0));
+    cr_assert_eq(room_member_names_locked(rm, names, 1), 1, "bounded by max");
+
+    cr_assert(room_remove_member_locked(rm, a1));
+    cr_assert_eq(client_refs(a1), 1, "removal drops the membership's reference");
+    cr_assert_not(room_remove_member_locked(rm, a1), "already removed");
+    cr_assert_eq(client_refs(a1), 1);
+    cr_assert_not(room_has_member_locked(rm, a1));
+    cr_assert(room_has_member_locked(rm, a2), "removal of one connection keeps the other");
+    cr_assert_eq(room_user_conns_locked(rm, "alice"), 1);
+    cr_assert_eq(room_member_names_locked(rm, names, 8), 2);
+
+    cr_assert(room_remove_member_locked(rm, b));
+    cr_assert(room_remove_member_locked(rm, a2));
+    cr_assert_eq(rm->nmembers, 0);
+    cr_assert_eq(room_member_names_locked(rm, names, 8), 0);
+    pthread_mutex_unlock(&rm->lock);
+
+    rooms_release(r, &rm);
+    cr_assert_null(rooms_acquire(r, "lobby", false));
+    client_unref(&a1);
+    client_unref(&a2);
+    client_unref(&b);
+    rooms_free(r);
+}
+
+Test(room, many_members)
+{
+    enum { N = 50 };
+    rooms_t *r = rooms_new(8);
+    struct room *rm = rooms_acquire(r, "big", true);
+    struct client *c[N];
+    char user[16];
+
+    pthread_mutex_lock(&rm->lock);
+    for (int i = 0; i < N; i++) {
+        snprintf(user, sizeof(user), "u%d", i % 10);
+        c[i] = new_client(user);
+        cr_assert(room_add_member_locked(rm, c[i]));
+    }
+    for (int i = 0; i < N; i++)
+        cr_assert(room_has_member_locked(rm, c[i]), "member %d lost as the array grew", i);
+    const char *names[N];
+    cr_assert_eq(room_member_names_locked(rm, names, N), 10);
+    cr_assert_eq(room_user_conns_locked(rm, "u3"), 5);
+    /* remove every other one; swap-removal must not lose the rest */
+    for (int i = 0; i < N; i += 2)
+        cr_assert(room_remove_member_locked(rm, c[i]));
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(room_has_member_locked(rm, c[i]), i % 2 == 1, "member %d", i);
+    cr_assert_eq(rm->nmembers, N / 2);
+    pthread_mutex_unlock(&rm->lock);
+
+    rooms_release(r, &rm);
+    rooms_free(r); /* frees the room with its remaining members */
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(client_refs(c[i]), 1, "rooms_free drops member %d's reference", i);
+        client_unref(&c[i]);
+    }
+}
+
+static const struct room_snapshot *find_snap(const struct room_snapshot *s, size_t n,
+                                             const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(s[i].name, name) == 0)
+            return &s[i];
+    return NULL;
+}
+
+Test(room, list_and_active)
+{
+    rooms_t *r = rooms_new(8);
+    struct client *a1 = new_client("alice"), *a2 = new_client("alice"), *b = new_client("bob");
+    struct client *c = new_client("carol");
+    struct room *lobby = rooms_acquire(r, "lobby", true);
+    struct room *dev = rooms_acquire(r, "dev", true);
+    struct room *empty = rooms_acquire(r, "empty", true);
+    struct room *dm = rooms_acquire(r, "dm:alice:bob", true);
+    rooms_preload(r, "archive", 9);
+
+    pthread_mutex_lock(&lobby->lock);
+    room_add_member_locked(lobby, a1);
+    room_add_member_locked(lobby, a2);
+    room_add_member_locked(lobby, b);
+    append(lobby, 1, NULL);
+    append(lobby, 2, NULL);
+    pthread_mutex_unlock(&lobby->lock);
+    pthread_mutex_lock(&dev->lock);
+    room_add_member_locked(dev, c);
+    pthread_mutex_unlock(&dev->lock);
+    pthread_mutex_lock(&dm->lock);
+    room_add_member_locked(dm, a1);
+    room_add_member_locked(dm, b);
+    pthread_mutex_unlock(&dm->lock);
+
+    struct room_snapshot snap[8];
+    size_t n = rooms_list(r, snap, 8);
+    cr_assert_eq(n, 2, "only non-DM rooms with members are listed");
+    const struct room_snapshot *s = find_snap(snap, n, "lobby");
+    cr_assert_not_null(s);
+    cr_assert_eq(s->members, 2, "members counts distinct users, not connections");
+    cr_assert_eq(s->seq, 2);
+    s = find_snap(snap, n, "dev");
+    cr_assert_not_null(s);
+    cr_assert_eq(s->members, 1);
+    cr_assert_eq(s->seq, 0);
+    cr_assert_eq(rooms_list(r, snap, 1), 1, "bounded by max");
+    cr_assert_eq(rooms_list(r, snap, 0), 0);
+    /* rooms_active counts every room with members, DM conversations included */
+    cr_assert_eq(rooms_active(r), 3);
+
+    pthread_mutex_lock(&dev->lock);
+    room_remove_member_locked(dev, c);
+    pthread_mutex_unlock(&dev->lock);
+    n = rooms_list(r, snap, 8);
+    cr_assert_eq(n, 1);
+    cr_assert_str_eq(snap[0].name, "lobby");
+    cr_assert_eq(rooms_active(r), 2);
+
+    rooms_release(r, &lobby);
+    rooms_release(r, &dev);
+    rooms_release(r, &empty);
+    rooms_release(r, &dm);
+    rooms_free(r);
+    cr_assert_eq(client_refs(a1), 1);
+    cr_assert_eq(client_refs(b), 1);
+    client_unref(&a1);
+    client_unref(&a2);
+    client_unref(&b);
+    client_unref(&c);
+}
+
+/* ---- threads ---- */
+
+#define NTHREADS 8
+#define NNAMES 4
+#define ROUNDS 200
+
+static const char *const race_names[NNAMES] = {"alpha", "beta", "gamma", "dm:x:y"};
+
+struct race {
+    rooms_t *r;
+    pthread_barrier_t bar;
+    struct room *got[NTHREADS][NNAMES];
+    _Atomic unsigned errors;
+};
+
+struct race_arg {
+    struct race *race;
+    int id;
+};
+
+static void *race_worker(void *p)
+{
+    struct race_arg *a = p;
+    struct race *rc = a->race;
+    char user[16];
+    snprintf(user, sizeof(user), "user%d", a->id);
+    struct client *me = client_new(&srv, NULL, 16, 1 << 20);
+    strcpy(me->user, user);
+
+    for (int round = 0; round < ROUNDS; round++) {
+        pthread_barrier_wait(&rc->bar);
+        /* every thread races to create the same names, each in its own order */
+        for (int k = 0; k < NNAMES; k++) {
+            int n = (k + a->id) % NNAMES;
+            struct room *rm = rooms_acquire(rc->r, race_names[n], true);
+            rc->got[a->id][n] = rm;
+            pthread_mutex_lock(&rm->lock);
+            if (!room_add_member_locked(rm, me) || room_user_conns_locked(rm, user) != 1)
+                atomic_fetch_add(&rc->errors, 1);
+            pthread_mutex_unlock(&rm->lock);
+        }
+        pthread_barrier_wait(&rc->bar);
+        if (a->id == 0) {
+            for (int t = 0; t < NTHREADS; t++)
+                for (int n = 0; n < NNAMES; n++)
+                    if (rc->got[t][n] != rc->got[0][n] ||
+                        strcmp(rc->got[t][n]->name, race_names[n]) != 0)
+                        atomic_fetch_add(&rc->errors, 1);
+            if (rooms_active(rc->r) != NNAMES)
+                atomic_fetch_add(&rc->errors, 1);
+        }
+        pthread_barrier_wait(&rc->bar);
+        for (int n = 0; n < NNAMES; n++) {
+            struct room *rm = rc->got[a->id][n];
+            pthread_mutex_lock(&rm->lock);
+            if (!room_remove_member_locked(rm, me))
+                atomic_fetch_add(&rc->errors, 1);
+            pthread_mutex_unlock(&rm->lock);
+            rooms_release(rc->r, &rc->got[a->id][n]);
+        }
+        pthread_barrier_wait(&rc->bar);
+        /* every reference is gone: each room must have been reclaimed */
+        if (a->id == 0)
+            for (int n = 0; n < NNAMES; n++)
+                if (rooms_acquire(rc->r, race_names[n], false))
+                    atomic_fetch_add(&rc->errors, 1);
+    }
+    if (atomic_load(&me->refs) != 1)
+        atomic_fetch_add(&rc->errors, 1);
+    client_unref(&me);
+    return NULL;
+}
+
+Test(room, concurrent_create_makes_one_room_per_name)
+{
+    static struct race rc;
+    struct race_arg args[NTHREADS];
+    pthread_t th[NTHREADS];
+
+    rc.r = rooms_new(8);
+    atomic_init(&rc.errors, 0);
+    cr_assert_eq(pthread_barrier_init(&rc.bar, NULL, NTHREADS), 0);
+    for (int i = 0; i < NTHREADS; i++) {
+        args[i] = (struct race_arg){.race = &rc, .id = i};
+        cr_assert_eq(pthread_create(&th[i], NULL, race_worker, &args[i]), 0);
+    }
+    for (int i = 0; i < NTHREADS; i++)
+        cr_assert_eq(pthread_join(th[i], NULL), 0);
+    cr_assert_eq(atomic_load(&rc.errors), 0);
+    pthread_barrier_destroy(&rc.bar);
+    rooms_free(rc.r);
+}
+
+/*
+ * The last rooms_release of an unused room and a concurrent lookup of the
+ * same room. The interleaving is forced, not hoped for: a thread listing
+ * rooms holds the registry's read lock while it waits for a room lock this
+ * test holds, so both releasers below get past their refcount decrement and
+ * park on the registry's write lock before either can go on. Once the
+ * lister finishes, the room must be reclaimed exactly once and neither
+ * releaser may touch it after it is freed (ASan/TSan report that; a plain
+ * build usually crashes in the second reclaim).
+ */
+struct parked {
+    pthread_t th;
+    _Atomic pid_t tid;
+    _Atomic bool done;
+    rooms_t *r;
+    struct room *rm;    /* the reference to release */
+    const char *lookup; /* if set: acquire this first */
+};
+
+static void *parked_release(void *p)
+{
+    struct parked *pk = p;
+    atomic_store(&pk->tid, (pid_t)syscall(SYS_gettid));
+    if (pk->lookup)
+        pk->rm = rooms_acquire(pk->r, pk->lookup, false);
+    rooms_release(pk->r, &pk->rm);
+    atomic_store(&pk->done, true);
+    return NULL;
+}
+
+static void *parked_active(void *p)
+{
+    struct parked *pk = p;
+    atomic_store(&pk->tid, (pid_t)syscall(SYS_gettid));
+    rooms_active(pk->r);
+    atomic_store(&pk->done, true);
+    return NULL;
+}
+
+/* True once thread tid sleeps in futex(2) (blocked on a lock), read from
+ * /proc; false while it runs or waits for anything else. */
+static bool in_futex_wait(pid_t tid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/self/task/%d/stat", (int)tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *rp = strrchr(buf, ')');
+    if (!rp || rp[1] != ' ' || rp[2] != 'S')
+        return false;
+    snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", (int)tid);
+    f = fopen(path, "r");
+    if (!f)
+        return true; /* no syscall file: a sleeping thread is the best we know */
+    long nr = -1;
+    int ok = fscanf(f, "%ld", &nr);
+    fclose(f);
+    return ok == 1 && nr == SYS_futex;
+}
+
+/* Wait until the thread has blocked on a lock or has finished. */
+static void wait_parked(struct parked *pk)
+{
+    pid_t tid;
+    while (!(tid = atomic_load(&pk->tid)))
+        sched_yield();
+    while (!atomic_load(&pk->done) && !in_futex_wait(tid))
+        sched_yield();
+}
+
+Test(room, last_release_racing_a_lookup_reclaims_once)
+{
+    rooms_t *r = rooms_new(8);
+    struct room *blocker = rooms_acquire(r, "blocker", true);
+    struct room *victim = rooms_acquire(r, "victim", true);
+    struct parked lister = {.r = r};
+    struct parked first = {.r = r, .rm = victim};
+    struct parked second = {.r = r, .lookup = "victim"};
+
+    pthread_mutex_lock(&blocker->lock);
+    cr_assert_eq(pthread_create(&lister.th, NULL, parked_active, &lister), 0);
+    wait_parked(&lister); /* holds the registry read lock, waits for blocker */
+    cr_assert_eq(pthread_create(&first.th, NULL, parked_release, &first), 0);
+    wait_parked(&first); /* refcount now 0, waits for the write lock */
+    cr_assert_eq(pthread_create(&second.th, NULL, parked_release, &second), 0);
+    wait_parked(&second); /* found it again (0 -> 1 -> 0), waits for the write lock */
+    pthread_mutex_unlock(&blocker->lock);
+
+    cr_assert_eq(pthread_join(lister.th, NULL), 0);
+    cr_assert_eq(pthread_join(first.th, NULL), 0);
+    cr_assert_eq(pthread_join(second.th, NULL), 0);
+    cr_assert_null(first.rm);
+    cr_assert_null(second.rm);
+    cr_assert_null(rooms_acquire(r, "victim", false), "unused room not reclaimed");
+    rooms_release(r, &blocker);
+    rooms_free(r);
+}
+
+/* Free-running churn: creation, lookup, membership, appends and reclaim all
+ * at once on a few names. Checked by the sanitizers and by the final state. */
+#define CHURN_ITERS 3000
+
+struct churn_arg {
+    rooms_t *r;
+    int id;
+    _Atomic unsigned *errors;
+};
+
+static void *churn_worker(void *p)
+{
+    struct churn_arg *a = p;
+    struct client *me = client_new(&srv, NULL, 16, 1 << 20);
+    snprintf(me->user, sizeof(me->user), "churn%d", a->id);
+    uint32_t rnd = 77u + (uint32_t)a->id;
+
+    for (int i = 0; i < CHURN_ITERS; i++) {
+        rnd = rnd * 1103515245u + 12345u;
+        uint32_t x = rnd >> 8;
+        /* names 0-2 stay message-free, so they are created and reclaimed
+         * over and over; name 3 gets messages and stays */
+        char name[16];
+        int n = (int)(x % 4);
+        snprintf(name, sizeof(name), "churn-%d", n);
+        struct room *rm = rooms_acquire(a->r, name, (x >> 4) % 4 != 0);
+        if (!rm)
+            continue;
+        if (strcmp(rm->name, name) != 0)
+            atomic_fetch_add(a->errors, 1);
+        pthread_mutex_lock(&rm->lock);
+        if (n == 3) {
+            append(rm, rm->seq + 1, NULL);
+            if (room_window_lo_locked(rm) > rm->seq)
+                atomic_fetch_add(a->errors, 1);
+        }
+        bool added = room_add_member_locked(rm, me);
+        if (!added || room_user_conns_locked(rm, me->user) != 1)
+            atomic_fetch_add(a->errors, 1);
+        room_remove_member_locked(rm, me);
+        pthread_mutex_unlock(&rm->lock);
+        rooms_release(a->r, &rm);
+    }
+    if (atomic_load(&me->refs) != 1)
+        atomic_fetch_add(a->errors, 1);
+    client_unref(&me);
+    return NULL;
+}
+
+Test(room, concurrent_churn)
+{
+    rooms_t *r = rooms_new(16);
+    _Atomic unsigned errors = 0;
+    struct churn_arg args[NTHREADS];
+    pthread_t th[NTHREADS];
+
+    for (int i = 0; i < NTHREADS; i++) {
+        args[i] = (struct churn_arg){.r = r, .id = i, .errors = &errors};
+        cr_assert_eq(pthread_create(&th[i], NULL, churn_worker, &args[i]), 0);
+    }
+    for (int i = 0; i < NTHREADS; i++)
+        cr_assert_eq(pthread_join(th[i], NULL), 0);
+    cr_assert_eq(atomic_load(&errors), 0);
+    for (int n = 0; n < 3; n++) {
+        char name[16];
+        snprintf(name, sizeof(name), "churn-%d", n);
+        cr_assert_null(rooms_acquire(r, name, false), "%s not reclaimed", name);
+    }
+    struct room *rm = rooms_acquire(r, "churn-3", false);
+    if (rm) { /* absent only if no thread ever chose to create it */
+        pthread_mutex_lock(&rm->lock);
+        cr_assert_gt(rm->seq, 0);
+        pthread_mutex_unlock(&rm->lock);
+        rooms_release(r, &rm);
+    }
+    rooms_free(r);
+}

@@ -1,0 +1,1210 @@
+/*
+ * Unit tests for store (SQLite): schema migrations, group commit, idempotent
+ * ids, barriers, history paging, failure and retry without loss, shutdown
+ * flush, start-up loads, and many submitting threads.
+ *
+ * Nothing here waits on a clock to decide an outcome: batches are shaped by
+ * holding the writer inside a done() callback (a gate), and faults are real
+ * write failures (RLIMIT_FSIZE, which stops root too, unlike chmod).
+ */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "store.h"
+
+/* The v1 schema exactly as shipped, to build an "older file" by hand. */
+static const char v1_sql[] =
+    "CREATE TABLE messages(room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,"
+    "  text TEXT NOT NULL, ts INTEGER NOT NULL, client_id TEXT,"
+    "  PRIMARY KEY(room, seq)) WITHOUT ROWID;"
+    "CREATE UNIQUE INDEX messages_client_id ON messages(room, sender, client_id)"
+    "  WHERE client_id IS NOT NULL;"
+    "CREATE INDEX messages_client_id_ts ON messages(ts) WHERE client_id IS NOT NULL;"
+    "CREATE TABLE rooms(name TEXT PRIMARY KEY, last_seq INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE users(name TEXT PRIMARY KEY, created_at INTEGER NOT NULL) WITHOUT ROWID;";
+
+#define LATEST_VERSION 2
+#define WAIT_LIMIT_S 60
+
+static char tmpdir[4096];
+static char dbpath[4200];
+static char err[512];
+
+static void setup(void)
+{
+    const char *base = getenv("PARLEY_TEST_TMP");
+    snprintf(tmpdir, sizeof(tmpdir), "%s/storetest-XXXXXX", base ? base : "/tmp");
+    cr_assert_not_null(mkdtemp(tmpdir));
+    snprintf(dbpath, sizeof(dbpath), "%s/parley.db", tmpdir);
+    err[0] = '\0';
+}
+
+static void teardown(void)
+{
+    struct rlimit rl = {RLIM_INFINITY, RLIM_INFINITY};
+    setrlimit(RLIMIT_FSIZE, &rl);
+    DIR *d = opendir(tmpdir);
+    if (d) {
+        struct dirent *e;
+        char p[8400];
+        while ((e = readdir(d))) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            snprintf(p, sizeof(p), "%s/%s", tmpdir, e->d_name);
+            unlink(p);
+        }
+        closedir(d);
+    }
+    rmdir(tmpdir);
+}
+
+TestSuite(store, .init = setup, .fini = teardown);
+
+/* ------------------------------------------------------------ helpers */
+
+/* Counts completions; waits are bounded only as a safety net. */
+struct counter {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int n;
+};
+
+static void counter_init(struct counter *c)
+{
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->cond, NULL);
+    c->n = 0;
+}
+
+static void counter_destroy(struct counter *c)
+{
+    pthread_cond_destroy(&c->cond);
+    pthread_mutex_destroy(&c->lock);
+}
+
+static void counter_add(struct counter *c)
+{
+    pthread_mutex_lock(&c->lock);
+    c->n++;
+    pthread_cond_broadcast(&c->cond);
+    pthread_mutex_unlock(&c->lock);
+}
+
+static int counter_get(struct counter *c)
+{
+    pthread_mutex_lock(&c->lock);
+    int n = c->n;
+    pthread_mutex_unlock(&c->lock);
+    return n;
+}
+
+static void counter_wait(struct counter *c, int n)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += WAIT_LIMIT_S;
+    pthread_mutex_lock(&c->lock);
+    while (c->n < n) {
+        if (pthread_cond_timedwait(&c->cond, &c->lock, &ts) == ETIMEDOUT)
+            break;
+    }
+    int got = c->n;
+    pthread_mutex_unlock(&c->lock);
+    cr_assert_geq(got, n, "waited for %d completions, got %d", n, got);
+}
+
+/* A gate that holds the writer thread inside a done() callback. */
+struct gate {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool entered, open;
+};
+
+static void gate_init(struct gate *g)
+{
+    pthread_mutex_init(&g->lock, NULL);
+    pthread_cond_init(&g->cond, NULL);
+    g->entered = g->open = false;
+}
+
+static void gate_destroy(struct gate *g)
+{
+    pthread_cond_destroy(&g->cond);
+    pthread_mutex_destroy(&g->lock);
+}
+
+/* Called on the writer thread: announce arrival, wait to be let through. */
+static void gate_pass(struct gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    g->entered = true;
+    pthread_cond_broadcast(&g->cond);
+    while (!g->open)
+        pthread_cond_wait(&g->cond, &g->lock);
+    pthread_mutex_unlock(&g->lock);
+}
+
+static void gate_wait_entered(struct gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    while (!g->entered)
+        pthread_cond_wait(&g->cond, &g->lock);
+    pthread_mutex_unlock(&g->lock);
+}
+
+static void gate_open(struct gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    g->open = true;
+    pthread_cond_broadcast(&g->cond);
+    pthread_mutex_unlock(&g->lock);
+}
+
+/* A test write with its own string storage and completion record. */
+struct tw {
+    struct store_write w;
+    char room[CODEC_ROOMID_MAX + 1];
+    char from[CODEC_USER_MAX + 1];
+    char id[CODEC_ID_MAX + 1];
+    char text[128];
+    struct counter *cnt;
+    struct gate *gate;        /* if set, hold the writer here */
+    atomic_int ndone;
+    int status;
+    uint64_t dup_seq;
+    int done_order;           /* value of *order when done ran */
+    atomic_int *order;
+};
+
+static void tw_done(struct store_write *w)
+{
+    struct tw *t = (struct tw *)w;
+    t->status = w->status;
+    t->dup_seq = w->dup_seq;
+    if (t->order)
+        t->done_order = atomic_fetch_add(t->order, 1);
+    atomic_fetch_add(&t->ndone, 1);
+    if (t->gate)
+        gate_pass(t->gate);
+    if (t->cnt)
+        counter_add(t->cnt);
+}
+
+static void tw_msg(struct tw *t, struct counter *c, const char *room, uint64_t seq,
+                   const char *from, const char *id, const char *text)
+{
+    memset(t, 0, sizeof(*t));
+    snprintf(t->room, sizeof(t->room), "%s", room);
+    snprintf(t->from, sizeof(t->from), "%s", from);
+    snprintf(t->id, sizeof(t->id), "%s", id ? id : "");
+    snprintf(t->text, sizeof(t->text), "%s", text);
+    t->w.kind = SW_MESSAGE;
+    t->w.msg.room = t->room;
+    t->w.msg.seq = seq;
+    t->w.msg.from = t->from;
+    t->w.msg.text = t->text;
+    t->w.msg.text_len = strlen(t->text);
+    t->w.msg.ts = 1700000000000 + (int64_t)seq;
+    t->w.msg.id = t->id;
+    t->w.done = tw_done;
+    t->cnt = c;
+}
+
+static void tw_user(struct tw *t, struct counter *c, const char *name)
+{
+    memset(t, 0, sizeof(*t));
+    snprintf(t->from, sizeof(t->from), "%s", name);
+    t->w.kind = SW_USER;
+    t->w.msg.from = t->from;
+    t->w.done = tw_done;
+    t->cnt = c;
+}
+
+static void tw_barrier(struct tw *t, struct counter *c)
+{
+    memset(t, 0, sizeof(*t));
+    t->w.kind = SW_BARRIER;
+    t->w.done = tw_done;
+    t->cnt = c;
+}
+
+static store_t *open_store(const struct store_opts *extra)
+{
+    struct store_opts o = {0};
+    if (extra)
+        o = *extra;
+    o.path = dbpath;
+    store_t *s = store_open(&o, err, sizeof(err));
+    cr_assert_not_null(s, "store_open: %s", err);
+    return s;
+}
+
+/* A fresh connection of our own, as another process would see the file. */
+static sqlite3 *raw_open(void)
+{
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(dbpath, &db), SQLITE_OK);
+    return db;
+}
+
+static int64_t raw_int(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK, "%s: %s", sql,
+                 sqlite3_errmsg(db));
+    cr_assert_eq(sqlite3_step(st), SQLITE_ROW, "%s: %s", sql, sqlite3_errmsg(db));
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+static void raw_exec(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    cr_assert_eq(rc, SQLITE_OK, "%s: %s", sql, msg ? msg : "");
+}
+
+static int64_t file_int(const char *sql)
+{
+    sqlite3 *db = raw_open();
+    int64_t v = raw_int(db, sql);
+    sqlite3_close(db);
+    return v;
+}
+
+static void make_fs_fail(void)
+{
+    /* Any write at or beyond offset 1 of a regular file now fails with
+     * EFBIG, for every thread of this (per-test, forked) process. */
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit rl;
+    cr_assert_eq(getrlimit(RLIMIT_FSIZE, &rl), 0);
+    rl.rlim_cur = 1;
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+}
+
+static void make_fs_work(void)
+{
+    struct rlimit rl;
+    cr_assert_eq(getrlimit(RLIMIT_FSIZE, &rl), 0);
+    rl.rlim_cur = rl.rlim_max;
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+}
+
+/* Submit a message and wait until it is done; returns its status. */
+static int put_sync(store_t *s, const char *room, uint64_t seq, const char *from, const char *id,
+                    const char *text, uint64_t *dup)
+{
+    struct counter c;
+    struct tw t;
+    counter_init(&c);
+    tw_msg(&t, &c, room, seq, from, id, text);
+    cr_assert_eq(store_submit(s, &t.w), 0);
+    counter_wait(&c, 1);
+    counter_destroy(&c);
+    cr_assert_eq(atomic_load(&t.ndone), 1);
+    if (dup)
+        *dup = t.dup_seq;
+    return t.status;
+}
+
+/* ---------------------------------------------------------- migrations */
+
+Test(store, migrates_an_empty_file)
+{
+    store_t *s = open_store(NULL);
+    store_close(s);
+    cr_assert_eq(file_int("PRAGMA user_version"), LATEST_VERSION);
+    cr_assert_eq(file_int("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN "
+                          "('messages', 'rooms', 'users', 'outbox')"),
+                 4);
+    cr_assert_eq(file_int("SELECT count(*) FROM pragma_table_info('users') WHERE name IN "
+                          "('name', 'password_hash', 'email', 'created_at')"),
+                 4);
+    sqlite3 *db = raw_open();
+    sqlite3_stmt *st = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
+    cr_assert_str_eq((const char *)sqlite3_column_text(st, 0), "wal");
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    /* set before WAL mode wrote the header, or it would not have taken */
+    cr_assert_eq(file_int("PRAGMA page_size"), 2048);
+    /* reopening a current file is a no-op */
+    s = open_store(NULL);
+    store_close(s);
+    cr_assert_eq(file_int("PRAGMA user_version"), LATEST_VERSION);
+}
+
+Test(store, migrates_a_v1_file_keeping_its_data)
+{
+    sqlite3 *db = raw_open();
+    raw_exec(db, v1_sql);
+    raw_exec(db, "INSERT INTO messages VALUES('lobby', 1, 'ann', 'hi', 1700000000000, 'c1');"
+                 "INSERT INTO rooms VALUES('lobby', 1, 1700000000000);"
+                 "INSERT INTO users VALUES('ann', 1700000000000);"
+                 "PRAGMA user_version = 1;");
+    sqlite3_close(db);
+
+    store_t *s = open_store(NULL);
+    /* the old data is still there and the idempotency index still holds */
+    uint64_t dup = 0;
+    cr_assert_eq(put_sync(s, "lobby", 2, "ann", "c1", "again", &dup), 0);
+    cr_assert_eq(dup, 1);
+    store_close(s);
+
+    cr_assert_eq(file_int("PRAGMA user_version"), LATEST_VERSION);
+    cr_assert_eq(file_int("SELECT count(*) FROM messages WHERE room = 'lobby'"), 2);
+    cr_assert_eq(file_int("SELECT last_seq FROM rooms WHERE name = 'lobby'"), 2);
+    cr_assert_eq(file_int("SELECT count(*) FROM users WHERE name = 'ann' AND email IS NULL "
+                          "AND password_hash IS NULL"),
+                 1);
+    /* v2's outbox exists with its delivery-state columns */
+    cr_assert_eq(file_int("SELECT count(*) FROM pragma_table_info('outbox') WHERE name IN "
+                          "('recipient', 'state', 'attempts', 'next_at', 'created_at')"),
+                 5);
+    cr_assert_eq(file_int("SELECT count(*) FROM sqlite_schema WHERE name = 'outbox' AND "
+                          "sql LIKE '%CHECK(state IN (''pending'', ''sent'', ''dead''))%'"),
+                 1);
+}
+
+Test(store, refuses_a_newer_schema)
+{
+    sqlite3 *db = raw_open();
+    raw_exec(db, "CREATE TABLE future(x); PRAGMA user_version = 5;");
+    sqlite3_close(db);
+
+    struct store_opts o = {.path = dbpath};
+    store_t *s = store_open(&o, err, sizeof(err));
+    cr_assert_null(s);
+    char want[5000];
+    snprintf(want, sizeof(want),
+             "database '%s' has schema version 5, this parleyd knows up to %d: upgrade parleyd",
+             dbpath, LATEST_VERSION);
+    cr_assert_str_eq(err, want);
+    cr_assert_eq(file_int("PRAGMA user_version"), 5, "the file must be left alone");
+}
+
+Test(store, refuses_a_file_that_is_not_a_database)
+{
+    FILE *f = fopen(dbpath, "w");
+    cr_assert_not_null(f);
+    for (int i = 0; i < 200; i++)
+        fputs("this is not an sqlite database, just text. ", f);
+    fclose(f);
+    struct store_opts o = {.path = dbpath};
+    cr_assert_null(store_open(&o, err, sizeof(err)));
+    cr_assert(strstr(err, dbpath) != NULL, "error names the file: %s", err);
+    cr_assert(strstr(err, "not a database") != NULL, "error says why: %s", err);
+}
+
+Test(store, rejects_malformed_requests)
+{
+    store_t *s = open_store(NULL);
+    struct tw t;
+    tw_msg(&t, NULL, "r", 1, "ann", NULL, "x");
+    t.w.done = NULL;
+    cr_assert_eq(store_submit(s, &t.w), -EINVAL);
+    tw_msg(&t, NULL, "r", 1, "ann", NULL, "x");
+    t.w.msg.room = NULL;
+    cr_assert_eq(store_submit(s, &t.w), -EINVAL);
+    tw_user(&t, NULL, "ann");
+    t.w.msg.from = NULL;
+    cr_assert_eq(store_submit(s, &t.w), -EINVAL);
+
+    struct store_read r = {0};
+    snprintf(r.room, sizeof(r.room), "r");
+    r.limit = -1;
+    cr_assert_eq(store_read_submit(s, &r), -EINVAL, "no done");
+    store_close(s);
+    cr_assert_eq(atomic_load(&t.ndone), 0);
+}
+
+/* ------------------------------------------------------------- writes */
+
+Test(store, committed_writes_are_visible_to_another_connection)
+{
+    struct counter c;
+    struct tw t[12];
+    counter_init(&c);
+    store_t *s = open_store(NULL);
+    for (int i = 0; i < 10; i++) {
+        char text[32];
+        snprintf(text, sizeof(text), "hello %d \xc3\xa9", i + 1);
+        tw_msg(&t[i], &c, "lobby", (uint64_t)i + 1, "ann", i % 2 ? "" : NULL, text);
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+    }
+    tw_user(&t[10], &c, "ann");
+    tw_user(&t[11], &c, "ann"); /* seen twice: insert or ignore */
+    cr_assert_eq(store_submit(s, &t[10].w), 0);
+    cr_assert_eq(store_submit(s, &t[11].w), 0);
+    counter_wait(&c, 12);
+    for (int i = 0; i < 12; i++) {
+        cr_assert_eq(t[i].status, 0);
+        cr_assert_eq(atomic_load(&t[i].ndone), 1);
+        cr_assert_eq(t[i].dup_seq, 0);
+    }
+
+    /* committed means another connection sees it now, before close */
+    sqlite3 *db = raw_open();
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM messages WHERE room = 'lobby'"), 10);
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM messages WHERE client_id IS NOT NULL"), 0);
+    cr_assert_eq(raw_int(db, "SELECT ts FROM messages WHERE seq = 7"), 1700000000007);
+    cr_assert_eq(raw_int(db, "SELECT text = 'hello 7 \xc3\xa9' FROM messages WHERE seq = 7"), 1);
+    cr_assert_eq(raw_int(db, "SELECT last_seq FROM rooms WHERE name = 'lobby'"), 10);
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM users"), 1);
+    sqlite3_close(db);
+
+    struct store_stats st;
+    store_stats(s, &st);
+    cr_assert_eq(st.writes, 12, "rows committed: %" PRIu64, st.writes);
+    cr_assert_eq(st.failures, 0);
+    cr_assert_geq(st.commits, 1);
+    cr_assert_eq(st.commit_le_count[STORE_COMMIT_BUCKETS - 1] <= st.commits, 1);
+    for (int i = 1; i < STORE_COMMIT_BUCKETS; i++) {
+        cr_assert_gt(st.commit_le[i], st.commit_le[i - 1]);
+        cr_assert_geq(st.commit_le_count[i], st.commit_le_count[i - 1]);
+    }
+    store_close(s);
+    counter_destroy(&c);
+}
+
+/*
+ * Hold the writer inside the first write's done() while `n` more writes
+ * queue up, then let it go: the queued writes must be committed in
+ * ceil(n / batch_max) transactions, whatever the timing.
+ */
+static void group_commit_case(int batch_max, int n, uint64_t want_commits)
+{
+    struct counter c;
+    struct gate g;
+    struct tw *t = calloc((size_t)n + 1, sizeof(*t));
+    cr_assert_not_null(t);
+    counter_init(&c);
+    gate_init(&g);
+    struct store_opts o = {.batch_max = batch_max};
+    store_t *s = open_store(&o);
+
+    tw_msg(&t[0], &c, "g", 1, "ann", NULL, "first");
+    t[0].gate = &g;
+    cr_assert_eq(store_submit(s, &t[0].w), 0);
+    gate_wait_entered(&g); /* write 1 is committed; the writer waits in its done() */
+    for (int i = 1; i <= n; i++) {
+        tw_msg(&t[i], &c, "g", (uint64_t)i + 1, "ann", NULL, "queued");
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+    }
+    struct store_stats st;
+    store_stats(s, &st);
+    cr_assert_eq(st.queued, (size_t)n);
+    cr_assert_eq(st.commits, 1);
+    gate_open(&g);
+    counter_wait(&c, n + 1);
+
+    store_stats(s, &st);
+    cr_assert_eq(st.commits, want_commits, "commits %" PRIu64 ", want %" PRIu64, st.commits,
+                 want_commits);
+    cr_assert_eq(st.writes, (uint64_t)n + 1);
+    cr_assert_eq(st.queued, 0);
+    for (int i = 0; i <= n; i++) {
+        cr_assert_eq(t[i].status, 0);
+        cr_assert_eq(atomic_load(&t[i].ndone), 1);
+    }
+    store_close(s);
+    cr_assert_eq(file_int("SELECT count(*) FROM messages"), n + 1);
+    cr_assert_eq(file_int("SELECT max(seq) - min(seq) + 1 FROM messages"), n + 1);
+    gate_destroy(&g);
+    counter_destroy(&c);
+    free(t);
+}
+
+Test(store, group_commit_takes_a_full_batch_per_transaction)
+{
+    group_commit_case(0 /* default 512 */, 999, 1 + 2);
+}
+
+Test(store, group_commit_respects_batch_max)
+{
+    group_commit_case(100, 1000, 1 + 10);
+}
+
+Test(store, single_transaction_mode_commits_one_by_one)
+{
+    group_commit_case(1, 20, 1 + 20);
+}
+
+Test(store, duplicate_id_reports_the_original_seq_and_keeps_seqs_gapless)
+{
+    store_t *s = open_store(NULL);
+    uint64_t dup = 99;
+    cr_assert_eq(put_sync(s, "r", 1, "ann", "m1", "one", &dup), 0);
+    cr_assert_eq(dup, 0);
+    cr_assert_eq(put_sync(s, "r", 2, "ann", "m1", "one again", &dup), 0);
+    cr_assert_eq(dup, 1);
+    /* the same id from someone else, or in another room, is not a duplicate */
+    cr_assert_eq(put_sync(s, "r", 3, "bob", "m1", "bob's", &dup), 0);
+    cr_assert_eq(dup, 0);
+    cr_assert_eq(put_sync(s, "other", 1, "ann", "m1", "elsewhere", &dup), 0);
+    cr_assert_eq(dup, 0);
+
+    /* a duplicate inside the same batch as its original */
+    struct counter c;
+    struct gate g;
+    struct tw t[3];
+    counter_init(&c);
+    gate_init(&g);
+    tw_msg(&t[0], &c, "r", 4, "ann", NULL, "hold");
+    t[0].gate = &g;
+    cr_assert_eq(store_submit(s, &t[0].w), 0);
+    gate_wait_entered(&g);
+    tw_msg(&t[1], &c, "r", 5, "cat", "m2", "orig");
+    tw_msg(&t[2], &c, "r", 6, "cat", "m2", "resend");
+    cr_assert_eq(store_submit(s, &t[1].w), 0);
+    cr_assert_eq(store_submit(s, &t[2].w), 0);
+    gate_open(&g);
+    counter_wait(&c, 3);
+    cr_assert_eq(t[1].status, 0);
+    cr_assert_eq(t[1].dup_seq, 0);
+    cr_assert_eq(t[2].status, 0);
+    cr_assert_eq(t[2].dup_seq, 5);
+    store_close(s);
+
+    /* the database is the truth across a restart */
+    s = open_store(NULL);
+    cr_assert_eq(put_sync(s, "r", 7, "ann", "m1", "much later", &dup), 0);
+    cr_assert_eq(dup, 1);
+    store_close(s);
+
+    cr_assert_eq(file_int("SELECT count(*) FROM messages WHERE room = 'r'"), 7);
+    cr_assert_eq(file_int("SELECT max(seq) FROM messages WHERE room = 'r'"), 7);
+    cr_assert_eq(file_int("SELECT count(*) FROM messages WHERE room = 'r' AND client_id IS NULL"),
+                 4, "rows 2, 4, 6 and 7 have no id");
+    cr_assert_eq(file_int("SELECT client_id IS NULL FROM messages WHERE room = 'r' AND seq = 2"),
+                 1);
+    cr_assert_eq(file_int("SELECT last_seq FROM rooms WHERE name = 'r'"), 7);
+    gate_destroy(&g);
+    counter_destroy(&c);
+}
+
+Test(store, barrier_completes_after_every_earlier_write)
+{
+    enum { N = 300 };
+    struct counter c;
+    struct gate g;
+    struct tw *t = calloc(N + 2, sizeof(*t));
+    atomic_int order = 0;
+    cr_assert_not_null(t);
+    counter_init(&c);
+    gate_init(&g);
+    /* a small batch_max so the earlier writes span several transactions */
+    struct store_opts o = {.batch_max = 64};
+    store_t *s = open_store(&o);
+
+    tw_msg(&t[0], &c, "b", 1, "ann", NULL, "hold");
+    t[0].gate = &g;
+    t[0].order = &order;
+    cr_assert_eq(store_submit(s, &t[0].w), 0);
+    gate_wait_entered(&g);
+    for (int i = 1; i < N; i++) {
+        tw_msg(&t[i], &c, "b", (uint64_t)i + 1, "ann", NULL, "x");
+        t[i].order = &order;
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+    }
+    tw_barrier(&t[N], &c);
+    t[N].order = &order;
+    cr_assert_eq(store_submit(s, &t[N].w), 0);
+    gate_open(&g);
+    counter_wait(&c, N + 1);
+    cr_assert_eq(t[N].status, 0);
+    cr_assert_eq(t[N].done_order, N, "the barrier completed after all %d writes", N);
+    cr_assert_eq(file_int("SELECT count(*) FROM messages"), N);
+
+    /* a barrier alone */
+    tw_barrier(&t[N + 1], &c);
+    cr_assert_eq(store_submit(s, &t[N + 1].w), 0);
+    counter_wait(&c, N + 2);
+    cr_assert_eq(t[N + 1].status, 0);
+    store_close(s);
+    gate_destroy(&g);
+    counter_destroy(&c);
+    free(t);
+}
+
+/* -------------------------------------------------------------- reads */
+
+struct tr {
+    struct store_read r;
+    struct counter *cnt;
+    atomic_int ndone;
+};
+
+static void tr_done(struct store_read *r)
+{
+    struct tr *t = (struct tr *)r;
+    atomic_fetch_add(&t->ndone, 1);
+    counter_add(t->cnt);
+}
+
+/* Run one read synchronously; the caller releases it. */
+static void read_sync(store_t *s, struct tr *t, const char *room, enum store_read_mode mode,
+                      uint64_t key, int limit)
+{
+    struct counter c;
+    counter_init(&c);
+    memset(t, 0, sizeof(*t));
+    snprintf(t->r.room, sizeof(t->r.room), "%s", room);
+    t->r.mode = mode;
+    t->r.key = key;
+    t->r.limit = limit;
+    t->r.done = tr_done;
+    t->cnt = &c;
+    cr_assert_eq(store_read_submit(s, &t->r), 0);
+    counter_wait(&c, 1);
+    counter_destroy(&c);
+    t->cnt = NULL;
+    cr_assert_eq(atomic_load(&t->ndone), 1);
+    cr_assert_eq(t->r.status, 0);
+}
+
+/* Expect seqs first..last (oldest first) and the more flag. */
+static void expect_range(store_t *s, enum store_read_mode mode, uint64_t key, int limit,
+                         uint64_t first, uint64_t last, bool more)
+{
+    struct tr t;
+    read_sync(s, &t, "h", mode, key, limit);
+    size_t want = last >= first ? (size_t)(last - first + 1) : 0;
+    cr_assert_eq(t.r.n, want, "mode %d key %" PRIu64 " limit %d: n %zu, want %zu", mode, key,
+                 limit, t.r.n, want);
+    for (size_t i = 0; i < t.r.n; i++) {
+        const struct chat_msg *m = &t.r.msgs[i];
+        uint64_t seq = first + i;
+        char text[64];
+        snprintf(text, sizeof(text), "message %" PRIu64, seq);
+        cr_assert_eq(m->seq, seq);
+        cr_assert_str_eq(m->room, "h");
+        cr_assert_str_eq(m->from, seq % 2 ? "ann" : "bob");
+        cr_assert_str_eq(m->text, text);
+        cr_assert_eq(m->text_len, strlen(text));
+        cr_assert_eq(m->ts, 1700000000000 + (int64_t)seq);
+        cr_assert_not_null(m->id);
+        if (seq % 3 == 0) {
+            char id[16];
+            snprintf(id, sizeof(id), "id%" PRIu64, seq);
+            cr_assert_str_eq(m->id, id);
+        } else {
+            cr_assert_str_eq(m->id, "");
+        }
+    }
+    cr_assert_eq(t.r.more, more, "mode %d key %" PRIu64 " limit %d: more %d", mode, key, limit,
+                 t.r.more);
+    store_read_release(&t.r);
+    cr_assert_null(t.r.msgs);
+}
+
+Test(store, history_reads_page_correctly)
+{
+    struct counter c;
+    struct tw t[10];
+    counter_init(&c);
+    store_t *s = open_store(&(struct store_opts){.readers = 2});
+    for (int i = 0; i < 10; i++) {
+        uint64_t seq = (uint64_t)i + 1;
+        char text[64], id[16];
+        snprintf(text, sizeof(text), "message %" PRIu64, seq);
+        snprintf(id, sizeof(id), "id%" PRIu64, seq);
+        tw_msg(&t[i], &c, "h", seq, seq % 2 ? "ann" : "bob", seq % 3 == 0 ? id : NULL, text);
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+    }
+    counter_wait(&c, 10);
+
+    /* LATEST */
+    expect_range(s, SR_LATEST, 0, 3, 8, 10, true);
+    expect_range(s, SR_LATEST, 0, 9, 2, 10, true);
+    expect_range(s, SR_LATEST, 0, 10, 1, 10, false);
+    expect_range(s, SR_LATEST, 0, 50, 1, 10, false);
+    expect_range(s, SR_LATEST, 0, 0, 1, 0, true);
+    /* SINCE: seq > key, oldest first */
+    expect_range(s, SR_SINCE, 0, 3, 1, 3, true);
+    expect_range(s, SR_SINCE, 7, 3, 8, 10, false);
+    expect_range(s, SR_SINCE, 6, 3, 7, 9, true);
+    expect_range(s, SR_SINCE, 9, 1, 10, 10, false);
+    expect_range(s, SR_SINCE, 10, 5, 1, 0, false);
+    expect_range(s, SR_SINCE, 1000, 5, 1, 0, false);
+    expect_range(s, SR_SINCE, UINT64_MAX, 5, 1, 0, false);
+    /* BEFORE: the latest `limit` with seq < key */
+    expect_range(s, SR_BEFORE, 1, 5, 1, 0, false);
+    expect_range(s, SR_BEFORE, 0, 5, 1, 0, false);
+    expect_range(s, SR_BEFORE, 2, 5, 1, 1, false);
+    expect_range(s, SR_BEFORE, 5, 2, 3, 4, true);
+    expect_range(s, SR_BEFORE, 3, 2, 1, 2, false);
+    expect_range(s, SR_BEFORE, 11, 100, 1, 10, false);
+    expect_range(s, SR_BEFORE, UINT64_MAX, 4, 7, 10, true);
+
+    /* an empty or unknown room */
+    struct tr r;
+    read_sync(s, &r, "nobody-here", SR_LATEST, 0, 50);
+    cr_assert_eq(r.r.n, 0);
+    cr_assert_not(r.r.more);
+    store_read_release(&r.r);
+    read_sync(s, &r, "nobody-here", SR_SINCE, 0, 50);
+    cr_assert_eq(r.r.n, 0);
+    cr_assert_not(r.r.more);
+    store_read_release(&r.r);
+    store_close(s);
+    counter_destroy(&c);
+}
+
+/* ------------------------------------------------------------- faults */
+
+Test(store, failed_commit_reports_once_then_retries_until_committed)
+{
+    enum { NF = 5 };
+    struct counter c;
+    struct tw t[NF + 3];
+    counter_init(&c);
+    store_t *s = open_store(NULL);
+    cr_assert_eq(put_sync(s, "f", 1, "ann", "a1", "before the fault", NULL), 0);
+
+    make_fs_fail();
+    for (int i = 0; i < NF; i++) {
+        tw_msg(&t[i], &c, "f", (uint64_t)i + 2, "ann", i == 0 ? "a2" : NULL, "during");
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+    }
+    counter_wait(&c, NF);
+    for (int i = 0; i < NF; i++) {
+        cr_assert_lt(t[i].status, 0, "write %d: status %d", i, t[i].status);
+        cr_assert_eq(atomic_load(&t[i].ndone), 1);
+    }
+    struct store_stats st;
+    store_stats(s, &st);
+    cr_assert_eq(st.failures, NF);
+    cr_assert_geq(st.failed_commits, 1);
+    cr_assert_eq(st.retrying, NF, "retrying %zu", st.retrying);
+
+    /* written while the retry is pending: waits behind it, then commits */
+    tw_msg(&t[NF], &c, "f", NF + 2, "ann", NULL, "after");
+    tw_user(&t[NF + 1], &c, "zed");
+    tw_barrier(&t[NF + 2], &c);
+    for (int i = NF; i < NF + 3; i++)
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+
+    make_fs_work();
+    counter_wait(&c, NF + 3);
+    for (int i = NF; i < NF + 3; i++) {
+        cr_assert_eq(t[i].status, 0, "write %d: status %d", i, t[i].status);
+        cr_assert_eq(atomic_load(&t[i].ndone), 1);
+    }
+    /* the failed ones were not reported again */
+    for (int i = 0; i < NF; i++)
+        cr_assert_eq(atomic_load(&t[i].ndone), 1);
+    store_stats(s, &st);
+    cr_assert_eq(st.retrying, 0);
+    cr_assert_eq(st.failures, NF);
+
+    sqlite3 *db = raw_open();
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM messages WHERE room = 'f'"), NF + 2);
+    cr_assert_eq(raw_int(db, "SELECT max(seq) FROM messages WHERE room = 'f'"), NF + 2);
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM messages WHERE client_id = 'a2'"), 1);
+    cr_assert_eq(raw_int(db, "SELECT last_seq FROM rooms WHERE name = 'f'"), NF + 2);
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM users WHERE name = 'zed'"), 1);
+    sqlite3_close(db);
+    store_close(s);
+    counter_destroy(&c);
+}
+
+Test(store, close_gives_up_on_a_lasting_fault_after_its_timeout)
+{
+    struct counter c;
+    struct tw t[4];
+    counter_init(&c);
+    store_t *s = open_store(&(struct store_opts){.close_timeout_ms = 100});
+    cr_assert_eq(put_sync(s, "z", 1, "ann", NULL, "kept", NULL), 0);
+    make_fs_fail();
+    tw_msg(&t[0], &c, "z", 2, "ann", NULL, "failed");
+    cr_assert_eq(store_submit(s, &t[0].w), 0);
+    counter_wait(&c, 1);
+    cr_assert_lt(t[0].status, 0);
+    for (int i = 1; i < 4; i++) {
+        tw_msg(&t[i], &c, "z", (uint64_t)i + 2, "ann", NULL, "queued");
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+    }
+    store_close(s);
+    /* every write heard exactly once; the queued ones as failures */
+    cr_assert_eq(counter_get(&c), 4);
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(atomic_load(&t[i].ndone), 1);
+        cr_assert_lt(t[i].status, 0);
+    }
+    make_fs_work();
+    cr_assert_eq(file_int("SELECT count(*) FROM messages"), 1);
+    counter_destroy(&c);
+}
+
+Test(store, a_row_that_can_never_be_stored_is_dropped_not_retried_forever)
+{
+    /* a trigger makes one row fail like a constraint would, every time */
+    store_t *s = open_store(NULL);
+    store_close(s);
+    sqlite3 *db = raw_open();
+    raw_exec(db, "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.text = 'poison' "
+                 "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END;");
+    sqlite3_close(db);
+
+    struct counter c;
+    struct gate g;
+    struct tw t[5];
+    counter_init(&c);
+    gate_init(&g);
+    s = open_store(NULL);
+    tw_msg(&t[0], &c, "p", 1, "ann", NULL, "hold");
+    t[0].gate = &g;
+    cr_assert_eq(store_submit(s, &t[0].w), 0);
+    gate_wait_entered(&g);
+    tw_msg(&t[1], &c, "p", 2, "ann", NULL, "fine");
+    tw_msg(&t[2], &c, "p", 3, "ann", NULL, "poison");
+    tw_msg(&t[3], &c, "p", 4, "ann", NULL, "also fine");
+    tw_barrier(&t[4], &c);
+    for (int i = 1; i < 5; i++)
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+    gate_open(&g);
+    counter_wait(&c, 5);
+    cr_assert_eq(t[0].status, 0);
+    for (int i = 1; i < 5; i++) {
+        cr_assert_lt(t[i].status, 0, "the batch failed as a whole: %d", t[i].status);
+        cr_assert_eq(atomic_load(&t[i].ndone), 1);
+    }
+    /* the same batch retried without the poisoned row: wait with a barrier */
+    struct tw b;
+    tw_barrier(&b, &c);
+    cr_assert_eq(store_submit(s, &b.w), 0);
+    counter_wait(&c, 6);
+    cr_assert_eq(b.status, 0);
+    struct store_stats st;
+    store_stats(s, &st);
+    cr_assert_eq(st.lost, 1);
+    cr_assert_eq(st.retrying, 0);
+    store_close(s);
+    cr_assert_eq(file_int("SELECT count(*) FROM messages WHERE room = 'p'"), 3);
+    cr_assert_eq(file_int("SELECT count(*) FROM messages WHERE text = 'poison'"), 0);
+    cr_assert_eq(file_int("SELECT last_seq FROM rooms WHERE name = 'p'"), 4);
+    gate_destroy(&g);
+    counter_destroy(&c);
+}
+
+/* The background checkpointer copies the WAL into the database file while
+ * the store runs (a checkpoint that silently does nothing would leave the
+ * file at its initial size until close). */
+Test(store, wal_is_checkpointed_in_the_background)
+{
+    enum { N = 3000 };
+    struct counter c;
+    struct tw *t = calloc(N, sizeof(*t));
+    static char big[2001];
+    cr_assert_not_null(t);
+    memset(big, 'w', sizeof(big) - 1);
+    counter_init(&c);
+    store_t *s = open_store(NULL);
+    for (int i = 0; i < N; i++) {
+        tw_msg(&t[i], &c, "w", (uint64_t)i + 1, "ann", NULL, "");
+        t[i].w.msg.text = big; /* ~6 MB of WAL in all, past the checkpoint mark */
+        t[i].w.msg.text_len = sizeof(big) - 1;
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+    }
+    counter_wait(&c, N);
+    struct stat sb;
+    bool grown = false;
+    for (int tries = 0; tries < WAIT_LIMIT_S * 100 && !grown; tries++) {
+        cr_assert_eq(stat(dbpath, &sb), 0);
+        grown = sb.st_size > 2 * 1024 * 1024;
+        if (!grown) {
+            /* polling a file's size: nothing to wait on */
+            struct timespec d = {0, 10000000};
+            nanosleep(&d, NULL);
+        }
+    }
+    cr_assert(grown, "database file still %lld bytes", (long long)sb.st_size);
+    store_close(s);
+    counter_destroy(&c);
+    free(t);
+}
+
+/* ---------------------------------------------------------- shutdown */
+
+Test(store, close_flushes_the_queue)
+{
+    enum { N = 5000 };
+    struct counter c;
+    struct tw *t = calloc(N, sizeof(*t));
+    cr_assert_not_null(t);
+    counter_init(&c);
+    /* a long window: without the flush these would still be waiting */
+    store_t *s = open_store(&(struct store_opts){.batch_window_us = 10000000, .batch_max = 4096});
+    for (int i = 0; i < N; i++) {
+        tw_msg(&t[i], &c, "q", (uint64_t)i + 1, "ann", NULL, "flush me");
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+    }
+    store_close(s);
+    cr_assert_eq(counter_get(&c), N);
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(t[i].status, 0);
+        cr_assert_eq(atomic_load(&t[i].ndone), 1);
+    }
+    cr_assert_eq(file_int("SELECT count(*) FROM messages"), N);
+    counter_destroy(&c);
+    free(t);
+}
+
+/* While the writer is held in a done(), a closer thread calls store_close;
+ * a submitter spins until the store refuses with -ESHUTDOWN. Everything it
+ * got in before that must still be committed. */
+struct close_ctx {
+    store_t *s;
+    struct tw extra[256];
+    int nextra;
+    int last_rc;
+    struct gate gate;
+    struct counter cnt;
+};
+
+static void *closer_main(void *arg)
+{
+    struct close_ctx *x = arg;
+    store_close(x->s);
+    return NULL;
+}
+
+Test(store, submit_after_close_began_is_refused)
+{
+    static struct close_ctx x;
+    struct tw first;
+    pthread_t closer;
+
+    memset(&x, 0, sizeof(x));
+    gate_init(&x.gate);
+    counter_init(&x.cnt);
+    x.s = open_store(&(struct store_opts){.queue_max = 16});
+    tw_msg(&first, &x.cnt, "c", 1, "ann", NULL, "first");
+    first.gate = &x.gate;
+    cr_assert_eq(store_submit(x.s, &first.w), 0);
+    gate_wait_entered(&x.gate);
+    cr_assert_eq(pthread_create(&closer, NULL, closer_main, &x), 0);
+    for (;;) {
+        cr_assert_lt(x.nextra, 256);
+        struct tw *t = &x.extra[x.nextra];
+        tw_msg(t, &x.cnt, "c", (uint64_t)x.nextra + 2, "ann", NULL, "racing close");
+        x.last_rc = store_submit(x.s, &t->w);
+        if (x.last_rc == 0)
+            x.nextra++;
+        else if (x.last_rc == -EAGAIN)
+            sched_yield();
+        else
+            break;
+    }
+    cr_assert_eq(x.last_rc, -ESHUTDOWN);
+    gate_open(&x.gate);
+    cr_assert_eq(pthread_join(closer, NULL), 0);
+    cr_assert_eq(counter_get(&x.cnt), x.nextra + 1);
+    for (int i = 0; i < x.nextra; i++)
+        cr_assert_eq(x.extra[i].status, 0);
+    cr_assert_eq(file_int("SELECT count(*) FROM messages"), x.nextra + 1);
+    gate_destroy(&x.gate);
+    counter_destroy(&x.cnt);
+}
+
+/* ------------------------------------------------------ start-up loads */
+
+struct seen {
+    char names[16][80];
+    uint64_t seqs[16];
+    int n;
+};
+
+static void seen_room(void *arg, const char *room, uint64_t last_seq)
+{
+    struct seen *v = arg;
+    cr_assert_lt(v->n, 16);
+    snprintf(v->names[v->n], sizeof(v->names[0]), "%s", room);
+    v->seqs[v->n++] = last_seq;
+}
+
+static void seen_user(void *arg, const char *user)
+{
+    seen_room(arg, user, 0);
+}
+
+static void seen_id(void *arg, const char *room, const char *from, const char *id, uint64_t seq,
+                    int64_t ts)
+{
+    struct seen *v = arg;
+    cr_assert_lt(v->n, 16);
+    cr_assert_gt(ts, 0);
+    snprintf(v->names[v->n], sizeof(v->names[0]), "%s/%s/%s", room, from, id);
+    v->seqs[v->n++] = seq;
+}
+
+static uint64_t seen_get(const struct seen *v, const char *name)
+{
+    for (int i = 0; i < v->n; i++)
+        if (strcmp(v->names[i], name) == 0)
+            return v->seqs[i] + 1; /* 0: absent */
+    return 0;
+}
+
+Test(store, loads_rooms_users_and_recent_ids_after_reopen)
+{
+    struct counter c;
+    struct tw t[12];
+    int k = 0;
+    counter_init(&c);
+    store_t *s = open_store(NULL);
+    for (uint64_t i = 1; i <= 3; i++)
+        tw_msg(&t[k++], &c, "alpha", i, "ann", NULL, "a");
+    for (uint64_t i = 1; i <= 5; i++)
+        tw_msg(&t[k++], &c, "beta", i, "bob", NULL, "b");
+    tw_msg(&t[k++], &c, "dm:ann:bob", 1, "ann", "fresh", "psst");
+    t[k - 1].w.msg.ts = 1700000000000 + 86400000;
+    t[k - 5].w.msg.id = "stale"; /* beta seq 2 */
+    tw_user(&t[k++], &c, "ann");
+    tw_user(&t[k++], &c, "bob");
+    tw_user(&t[k++], &c, "ann");
+    for (int i = 0; i < k; i++)
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+    counter_wait(&c, k);
+    store_close(s);
+
+    s = open_store(NULL);
+    struct seen v = {0};
+    cr_assert_eq(store_load_rooms(s, seen_room, &v), 0);
+    cr_assert_eq(v.n, 3);
+    cr_assert_eq(seen_get(&v, "alpha"), 3 + 1);
+    cr_assert_eq(seen_get(&v, "beta"), 5 + 1);
+    cr_assert_eq(seen_get(&v, "dm:ann:bob"), 1 + 1);
+
+    memset(&v, 0, sizeof(v));
+    cr_assert_eq(store_load_users(s, seen_user, &v), 0);
+    cr_assert_eq(v.n, 2);
+    cr_assert(seen_get(&v, "ann") && seen_get(&v, "bob"));
+
+    memset(&v, 0, sizeof(v));
+    cr_assert_eq(store_load_ids(s, 0, seen_id, &v), 0);
+    cr_assert_eq(v.n, 2);
+    cr_assert_eq(seen_get(&v, "beta/bob/stale"), 2 + 1);
+    cr_assert_eq(seen_get(&v, "dm:ann:bob/ann/fresh"), 1 + 1);
+
+    memset(&v, 0, sizeof(v));
+    cr_assert_eq(store_load_ids(s, 1700000000000 + 1000, seen_id, &v), 0);
+    cr_assert_eq(v.n, 1, "only ids newer than since_ms");
+    cr_assert_eq(seen_get(&v, "dm:ann:bob/ann/fresh"), 1 + 1);
+    store_close(s);
+    counter_destroy(&c);
+}
+
+/* --------------------------------------------------------- concurrency */
+
+#define MT_THREADS 4
+#define MT_WRITES 2000
+
+struct mt_arg {
+    store_t *s;
+    int idx;
+    struct tw *t;
+    struct counter *cnt;
+    struct tr reads[8];
+    struct counter rcnt;
+};
+
+static void *mt_main(void *arg)
+{
+    struct mt_arg *a = arg;
+    int nreads = 0;
+    for (int i = 0; i < MT_WRITES; i++) {
+        char room[16], id[16];
+        snprintf(room, sizeof(room), "mt%d", a->idx);
+        snprintf(id, sizeof(id), "i%d", i);
+        tw_msg(&a->t[i], a->cnt, room, (uint64_t)i + 1, "ann", i % 2 ? id : NULL, "concurrent");
+        int rc;
+        while ((rc = store_submit(a->s, &a->t[i].w)) == -EAGAIN)
+            sched_yield();
+        if (rc != 0)
+            return "submit failed";
+        if (i % 250 == 0 && nreads < 8) {
+            /* reads race the writes: any consistent answer is fine */
+            struct tr *r = &a->reads[nreads++];
+            snprintf(r->r.room, sizeof(r->r.room), "%s", room);
+            r->r.mode = SR_LATEST;
+            r->r.limit = 20;
+            r->r.done = tr_done;
+            r->cnt = &a->rcnt;
+            if (store_read_submit(a->s, &r->r) != 0)
+                return "read submit failed";
+        }
+    }
+    counter_wait(&a->rcnt, nreads);
+    for (int i = 0; i < nreads; i++) {
+        if (a->reads[i].r.status != 0 || a->reads[i].r.n > 20)
+            return "bad read";
+        for (size_t j = 1; j < a->reads[i].r.n; j++)
+            if (a->reads[i].r.msgs[j].seq != a->reads[i].r.msgs[j - 1].seq + 1)
+                return "read not contiguous";
+        store_read_release(&a->reads[i].r);
+    }
+    return NULL;
+}
+
+Test(store, many_submitting_threads_lose_nothing)
+{
+    struct counter c;
+    struct mt_arg a[MT_THREADS];
+    pthread_t th[MT_THREADS];
+    counter_init(&c);
+    store_t *s = open_store(&(struct store_opts){.queue_max = 1024, .readers = 2});
+    for (int i = 0; i < MT_THREADS; i++) {
+        memset(&a[i], 0, sizeof(a[i]));
+        a[i].s = s;
+        a[i].idx = i;
+        a[i].cnt = &c;
+        a[i].t = calloc(MT_WRITES, sizeof(struct tw));
+        cr_assert_not_null(a[i].t);
+        counter_init(&a[i].rcnt);
+        cr_assert_eq(pthread_create(&th[i], NULL, mt_main, &a[i]), 0);
+    }
+    for (int i = 0; i < MT_THREADS; i++) {
+        void *ret = NULL;
+        cr_assert_eq(pthread_join(th[i], &ret), 0);
+        cr_assert_null(ret, "thread %d: %s", i, (char *)ret);
+    }
+    counter_wait(&c, MT_THREADS * MT_WRITES);
+    struct store_stats st;
+    store_stats(s, &st);
+    cr_assert_eq(st.writes, MT_THREADS * MT_WRITES);
+    cr_assert_eq(st.failures, 0);
+    store_close(s);
+
+    for (int i = 0; i < MT_THREADS; i++) {
+        for (int j = 0; j < MT_WRITES; j++) {
+            cr_assert_eq(a[i].t[j].status, 0);
+            cr_assert_eq(atomic_load(&a[i].t[j].ndone), 1);
+        }
+        free(a[i].t);
+        counter_destroy(&a[i].rcnt);
+    }
+    cr_assert_eq(file_int("SELECT count(*) FROM messages"), MT_THREADS * MT_WRITES);
+    cr_assert_eq(file_int("SELECT count(*) FROM rooms WHERE last_seq = 2000"), MT_THREADS);
+    cr_assert_eq(file_int("SELECT count(DISTINCT room || '/' || seq) FROM messages"),
+                 MT_THREADS * MT_WRITES);
+    counter_destroy(&c);
+}
