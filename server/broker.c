@@ -13,6 +13,7 @@
  */
 #include "broker.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <openssl/rand.h>
@@ -27,6 +28,7 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "notify.h"
 #include "ratelimit.h"
 #include "room.h"
 #include "server.h"
@@ -45,7 +47,15 @@ struct joined {
 struct user {
     struct client **conns; /* {users_lock} each holds a client reference */
     size_t n, cap;
+    char *email;           /* {users_lock} account address for notifications, or NULL */
 };
+
+/* Someone to e-mail about a message, found under the locks, notified after. */
+struct note_target {
+    char user[CODEC_USER_MAX + 1];
+    char email[255];
+};
+#define MAX_MENTIONS 8
 
 struct idem_entry {
     uint64_t seq;
@@ -195,6 +205,7 @@ static void user_free(void *p)
     for (size_t i = 0; i < u->n; i++)
         client_unref(&u->conns[i]);
     free(u->conns);
+    free(u->email);
     free(u);
 }
 
@@ -487,9 +498,8 @@ static void do_hello(struct broker *b, struct client *c, const struct req *r, bo
      * user may have many (tabs), presence counts users */
     if (u && u->n && !b->srv->accounts) {
         pthread_mutex_unlock(&b->users_lock);
+        /* the connection stays open: the user can pick another name */
         reply_error(c, ERR_NAME_TAKEN, "that name is in use by a live connection", r->ref);
-        if (at_connect)
-            client_kill(c, 1008, "name taken");
         return;
     }
     if (!u) {
@@ -515,11 +525,124 @@ static void do_hello(struct broker *b, struct client *c, const struct req *r, bo
                            (size_t)cfg->max_frame, cfg->rate, cfg->burst));
 }
 
-void broker_user_added(struct broker *b, const char *name)
+void broker_user_added(struct broker *b, const char *name, const char *email)
 {
     pthread_mutex_lock(&b->users_lock);
-    user_get_locked(b, name, true);
+    struct user *u = user_get_locked(b, name, true);
+    free(u->email);
+    u->email = email && email[0] ? xstrdup(email) : NULL;
     pthread_mutex_unlock(&b->users_lock);
+}
+
+/* ------------------------------------------------------- notifications */
+
+/* An outbox row in flight to the storage writer. */
+struct outbox_write {
+    struct store_write w;
+    char id[33], recipient[CODEC_USER_MAX + 1], email[255], from[CODEC_USER_MAX + 1];
+    char room[CODEC_ROOMID_MAX + 1];
+    char text[];
+};
+
+static void outbox_done(struct store_write *w)
+{
+    if (w->status != 0)
+        log_warn("broker", "notification for '%s' not recorded in the outbox",
+                 ((struct outbox_write *)w)->recipient);
+    free(w);
+}
+
+/* {users_lock}. Add user as a target if offline with an address. */
+static size_t add_target_locked(struct broker *b, const char *name, struct note_target *t,
+                                size_t n)
+{
+    struct user *u = user_get_locked(b, name, false);
+    if (!u || u->n || !u->email || n >= MAX_MENTIONS + 1)
+        return n;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(t[i].user, name) == 0)
+            return n;
+    str_lcpy(t[n].user, name, sizeof(t[n].user));
+    str_lcpy(t[n].email, u->email, sizeof(t[n].email));
+    return n + 1;
+}
+
+/* {room lock}. Offline users @mentioned in text who have joined the room. */
+static size_t mention_targets_locked(struct broker *b, struct room *rm, const char *self,
+                                     const char *text, size_t len, struct note_target *t)
+{
+    size_t n = 0, found = 0;
+    char name[CODEC_USER_MAX + 1];
+
+    for (size_t i = 0; i + 1 < len && found < MAX_MENTIONS; i++) {
+        if (text[i] != '@' || (i && (isalnum((unsigned char)text[i - 1]) || text[i - 1] == '_')))
+            continue;
+        size_t k = 0;
+        while (i + 1 + k < len && k < CODEC_USER_MAX &&
+               (isalnum((unsigned char)text[i + 1 + k]) || strchr("_.-", text[i + 1 + k])))
+            k++;
+        /* a trailing dot ends the sentence, not the name */
+        while (k && text[i + k] == '.')
+            k--;
+        if (!k)
+            continue;
+        memcpy(name, text + i + 1, k);
+        name[k] = '\0';
+        found++;
+        if (strcmp(name, self) != 0 && room_user_joined_ever_locked(rm, name)) {
+            pthread_mutex_lock(&b->users_lock);
+            n = add_target_locked(b, name, t, n);
+            pthread_mutex_unlock(&b->users_lock);
+        }
+    }
+    return n;
+}
+
+/* Record each notification in the outbox (the durable copy) and offer it
+ * to the notifier's memory queue; neither step blocks the loop. */
+static void notify_targets(struct broker *b, const struct note_target *t, size_t n,
+                           const struct chat_msg *m, bool dm)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct outbox_write *ow = xcalloc(1, sizeof(*ow) + m->text_len + 1);
+        unsigned char rnd[16];
+        RAND_bytes(rnd, sizeof(rnd));
+        for (int k = 0; k < 16; k++)
+            snprintf(ow->id + 2 * k, 3, "%02x", rnd[k]);
+        str_lcpy(ow->recipient, t[i].user, sizeof(ow->recipient));
+        str_lcpy(ow->email, t[i].email, sizeof(ow->email));
+        str_lcpy(ow->from, m->from, sizeof(ow->from));
+        str_lcpy(ow->room, m->room, sizeof(ow->room));
+        memcpy(ow->text, m->text, m->text_len);
+        ow->w.kind = SW_OUTBOX_ADD;
+        ow->w.outbox_id = ow->id;
+        ow->w.recipient = ow->recipient;
+        ow->w.email = ow->email;
+        ow->w.note_kind = dm ? "dm" : "mention";
+        ow->w.msg.from = ow->from;
+        ow->w.msg.room = ow->room;
+        ow->w.msg.text = ow->text;
+        ow->w.msg.text_len = m->text_len;
+        ow->w.msg.ts = m->ts;
+        ow->w.done = outbox_done;
+
+        struct notification note = {.kind = dm ? NOTE_DM : NOTE_MENTION, .text = m->text,
+                                    .ts = m->ts};
+        str_lcpy(note.id, ow->id, sizeof(note.id));
+        str_lcpy(note.recipient, t[i].user, sizeof(note.recipient));
+        str_lcpy(note.email, t[i].email, sizeof(note.email));
+        str_lcpy(note.from, m->from, sizeof(note.from));
+        str_lcpy(note.room, m->room, sizeof(note.room));
+
+        if (store_submit(b->srv->store, &ow->w) != 0) {
+            log_warn("broker", "outbox full: notification for '%s' kept in memory only",
+                     t[i].user);
+            free(ow);
+        }
+        /* false: the queue is full; the notifier picks the row up from the
+         * outbox later, so nothing is lost */
+        notify_enqueue(b->srv->notify, &note);
+    }
 }
 
 static void do_join(struct broker *b, struct client *c, const struct req *r)
@@ -643,6 +766,8 @@ static void publish(struct broker *b, struct client *c, struct room *rm, const c
         idem_put(b, key, h->m.seq, ts);
 
     struct fanout f = {0};
+    struct note_target targets[MAX_MENTIONS + 1];
+    size_t ntargets = 0;
     if (peer) {
         pthread_mutex_lock(&b->users_lock);
         const char *who[2] = {c->user, peer};
@@ -651,15 +776,21 @@ static void publish(struct broker *b, struct client *c, struct room *rm, const c
             for (size_t i = 0; u && i < u->n; i++)
                 client_push(u->conns[i], fanout_get(&f, u->conns[i]->fmt, enc_message, &h->m));
         }
+        if (b->srv->notify)
+            ntargets = add_target_locked(b, peer, targets, 0);
         pthread_mutex_unlock(&b->users_lock);
     } else {
         for (size_t i = 0; i < rm->nmembers; i++) {
             struct client *m = rm->members[i];
             client_push(m, fanout_get(&f, m->fmt, enc_message, &h->m));
         }
+        if (b->srv->notify && memchr(r->text, '@', r->text_len))
+            ntargets = mention_targets_locked(b, rm, c->user, r->text, r->text_len, targets);
     }
     pthread_mutex_unlock(&rm->lock);
     fanout_release(&f);
+    if (ntargets)
+        notify_targets(b, targets, ntargets, &h->m, peer != NULL);
     hist_unref(&h);
     METRIC_INC(&b->srv->metrics, messages_received_total);
 }
@@ -972,10 +1103,12 @@ static void load_room(void *arg, const char *room, uint64_t seq)
     rooms_preload(((struct broker *)arg)->rooms, room, seq);
 }
 
-static void load_user(void *arg, const char *name)
+static void load_user(void *arg, const char *name, const char *email)
 {
     struct broker *b = arg;
-    user_get_locked(b, name, true);
+    struct user *u = user_get_locked(b, name, true);
+    if (email && email[0])
+        u->email = xstrdup(email);
 }
 
 static void load_id(void *arg, const char *room, const char *from, const char *id, uint64_t seq,

@@ -37,7 +37,7 @@ void broker_frame(struct broker *b, struct client *c, const char *buf, size_t le
 void broker_disconnected(struct broker *b, struct client *c);
 
 /* Thread: any. A new account exists (for no_such_user). */
-void broker_user_added(struct broker *b, const char *name);
+void broker_user_added(struct broker *b, const char *name, const char *email);
 
 /* Thread: any. Rooms that currently have members. */
 size_t broker_active_rooms(struct broker *b);

@@ -40,6 +40,16 @@ struct config {
     long idempotency_ttl;       /* --idempotency-ttl seconds, default 600 */
     long max_connections;       /* --max-connections, default 10000 */
     long max_connections_per_ip; /* --max-connections-per-ip, default 1000 */
+    char *smtp_url;             /* --smtp-url smtp://host:port or smtps://; none: mbox */
+    bool smtp_starttls;         /* --smtp-starttls */
+    char *smtp_user;            /* --smtp-user */
+    char *smtp_password_file;   /* --smtp-password-file */
+    char *smtp_from;            /* --smtp-from, default parley@localhost */
+    char *mail_file;            /* --mail-file, default mail.mbox beside the database */
+    long notify_queue;          /* --notify-queue, default 10000 */
+    double notify_coalesce;     /* --notify-coalesce seconds, default 60 */
+    double notify_max_backoff;  /* --notify-max-backoff seconds, default 300 */
+    long notify_max_attempts;   /* --notify-max-attempts, default 8 */
     char *config_file;          /* --config FILE (JSON) */
 };
 

@@ -14,6 +14,7 @@
 #include "counters.h"
 #include "log.h"
 #include "metrics.h"
+#include "notify.h"
 #include "pathres.h"
 #include "server.h"
 #include "util.h"
@@ -96,6 +97,26 @@ static int respond_error(struct lws *wsi, struct http_state *st, unsigned status
     return respond_json(wsi, st, status, buf);
 }
 
+/* Metrics owned by other modules, read at scrape time. */
+static void sample_metrics(struct server *srv, struct store_stats *ss)
+{
+    struct metrics *m = &srv->metrics;
+    store_stats(srv->store, ss);
+    METRIC_SET(m, storage_queue_depth, (int64_t)ss->queued);
+    METRIC_SET(m, rooms, (int64_t)broker_active_rooms(srv->broker));
+    if (srv->notify) {
+        struct notify_stats ns;
+        notify_stats(srv->notify, &ns);
+        METRIC_SET(m, notify_queue_depth, (int64_t)ns.queue_depth);
+        METRIC_SET(m, notify_sent_total, (int64_t)ns.sent);
+        METRIC_SET(m, notify_emails_total, (int64_t)ns.emails);
+        METRIC_SET(m, notify_failed_total, (int64_t)ns.failed);
+        METRIC_SET(m, notify_dead_total, (int64_t)ns.dead);
+        METRIC_SET(m, notify_rejected_total, (int64_t)ns.rejected);
+        METRIC_SET(m, notify_breaker_state, ns.breaker_state);
+    }
+}
+
 /* GET /api/stats/users: the live per-user request counters. */
 static int stats_users(struct lws *wsi, struct server *srv, struct http_state *st)
 {
@@ -124,6 +145,12 @@ int http_request(struct lws *wsi, struct server *srv, struct http_state *st, con
     http_release(st);
     memset(st, 0, sizeof(*st));
     st->wsi = wsi;
+    /* lws hands us the decoded path as a C string: a %00 in it would cut
+     * the path short and answer for another file, so refuse it outright */
+    int ulen = lws_hdr_total_length(wsi, post ? WSI_TOKEN_POST_URI
+                                              : head ? WSI_TOKEN_HEAD_URI : WSI_TOKEN_GET_URI);
+    if (ulen > 0 && (size_t)ulen != strlen(uri))
+        return respond_text(wsi, st, 400, "bad request: NUL in path\n");
     if (post) {
         if (strcmp(uri, "/api/register") == 0)
             st->api = API_REGISTER;
@@ -146,10 +173,9 @@ int http_request(struct lws *wsi, struct server *srv, struct http_state *st, con
     if (strcmp(uri, "/healthz") == 0)
         return respond_text(wsi, st, 200, "ok\n");
     if (strcmp(uri, "/metrics") == 0) {
-        /* a sampled gauge: computed at scrape time */
-        atomic_store_explicit(&srv->metrics.rooms, (int64_t)broker_active_rooms(srv->broker),
-                              memory_order_relaxed);
-        st->owned = metrics_render(&srv->metrics);
+        struct store_stats ss;
+        sample_metrics(srv, &ss);
+        st->owned = metrics_render(&srv->metrics, &ss);
         st->body = msg_payload(st->owned, &st->len);
         return start_response(wsi, st, 200, "text/plain; version=0.0.4; charset=utf-8", NULL,
                               false);

@@ -24,6 +24,7 @@
 #include "dumper.h"
 #include "config.h"
 #include "log.h"
+#include "notify.h"
 #include "ratelimit.h"
 #include "loop.h"
 #include "server.h"
@@ -41,6 +42,42 @@ static void lws_log_emit(int level, const char *line)
     const char *text = strstr(line, "] ");
     text = text ? text + 2 : line;
     log_at(l, "lws", "%.*s", (int)(n - (size_t)(text - line)), text);
+}
+
+/* The notifier: SMTP when --smtp-url is given, the mbox file otherwise. */
+static int start_notify(struct server *srv, const struct config *cfg, char *err, size_t errsz)
+{
+    struct notify_opts o;
+    char pw[512] = "";
+
+    notify_opts_default(&o);
+    if (cfg->smtp_password_file) {
+        FILE *f = fopen(cfg->smtp_password_file, "r");
+        if (!f || !fgets(pw, sizeof(pw), f)) {
+            snprintf(err, errsz, "cannot read --smtp-password-file '%s'", cfg->smtp_password_file);
+            if (f)
+                fclose(f);
+            return -1;
+        }
+        fclose(f);
+        pw[strcspn(pw, "\r\n")] = '\0';
+    }
+    o.smtp_url = cfg->smtp_url;
+    o.starttls = cfg->smtp_starttls;
+    o.smtp_user = cfg->smtp_user;
+    o.smtp_password = pw[0] ? pw : NULL;
+    o.smtp_from = cfg->smtp_from;
+    o.mbox_path = cfg->mail_file;
+    o.queue_max = (size_t)cfg->notify_queue;
+    o.coalesce_ms = (int)(cfg->notify_coalesce * 1000);
+    o.max_backoff_ms = (int)(cfg->notify_max_backoff * 1000);
+    if (o.backoff_base_ms > o.max_backoff_ms)
+        o.backoff_base_ms = o.max_backoff_ms;
+    o.max_attempts = (int)cfg->notify_max_attempts;
+    o.drain_timeout_ms = (int)(cfg->drain_timeout * 1000);
+    srv->notify = notify_new(&o, srv->store, err, errsz);
+    memset(pw, 0, sizeof(pw));
+    return srv->notify ? 0 : -1;
 }
 
 static void exit_now(int sig)
@@ -79,6 +116,8 @@ int main(int argc, char **argv)
         cfg.token_secret_file = path_beside(cfg.db_path, "token.secret");
     if (!cfg.dump_file)
         cfg.dump_file = path_beside(cfg.db_path, "counters.jsonl");
+    if (!cfg.mail_file)
+        cfg.mail_file = path_beside(cfg.db_path, "mail.mbox");
 
     enum log_level lvl = LOG_INFO;
     log_level_parse(cfg.log_level, &lvl);
@@ -110,6 +149,10 @@ int main(int argc, char **argv)
     srv.web = webcache_load(cfg.web_root, err, sizeof(err));
     if (!srv.web)
         log_warn("main", "web client not served: %s", err);
+    if (start_notify(&srv, &cfg, err, sizeof(err)) != 0) {
+        log_error("main", "%s", err);
+        goto out;
+    }
     srv.counters = counters_new();
     srv.ratelimit = ratelimit_new(cfg.rate, cfg.burst);
     srv.dumper = dumper_start(srv.counters, cfg.dump_file, cfg.dump_interval, err, sizeof(err));
@@ -179,8 +222,9 @@ stop:
     for (int i = 0; i < started; i++)
         loop_join(srv.loops[i]);
 out:
-    /* the accounts worker may still be waiting on a storage commit */
+    /* the accounts worker and the notifier may still wait on storage commits */
     accounts_free(srv.accounts);
+    notify_free(srv.notify);
     /* storage last: it commits what the loops queued before they stopped */
     store_close(srv.store);
     /* the final counter dump, after every request was counted */

@@ -3,20 +3,7 @@
 
 #include <string.h>
 
-static const double commit_bounds[12] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.02,
-                                         0.05,   0.1,   0.25,  0.5,   1.0,  2.5};
-
-void metrics_commit_observe(struct metrics *m, int64_t ns)
-{
-    double s = (double)ns / 1e9;
-    for (size_t i = 0; i < 12; i++)
-        if (s <= commit_bounds[i])
-            METRIC_INC(m, commit_bucket[i]);
-    METRIC_INC(m, commit_count);
-    METRIC_ADD(m, commit_sum_ns, ns);
-}
-
-msg_t *metrics_render(struct metrics *m)
+msg_t *metrics_render(struct metrics *m, const struct store_stats *st)
 {
     struct msgbuf b;
     mb_init(&b, 4096);
@@ -28,13 +15,12 @@ msg_t *metrics_render(struct metrics *m)
 #undef X
     mb_puts(&b, "# HELP parley_storage_commit_seconds Duration of storage group commits\n"
                 "# TYPE parley_storage_commit_seconds histogram\n");
-    for (size_t i = 0; i < 12; i++)
-        mb_printf(&b, "parley_storage_commit_seconds_bucket{le=\"%g\"} %lld\n", commit_bounds[i],
-                  (long long)atomic_load_explicit(&m->commit_bucket[i], memory_order_relaxed));
-    long long cnt = (long long)atomic_load_explicit(&m->commit_count, memory_order_relaxed);
-    mb_printf(&b, "parley_storage_commit_seconds_bucket{le=\"+Inf\"} %lld\n", cnt);
-    mb_printf(&b, "parley_storage_commit_seconds_sum %.9f\n",
-              (double)atomic_load_explicit(&m->commit_sum_ns, memory_order_relaxed) / 1e9);
-    mb_printf(&b, "parley_storage_commit_seconds_count %lld\n", cnt);
+    for (size_t i = 0; i < STORE_COMMIT_BUCKETS; i++)
+        mb_printf(&b, "parley_storage_commit_seconds_bucket{le=\"%g\"} %llu\n", st->commit_le[i],
+                  (unsigned long long)st->commit_le_count[i]);
+    mb_printf(&b, "parley_storage_commit_seconds_bucket{le=\"+Inf\"} %llu\n",
+              (unsigned long long)st->commits);
+    mb_printf(&b, "parley_storage_commit_seconds_sum %.9f\n", st->commit_seconds_sum);
+    mb_printf(&b, "parley_storage_commit_seconds_count %llu\n", (unsigned long long)st->commits);
     return mb_finish(&b);
 }

@@ -10,25 +10,22 @@
 #include <stdint.h>
 
 #include "msg.h"
+#include "store.h"
 
 struct metrics {
 #define X(name, kind, help) _Atomic int64_t name;
 #include "metrics.def"
 #undef X
-    /* parley_storage_commit_seconds histogram, fed by the storage thread */
-    _Atomic int64_t commit_bucket[12]; /* cumulative counts per bound */
-    _Atomic int64_t commit_count;
-    _Atomic int64_t commit_sum_ns;
 };
 
 #define METRIC_ADD(m, name, v) atomic_fetch_add_explicit(&(m)->name, (v), memory_order_relaxed)
 #define METRIC_INC(m, name) METRIC_ADD(m, name, 1)
 #define METRIC_SUB(m, name, v) atomic_fetch_sub_explicit(&(m)->name, (v), memory_order_relaxed)
+/* For gauges and counters sampled from another module at scrape time. */
+#define METRIC_SET(m, name, v) atomic_store_explicit(&(m)->name, (v), memory_order_relaxed)
 
-/* Record one storage commit that took ns nanoseconds. */
-void metrics_commit_observe(struct metrics *m, int64_t ns);
-/* The Prometheus text exposition of every metric (a finished msg whose
- * payload is the body; the frame header is unused). */
-msg_t *metrics_render(struct metrics *m);
+/* The Prometheus text exposition of every metric plus the storage commit
+ * histogram from st (a finished msg whose payload is the body). */
+msg_t *metrics_render(struct metrics *m, const struct store_stats *st);
 
 #endif

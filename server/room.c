@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "client.h"
+#include "strmap.h"
 #include "util.h"
 
 struct rooms {
@@ -98,6 +99,7 @@ static void room_free(struct room *rm)
         client_unref(&rm->members[i]);
     free(rm->members);
     window_release(rm);
+    strmap_free(rm->joined_ever, NULL);
     pthread_mutex_destroy(&rm->lock);
     free(rm);
 }
@@ -295,6 +297,9 @@ bool room_add_member_locked(struct room *rm, struct client *c)
         rm->members = xrealloc(rm->members, rm->mcap * sizeof(*rm->members));
     }
     rm->members[rm->nmembers++] = client_ref(c);
+    if (!rm->joined_ever)
+        rm->joined_ever = strmap_new();
+    strmap_put(rm->joined_ever, c->user, rm);
     return true;
 }
 
@@ -309,6 +314,11 @@ bool room_remove_member_locked(struct room *rm, struct client *c)
         }
     }
     return false;
+}
+
+bool room_user_joined_ever_locked(const struct room *rm, const char *user)
+{
+    return rm->joined_ever && strmap_get(rm->joined_ever, user) != NULL;
 }
 
 unsigned room_user_conns_locked(const struct room *rm, const char *user)

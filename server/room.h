@@ -50,6 +50,7 @@ struct room {
     size_t nmembers, mcap;   /* {lock} */
     uint64_t seq;            /* {lock} last assigned seq, 0 = none yet */
     struct hist **win;       /* {lock} ring of the latest messages, seqs lo..seq */
+    struct strmap *joined_ever; /* {lock} users who have joined (for @mentions), or NULL */
     size_t wcap, whead, wcount; /* {lock} */
 };
 
@@ -82,6 +83,8 @@ bool room_add_member_locked(struct room *rm, struct client *c);
 /* Remove c (drops the reference) if present; returns true if removed. */
 bool room_remove_member_locked(struct room *rm, struct client *c);
 bool room_has_member_locked(const struct room *rm, const struct client *c);
+/* True if user has joined this room since the server started. */
+bool room_user_joined_ever_locked(const struct room *rm, const char *user);
 /* Connections of user in the room. */
 unsigned room_user_conns_locked(const struct room *rm, const char *user);
 /* Distinct member names (pointers into the clients, valid while locked). */

@@ -20,6 +20,7 @@ struct accounts;
 struct counters;
 struct dumper;
 struct ratelimit;
+struct notify;
 
 struct server {
     const struct config *cfg;       /* read-only after start */
@@ -31,6 +32,7 @@ struct server {
     struct counters *counters;      /* per-user request counters */
     struct dumper *dumper;          /* periodic counter dumps */
     struct ratelimit *ratelimit;    /* per-user token buckets */
+    struct notify *notify;          /* e-mail notifications */
     struct loop **loops;
     int nloops;
     _Atomic bool stopping;          /* set once by main on SIGTERM/SIGINT */

@@ -1592,16 +1592,20 @@ int store_load_rooms(store_t *s, void (*cb)(void *arg, const char *room, uint64_
     return 0;
 }
 
-int store_load_users(store_t *s, void (*cb)(void *arg, const char *user), void *arg)
+int store_load_users(store_t *s, void (*cb)(void *arg, const char *user, const char *email),
+                     void *arg)
 {
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(s->mdb, "SELECT name FROM users", -1, &st, NULL);
+    int rc = sqlite3_prepare_v2(s->mdb,
+                                "SELECT name, CASE WHEN password_hash IS NOT NULL THEN email END"
+                                " FROM users",
+                                -1, &st, NULL);
     if (rc != SQLITE_OK)
         return load_fail(s, "users");
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const unsigned char *name = sqlite3_column_text(st, 0);
         if (name)
-            cb(arg, (const char *)name);
+            cb(arg, (const char *)name, (const char *)sqlite3_column_text(st, 1));
     }
     if (rc != SQLITE_DONE) {
         load_fail(s, "users");
