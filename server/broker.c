@@ -36,7 +36,6 @@
 #include "strmap.h"
 #include "util.h"
 
-#define MAX_ROOMS_PER_CONN 64
 #define HISTORY_WINDOW 256
 #define MAX_LIST 1024
 
@@ -652,12 +651,19 @@ static void do_join(struct broker *b, struct client *c, const struct req *r)
                     r->ref);
         return;
     }
-    if (!joined_find(c, r->room) && c->njoined >= MAX_ROOMS_PER_CONN) {
+    const struct config *cfg = b->srv->cfg;
+    if (!joined_find(c, r->room) && (long)c->njoined >= cfg->max_rooms_per_conn) {
         reply_error(c, ERR_BAD_REQUEST, "too many rooms joined on this connection", r->ref);
         return;
     }
     struct room *rm = rooms_acquire(b->rooms, r->room, true);
     pthread_mutex_lock(&rm->lock);
+    if ((long)rm->nmembers >= cfg->max_room_members && !room_has_member_locked(rm, c)) {
+        pthread_mutex_unlock(&rm->lock);
+        rooms_release(b->rooms, &rm);
+        reply_error(c, ERR_FORBIDDEN, "the room is full", r->ref);
+        return;
+    }
     bool added = room_add_member_locked(rm, c);
     if (added) {
         if (room_user_conns_locked(rm, c->user) == 1)

@@ -51,6 +51,7 @@ struct client {
     unsigned char *rx;             /* reassembly of a fragmented message */
     size_t rx_len, rx_cap;
     char ip[48];
+    bool ip_counted;               /* holds a slot in srv->iplimit */
 };
 
 /* Thread: home loop. Refcount 1 (the socket's). */

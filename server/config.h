@@ -50,6 +50,13 @@ struct config {
     double notify_coalesce;     /* --notify-coalesce seconds, default 60 */
     double notify_max_backoff;  /* --notify-max-backoff seconds, default 300 */
     long notify_max_attempts;   /* --notify-max-attempts, default 8 */
+    char *tls_cert;             /* --tls-cert PEM (chain allowed): serve https/wss */
+    char *tls_key;              /* --tls-key PEM */
+    long handshake_timeout;     /* --handshake-timeout seconds to finish the HTTP upgrade */
+    long ping_interval;         /* --ping-interval seconds of idle before a ping */
+    long max_rooms_per_conn;    /* --max-rooms-per-conn, default 64 */
+    long max_room_members;      /* --max-room-members, default 10000 */
+    bool check_config;          /* --check-config: validate and exit */
     char *config_file;          /* --config FILE (JSON) */
 };
 

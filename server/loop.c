@@ -16,6 +16,7 @@
 #include "client.h"
 #include "config.h"
 #include "log.h"
+#include "tls.h"
 #include "server.h"
 #include "util.h"
 #include "ws.h"
@@ -53,14 +54,11 @@ struct loop {
     bool draining;
     int64_t drain_deadline_ms;
     lws_sorted_usec_list_t drain_sul;
+    lws_retry_bo_t idle_policy;  /* ping idle connections, hang up on silence */
+    void *ssl_ctx;               /* server SSL_CTX, NULL without TLS */
     unsigned char scratch[LWS_PRE + SCRATCH_CAP];
 };
 
-static const lws_retry_bo_t idle_policy = {
-    /* ping a connection idle for 30 s, hang up when nothing for 60 s */
-    .secs_since_valid_ping = 30,
-    .secs_since_valid_hangup = 60,
-};
 
 struct loop *loop_new(struct server *srv, int index, char *err, size_t errsz)
 {
@@ -85,9 +83,21 @@ struct loop *loop_new(struct server *srv, int index, char *err, size_t errsz)
     info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_SKIP_PROTOCOL_INIT;
     if (!strchr(cfg->listen_host, ':'))
         info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
-    info.timeout_secs = 10;     /* an HTTP upgrade must complete within 10 s */
+    /* slowloris: a request (or upgrade) must complete within this */
+    info.timeout_secs = (unsigned)cfg->handshake_timeout;
+    info.timeout_secs_ah_idle = (unsigned)cfg->handshake_timeout;
     info.max_http_header_data = 4096;
-    info.retry_and_idle_policy = &idle_policy;
+    l->idle_policy.secs_since_valid_ping = (uint16_t)cfg->ping_interval;
+    l->idle_policy.secs_since_valid_hangup = (uint16_t)(2 * cfg->ping_interval);
+    info.retry_and_idle_policy = &l->idle_policy;
+    if (cfg->tls_cert) {
+        /* https:// and wss:// on the same listener; every loop's vhost gets
+         * the certificate because adopted sockets do their handshake there */
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        info.ssl_cert_filepath = cfg->tls_cert;
+        info.ssl_private_key_filepath = cfg->tls_key;
+        info.ssl_cipher_list = tls_cipher_list;
+    }
     info.pt_serv_buf_size = 16 * 1024;
 
     l->ctx = lws_create_context(&info);
@@ -218,6 +228,36 @@ struct client *loop_take_pending(struct loop *l)
         c->scheduled = false;
     pthread_mutex_unlock(&l->lock);
     return list;
+}
+
+void loop_set_ssl_ctx(struct loop *l, void *ssl_ctx)
+{
+    l->ssl_ctx = ssl_ctx;
+}
+
+struct reload_job {
+    struct loop *l;
+    struct tls_creds *c;
+};
+
+static void apply_reload(void *arg)
+{
+    struct reload_job *j = arg;
+    if (j->l->ssl_ctx && tls_apply(j->l->ssl_ctx, j->c) != 0)
+        log_error("loop", "loop %d: cannot use the new certificate", j->l->index);
+    tls_creds_unref(&j->c);
+    free(j);
+}
+
+void loop_reload_tls(struct loop *l, struct tls_creds *c)
+{
+    struct reload_job *j = xmalloc(sizeof(*j));
+    j->l = l;
+    j->c = tls_creds_ref(c);
+    if (loop_post(l, apply_reload, j) != 0) {
+        tls_creds_unref(&j->c);
+        free(j);
+    }
 }
 
 int loop_post(struct loop *l, void (*fn)(void *arg), void *arg)

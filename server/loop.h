@@ -24,6 +24,7 @@
 struct server;
 struct client;
 struct loop;
+struct tls_creds;
 
 /* Thread: main. Creates the lws context (binding the port); NULL on error. */
 struct loop *loop_new(struct server *srv, int index, char *err, size_t errsz);
@@ -58,6 +59,11 @@ int loop_index(struct loop *l);
 unsigned char *loop_scratch(struct loop *l, size_t *cap);
 void loop_attach(struct loop *l, struct client *c);
 void loop_detach(struct loop *l, struct client *c);
+/* The loop's server SSL_CTX (NULL without TLS), for certificate reloads. */
+void loop_set_ssl_ctx(struct loop *l, void *ssl_ctx);
+/* Thread: any. Swap in new certificates for handshakes from now on. */
+void loop_reload_tls(struct loop *l, struct tls_creds *c);
+
 /* Take the pending list (NULL-terminated via pending_next). */
 struct client *loop_take_pending(struct loop *l);
 /* Adopt the sockets other loops handed to this one. */

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "accounts.h"
@@ -23,12 +24,14 @@
 #include "counters.h"
 #include "dumper.h"
 #include "config.h"
+#include "iplimit.h"
 #include "log.h"
 #include "notify.h"
 #include "ratelimit.h"
 #include "loop.h"
 #include "server.h"
 #include "store.h"
+#include "tls.h"
 #include "util.h"
 #include "webcache.h"
 
@@ -80,6 +83,63 @@ static int start_notify(struct server *srv, const struct config *cfg, char *err,
     return srv->notify ? 0 : -1;
 }
 
+/* SIGHUP: read the certificate files here, on main, and let each loop swap
+ * them in; live connections keep the certificate they started with. */
+static void reload_tls(struct server *srv)
+{
+    char err[512];
+    if (!srv->cfg->tls_cert) {
+        log_info("main", "SIGHUP: no certificate configured, nothing to reload");
+        return;
+    }
+    struct tls_creds *c = tls_creds_load(srv->cfg->tls_cert, srv->cfg->tls_key, err, sizeof(err));
+    if (!c) {
+        log_error("main", "SIGHUP: keeping the old certificate: %s", err);
+        return;
+    }
+    for (int i = 0; i < srv->nloops; i++)
+        loop_reload_tls(srv->loops[i], c);
+    tls_creds_unref(&c);
+    log_info("main", "SIGHUP: certificate reloaded from '%s'", srv->cfg->tls_cert);
+}
+
+/* --check-config: everything start-up would read, without serving. */
+static int check_config(const struct config *cfg)
+{
+    char err[512];
+    int bad = 0;
+    struct stat st;
+
+    if (cfg->tls_cert) {
+        struct tls_creds *c = tls_creds_load(cfg->tls_cert, cfg->tls_key, err, sizeof(err));
+        if (!c) {
+            fprintf(stderr, "parleyd: %s\n", err);
+            bad = 1;
+        }
+        tls_creds_unref(&c);
+    }
+    if (stat(cfg->web_root, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "parleyd: web root '%s' is not a directory\n", cfg->web_root);
+        bad = 1;
+    }
+    char *dir = path_beside(cfg->db_path, ".");
+    if (access(dir, W_OK) != 0) {
+        fprintf(stderr, "parleyd: database directory of '%s' is not writable\n", cfg->db_path);
+        bad = 1;
+    }
+    free(dir);
+    const char *const files[] = {cfg->admin_token_file, cfg->smtp_password_file};
+    for (size_t i = 0; i < 2; i++) {
+        if (files[i] && access(files[i], R_OK) != 0) {
+            fprintf(stderr, "parleyd: cannot read '%s'\n", files[i]);
+            bad = 1;
+        }
+    }
+    if (!bad)
+        printf("configuration ok\n");
+    return bad;
+}
+
 static void exit_now(int sig)
 {
     (void)sig;
@@ -112,12 +172,23 @@ int main(int argc, char **argv)
         break;
     }
     srv.cfg = &cfg;
+    if (!cfg.tls_cert != !cfg.tls_key) {
+        fprintf(stderr, "parleyd: --tls-cert and --tls-key go together (see --help)\n");
+        cfg_release(&cfg);
+        return 2;
+    }
     if (!cfg.token_secret_file)
         cfg.token_secret_file = path_beside(cfg.db_path, "token.secret");
     if (!cfg.dump_file)
         cfg.dump_file = path_beside(cfg.db_path, "counters.jsonl");
     if (!cfg.mail_file)
         cfg.mail_file = path_beside(cfg.db_path, "mail.mbox");
+
+    if (cfg.check_config) {
+        rc = check_config(&cfg);
+        cfg_release(&cfg);
+        return rc;
+    }
 
     enum log_level lvl = LOG_INFO;
     log_level_parse(cfg.log_level, &lvl);
@@ -153,6 +224,7 @@ int main(int argc, char **argv)
         log_error("main", "%s", err);
         goto out;
     }
+    srv.iplimit = iplimit_new(cfg.max_connections_per_ip);
     srv.counters = counters_new();
     srv.ratelimit = ratelimit_new(cfg.rate, cfg.burst);
     srv.dumper = dumper_start(srv.counters, cfg.dump_file, cfg.dump_interval, err, sizeof(err));
@@ -189,15 +261,16 @@ int main(int argc, char **argv)
         }
         started++;
     }
-    log_info("main", "parleyd %s listening on http://%s:%d (%d I/O threads, db '%s')",
-             PARLEY_VERSION, cfg.listen_host, cfg.listen_port, srv.nloops, cfg.db_path);
+    log_info("main", "parleyd %s listening on %s://%s:%d (%d I/O threads, db '%s')",
+             PARLEY_VERSION, cfg.tls_cert ? "https" : "http", cfg.listen_host, cfg.listen_port,
+             srv.nloops, cfg.db_path);
 
     for (;;) {
         int sig = 0;
         if (sigwait(&sigs, &sig) != 0)
             continue;
         if (sig == SIGHUP) {
-            log_info("main", "SIGHUP: nothing to reload yet");
+            reload_tls(&srv);
             continue;
         }
         if (sig == SIGUSR1) {
@@ -232,6 +305,7 @@ out:
         dumper_stop(srv.dumper);
     broker_free(srv.broker);
     ratelimit_free(srv.ratelimit);
+    iplimit_free(srv.iplimit);
     counters_free(srv.counters);
     for (int i = 0; srv.loops && i < srv.nloops; i++)
         loop_free(srv.loops[i]);

@@ -21,6 +21,8 @@ struct counters;
 struct dumper;
 struct ratelimit;
 struct notify;
+struct iplimit;
+struct tls_creds;
 
 struct server {
     const struct config *cfg;       /* read-only after start */
@@ -33,6 +35,8 @@ struct server {
     struct dumper *dumper;          /* periodic counter dumps */
     struct ratelimit *ratelimit;    /* per-user token buckets */
     struct notify *notify;          /* e-mail notifications */
+    struct iplimit *iplimit;        /* connections per client address */
+    _Atomic long ws_conns;          /* open WebSocket connections, for --max-connections */
     struct loop **loops;
     int nloops;
     _Atomic bool stopping;          /* set once by main on SIGTERM/SIGINT */

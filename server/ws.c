@@ -11,6 +11,8 @@
 #include "broker.h"
 #include "client.h"
 #include "http.h"
+#include "iplimit.h"
+#include "tls.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
@@ -61,6 +63,21 @@ static int on_established(struct lws *wsi, struct pss *pss, struct loop *l)
     pss->c = c;
     loop_attach(l, c);
     METRIC_INC(&srv->metrics, connections);
+
+    /* Limits are checked once the upgrade is done so the client gets a
+     * close code it can act on (1013: try again later) rather than a reset. */
+    long n = atomic_fetch_add_explicit(&srv->ws_conns, 1, memory_order_relaxed) + 1;
+    if (n > cfg->max_connections) {
+        client_kill(c, 1013, "server overloaded: connection limit reached");
+        c->discard = true;
+        return 0;
+    }
+    c->ip_counted = iplimit_acquire(srv->iplimit, c->ip);
+    if (!c->ip_counted) {
+        client_kill(c, 1013, "too many connections from your address");
+        c->discard = true;
+        return 0;
+    }
 
     url_arg(wsi, "user=", user, sizeof(user));
     url_arg(wsi, "token=", token, sizeof(token));
@@ -182,6 +199,9 @@ static void on_closed(struct pss *pss, struct loop *l)
     c->wsi = NULL;
     loop_detach(l, c);
     METRIC_SUB(&srv->metrics, connections, 1);
+    atomic_fetch_sub_explicit(&srv->ws_conns, 1, memory_order_relaxed);
+    if (c->ip_counted)
+        iplimit_release(srv->iplimit, c->ip);
     client_unref(&c);
 }
 
@@ -220,6 +240,13 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     struct loop *l = ctx ? lws_context_user(ctx) : NULL;
 
     switch (reason) {
+    case LWS_CALLBACK_OPENSSL_LOAD_EXTRA_SERVER_VERIFY_CERTS:
+        /* user is this vhost's server SSL_CTX: harden it, keep it for reloads */
+        if (l && user) {
+            tls_harden(user);
+            loop_set_ssl_ctx(l, user);
+        }
+        return 0;
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         if (l) {
             loop_adopt_handoffs(l);
