@@ -82,7 +82,7 @@ int client_push(struct client *c, msg_t *m)
         } else {
             rc = -1;
             c->close_code = 4008;
-            str_lcpy(c->close_reason, "slow consumer: queue overflow", sizeof(c->close_reason));
+            c->close_reason = "slow consumer: queue overflow";
             drop_queue_locked(c);
             METRIC_INC(mt, deliveries_dropped_total);
             METRIC_INC(mt, slow_consumer_disconnects_total);
@@ -102,7 +102,7 @@ void client_kill(struct client *c, int code, const char *reason)
     pthread_mutex_lock(&c->lock);
     if (!c->dead && !c->close_code) {
         c->close_code = code;
-        str_lcpy(c->close_reason, reason, sizeof(c->close_reason));
+        c->close_reason = reason;
         wake = true;
     }
     pthread_mutex_unlock(&c->lock);

@@ -28,7 +28,7 @@ struct client {
     pthread_mutex_t lock;
     struct cq q;          /* {lock} */
     int close_code;       /* {lock} nonzero: close with this code when next writable */
-    char close_reason[64]; /* {lock} */
+    const char *close_reason; /* {lock} a string literal */
     bool dead;            /* {lock} socket gone: pushes are dropped */
     _Atomic unsigned refs;
 
@@ -68,7 +68,8 @@ void client_unref(struct client **cp);
  * Thread: any; never blocks on I/O.
  */
 int client_push(struct client *c, msg_t *m);
-/* Ask the home loop to close the connection with code/reason. Thread: any. */
+/* Ask the home loop to close the connection with code and reason (a
+ * string literal: it is kept, not copied). Thread: any. */
 void client_kill(struct client *c, int code, const char *reason);
 /* The socket is gone: drop the queue and refuse further pushes. Thread: home loop. */
 void client_mark_dead(struct client *c);

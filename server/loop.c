@@ -25,6 +25,11 @@
 
 _Static_assert(MSG_PRE == LWS_PRE, "msg headroom must match LWS_PRE");
 
+/* The loop this thread runs, NULL on other threads: thread-local, so a
+ * schedule from the loop's own thread can skip the wake pipe without any
+ * shared state to race on. */
+static _Thread_local struct loop *tl_loop;
+
 struct job {
     void (*fn)(void *arg);
     void *arg;
@@ -130,6 +135,7 @@ static void *run(void *arg)
 {
     struct loop *l = arg;
 
+    tl_loop = l;
     for (;;) {
         if (lws_service(l->ctx, 0) < 0)
             break;
@@ -150,6 +156,9 @@ static void *run(void *arg)
     pthread_mutex_lock(&l->lock);
     l->alive = false;
     pthread_mutex_unlock(&l->lock);
+    /* pushes made while connections close go to the pending list, which
+     * nobody drains any more, instead of poking wsis being destroyed */
+    tl_loop = NULL;
     /* nothing can be posted any more: run what was, so every job's owner
      * gets its callback exactly once */
     loop_run_jobs(l);
@@ -202,6 +211,12 @@ void loop_free(struct loop *l)
 void loop_schedule(struct loop *l, struct client *c)
 {
     bool wake = false;
+    /* On the loop's own thread there is nothing to hand over: ask lws for
+     * the writable callback now, without a trip through the wake pipe. */
+    if (tl_loop == l) {
+        ws_kick(c);
+        return;
+    }
     pthread_mutex_lock(&l->lock);
     if (!c->scheduled) {
         c->scheduled = true;

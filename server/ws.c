@@ -140,12 +140,12 @@ static int on_writeable(struct lws *wsi, struct client *c, struct loop *l)
     size_t cap, n, queued_bytes = 0;
     unsigned char *scratch = loop_scratch(l, &cap);
     int code;
-    char reason[64];
+    const char *reason;
     bool more;
 
     pthread_mutex_lock(&c->lock);
     code = c->close_code;
-    str_lcpy(reason, c->close_reason, sizeof(reason));
+    reason = c->close_reason;
     /* a connection being closed still gets what was queued before (the
      * shutdown drain); a slow consumer's queue was already dropped */
     n = cq_pop_batch(&c->q, batch, BATCH_MAX, cap);
@@ -205,20 +205,25 @@ static void on_closed(struct pss *pss, struct loop *l)
     client_unref(&c);
 }
 
+void ws_kick(struct client *c)
+{
+    struct lws *wsi = c->wsi;
+    if (!wsi)
+        return;
+    pthread_mutex_lock(&c->lock);
+    bool closing = c->close_code != 0;
+    pthread_mutex_unlock(&c->lock);
+    if (closing)
+        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, CLOSE_GRACE_S);
+    lws_callback_on_writable(wsi);
+}
+
 static void drain_pending(struct loop *l)
 {
     struct client *c = loop_take_pending(l);
     while (c) {
         struct client *next = c->pending_next;
-        if (c->wsi) {
-            struct lws *wsi = c->wsi;
-            pthread_mutex_lock(&c->lock);
-            bool closing = c->close_code != 0;
-            pthread_mutex_unlock(&c->lock);
-            if (closing)
-                lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, CLOSE_GRACE_S);
-            lws_callback_on_writable(wsi);
-        }
+        ws_kick(c);
         client_unref(&c);
         c = next;
     }
@@ -300,8 +305,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
  * longer messages arrive in pieces and are reassembled in client->rx.
  * tx_packet_size lets one write carry a whole batch (64 KiB). */
 static const struct lws_protocols protocols[] = {
-    {"parley", callback, sizeof(struct pss), 2048, 0, NULL, 80 * 1024},
-    {"parley.text", callback, sizeof(struct pss), 2048, 0, NULL, 80 * 1024},
+    {"parley", callback, sizeof(struct pss), 256, 0, NULL, 80 * 1024},
+    {"parley.text", callback, sizeof(struct pss), 256, 0, NULL, 80 * 1024},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 

@@ -10,6 +10,11 @@
 
 struct lws_protocols;
 
+/* Thread: c's home loop. Ask lws for a writable callback on c (arming the
+ * close grace timer if c is being closed). */
+struct client;
+void ws_kick(struct client *c);
+
 /* The protocol table every loop's context is created with. */
 const struct lws_protocols *ws_protocols(void);
 
