@@ -729,8 +729,9 @@ class TClient(_Client):
 
 # ------------------------------------------------------------------ raw HTTP
 
-def http_get(port, path, method="GET", headers=None, timeout=5.0 * SCALE):
+def http_get(port, path, method="GET", headers=None, timeout=5.0 * SCALE, body=None):
     """One HTTP/1.1 request over a raw socket; path is sent byte for byte.
+    body (bytes or str), if given, is sent with its Content-Length (a POST).
 
     Returns (status, headers {lowercase name: value}, body bytes); status is
     None when the server closed the connection without a response.
@@ -738,9 +739,14 @@ def http_get(port, path, method="GET", headers=None, timeout=5.0 * SCALE):
     if isinstance(path, str):
         path = path.encode("latin-1")
     hdrs = {"Host": f"127.0.0.1:{port}", "Connection": "close"}
+    if body is not None:
+        body = body.encode() if isinstance(body, str) else bytes(body)
+        hdrs["Content-Length"] = str(len(body))
     hdrs.update(headers or {})
     req = method.encode() + b" " + path + b" HTTP/1.1\r\n"
     req += b"".join(f"{k}: {v}\r\n".encode() for k, v in hdrs.items()) + b"\r\n"
+    if body is not None:
+        req += body
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(req)
         data = b""
