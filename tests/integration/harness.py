@@ -187,6 +187,7 @@ class Server:
         self.log_level = log_level
         self.proc = None
         self.port = None
+        self.killed = self.stopped = False
         self.logs = []
         self.starts = 0
 
@@ -217,6 +218,7 @@ class Server:
             self.starts += 1
             log = os.path.join(self.tmp, f"parleyd-{self.starts}.log")
             self.logs.append(log)
+            self.killed = self.stopped = False
             with open(log, "wb") as lf:
                 self.proc = subprocess.Popen(self.command(port), stdin=subprocess.DEVNULL,
                                              stdout=lf, stderr=subprocess.STDOUT)
@@ -256,6 +258,7 @@ class Server:
         if timeout is None:
             timeout = 15 * SCALE
         if self.proc.poll() is None:
+            self.stopped = True
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
@@ -268,9 +271,23 @@ class Server:
     def kill(self):
         """SIGKILL by PID (the crash test, or the last resort)."""
         if self.proc is not None and self.proc.poll() is None:
+            self.killed = True
             self.proc.kill()
             self.proc.wait(10)
         return self.proc.returncode if self.proc else None
+
+    def finish(self):
+        """End of a test: SIGTERM must end a running server with 0, and a
+        server that died by itself (not killed by the test) is a failure."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            rc = self.stop()
+            if rc != 0:
+                raise AssertionError(f"parleyd exited {rc} on SIGTERM:\n{self.log_text()}")
+        elif not self.killed and not self.stopped:
+            raise AssertionError(f"parleyd died during the test (exit {self.proc.returncode})"
+                                 f":\n{self.log_text()}")
 
     def restart(self, timeout=10 * SCALE):
         rc = self.stop()
@@ -370,10 +387,7 @@ class ServerCase(AsyncCase):
     def tearDownClass(cls):
         srv = cls.server
         try:
-            if srv.proc is not None and srv.proc.poll() is None:
-                rc = srv.stop()
-                if rc != 0:
-                    raise AssertionError(f"parleyd exited {rc} on SIGTERM:\n{srv.log_text()}")
+            srv.finish()
         finally:
             srv.cleanup()
             super().tearDownClass()

@@ -30,9 +30,7 @@ class StorageCase(harness.ServerCase):
         self.server.start()
 
     async def asyncTearDown(self):
-        if self.server.running:
-            rc = self.server.stop()
-            self.assertEqual(rc, 0, f"parleyd exited {rc} on SIGTERM:\n{self.server.log_text()}")
+        self.server.finish()
 
     async def restart(self, *clients):
         for c in clients:
