@@ -682,7 +682,7 @@ static void do_join(struct broker *b, struct client *c, const struct req *r)
     }
     answer_range_locked(b, c, rm, READ_JOINED, a, z, false, r->ref);
     pthread_mutex_unlock(&rm->lock);
-    str_lcpy(c->current_room, r->room, sizeof(c->current_room));
+    c->current = joined_find(c, r->room);
     if (!added)
         rooms_release(b->rooms, &rm);
 }
@@ -695,8 +695,8 @@ static void leave_room(struct broker *b, struct client *c, struct room *rm)
         announce_locked(rm, c->user, false, NULL);
     pthread_mutex_unlock(&rm->lock);
     joined_remove(c, rm);
-    if (strcmp(c->current_room, rm->name) == 0)
-        c->current_room[0] = '\0';
+    if (c->current == rm)
+        c->current = c->njoined ? c->joined[c->njoined - 1].room : NULL;
     rooms_release(b->rooms, &rm);
 }
 
@@ -709,8 +709,6 @@ static void do_leave(struct broker *b, struct client *c, const struct req *r)
     }
     leave_room(b, c, rm);
     reply(c, codec_left(c->fmt, r->room, r->ref));
-    if (!c->current_room[0] && c->njoined)
-        str_lcpy(c->current_room, c->joined[c->njoined - 1].room->name, sizeof(c->current_room));
 }
 
 /*
@@ -1009,7 +1007,8 @@ static void handle_one(struct broker *b, struct client *c, const char *buf, size
 
     memset(&r, 0, sizeof(r));
     if (c->fmt == FMT_TEXT)
-        e = codec_decode_text(buf, len, c->current_room, &b->lim, &r, msg, sizeof(msg));
+        e = codec_decode_text(buf, len, c->current ? c->current->name : "", &b->lim, &r, msg,
+                              sizeof(msg));
     else
         e = codec_decode_json(buf, len, &b->lim, &r, msg, sizeof(msg));
     METRIC_INC(&b->srv->metrics, requests_total);

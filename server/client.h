@@ -23,6 +23,7 @@
 struct loop;
 struct server;
 struct joined;
+struct room;
 
 struct client {
     pthread_mutex_t lock;
@@ -43,14 +44,14 @@ struct client {
     enum codec_fmt fmt;
     bool authed;
     char user[CODEC_USER_MAX + 1];
-    char session[24];
-    char current_room[CODEC_ROOMID_MAX + 1]; /* text mode: the room joined last */
+    char session[17];
+    struct room *current;          /* text mode: the room joined last (one of joined) */
     struct joined *joined;         /* rooms this connection has joined */
     unsigned njoined;
     bool discard;                  /* closing for bad input: ignore what still arrives */
     unsigned char *rx;             /* reassembly of a fragmented message */
-    size_t rx_len, rx_cap;
-    char ip[48];
+    uint32_t rx_len, rx_cap;
+    char ip[40];                   /* longest IPv6 text + NUL */
     bool ip_counted;               /* holds a slot in srv->iplimit */
 };
 

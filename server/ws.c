@@ -23,10 +23,19 @@
 /* A slow consumer asked to close gets this long to take its close frame. */
 #define CLOSE_GRACE_S 5
 
+/* Kept small: lws allocates it for every connection. HTTP state exists
+ * only while a connection is doing HTTP. */
 struct pss {
     struct client *c;     /* WebSocket connections */
-    struct http_state h;  /* plain HTTP */
+    struct http_state *h; /* plain HTTP, allocated on the first request */
 };
+
+static struct http_state *http_of(struct pss *pss)
+{
+    if (!pss->h)
+        pss->h = xcalloc(1, sizeof(*pss->h));
+    return pss->h;
+}
 
 static void close_with(struct lws *wsi, int code, const char *reason)
 {
@@ -283,17 +292,20 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         on_closed(pss, l);
         return 0;
     case LWS_CALLBACK_HTTP:
-        return http_request(wsi, loop_server(l), &pss->h, in ? (const char *)in : "/");
+        return http_request(wsi, loop_server(l), http_of(pss), in ? (const char *)in : "/");
     case LWS_CALLBACK_HTTP_BODY:
-        return http_body(wsi, loop_server(l), &pss->h, in, len);
+        return http_body(wsi, loop_server(l), http_of(pss), in, len);
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-        return http_body_complete(wsi, loop_server(l), &pss->h);
+        return http_body_complete(wsi, loop_server(l), http_of(pss));
     case LWS_CALLBACK_HTTP_WRITEABLE:
-        return http_writeable(wsi, loop_server(l), &pss->h);
+        return http_writeable(wsi, loop_server(l), http_of(pss));
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
     case LWS_CALLBACK_CLOSED_HTTP:
-        if (pss)
-            http_release(&pss->h);
+        if (pss && pss->h) {
+            http_release(pss->h);
+            free(pss->h);
+            pss->h = NULL;
+        }
         return 0;
     default:
         break;
@@ -305,8 +317,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
  * longer messages arrive in pieces and are reassembled in client->rx.
  * tx_packet_size lets one write carry a whole batch (64 KiB). */
 static const struct lws_protocols protocols[] = {
-    {"parley", callback, sizeof(struct pss), 256, 0, NULL, 80 * 1024},
-    {"parley.text", callback, sizeof(struct pss), 256, 0, NULL, 80 * 1024},
+    {"parley", callback, sizeof(struct pss), 128, 0, NULL, 80 * 1024},
+    {"parley.text", callback, sizeof(struct pss), 128, 0, NULL, 80 * 1024},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 

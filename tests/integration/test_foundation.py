@@ -3,7 +3,6 @@ path traversal, metrics), clean shutdown on SIGTERM, a taken port."""
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -12,7 +11,7 @@ import time
 import unittest
 
 import harness
-from harness import SCALE, T, JClient, Server, ServerCase, http_get, run_parleyd
+from harness import SCALE, T, JClient, Server, ServerCase, run_parleyd
 
 SECRET = "SECRET-c0ffee-outside-the-root"
 HIDDEN = "HIDDEN-dot-file-inside-the-root"

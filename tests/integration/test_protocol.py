@@ -6,7 +6,7 @@ import json
 import time
 
 import harness
-from harness import OP_BINARY, OP_CONT, OP_TEXT, QUIET, T, JClient, RawWS, ServerCase, uniq
+from harness import OP_BINARY, OP_CONT, OP_TEXT, T, JClient, RawWS, ServerCase, uniq
 
 
 def is_msg(room=None, **kw):
@@ -114,7 +114,7 @@ class Protocol(ServerCase):
         await d.expect_none(lambda f: f["type"] == "joined", window=0)
         await d.call({"type": "hello", "user": uniq("free")}, "welcome")
         # an invalid user= is bad_request, room= without user= auth_required
-        for q, code in ((f"user=bad%20name", "bad_request"),
+        for q, code in (("user=bad%20name", "bad_request"),
                         (f"room={uniq('r')}", "auth_required")):
             with self.subTest(query=q):
                 x = await JClient.connect(self.server, query=q)

@@ -5,7 +5,7 @@ import re
 import time
 
 import harness
-from harness import T, JClient, ServerCase, TClient, uniq
+from harness import T, ServerCase, TClient, uniq
 
 MSG = re.compile(r"^\[(?P<where>[^\]]+?) #(?P<seq>\d+) (?P<hms>\d\d:\d\d:\d\d)\] (?P<rest>.*)$")
 
