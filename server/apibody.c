@@ -71,6 +71,14 @@ out:
     return e;
 }
 
+char *codec_http_error(const char *code, const char *message)
+{
+    json_t *o = json_pack("{s:s, s:s}", "error", code, "message", message);
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return s ? s : xstrdup("{\"error\":\"internal\"}");
+}
+
 void credentials_release(struct credentials *c)
 {
     if (c->password) {

@@ -953,8 +953,6 @@ static void handle(struct broker *b, struct client *c, const struct req *r)
         reply_error(c, ERR_AUTH_REQUIRED, "say hello first", r->ref);
         return;
     }
-    if (c->authed)
-        counters_inc(b->srv->counters, c->user);
     if ((r->type == REQ_SEND || r->type == REQ_DM || r->type == REQ_TYPING) && !rate_ok(b, c, r))
         return;
     switch (r->type) {
@@ -1006,6 +1004,9 @@ static void handle_one(struct broker *b, struct client *c, const char *buf, size
     enum err_code e;
 
     memset(&r, 0, sizeof(r));
+    /* every request frame of a signed-in user counts, malformed or not */
+    if (c->authed)
+        counters_inc(b->srv->counters, c->user);
     if (c->fmt == FMT_TEXT)
         e = codec_decode_text(buf, len, c->current ? c->current->name : "", &b->lim, &r, msg,
                               sizeof(msg));

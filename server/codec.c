@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec_int.h"
 #include "util.h"
 
 /* Deeper than any request needs (they are flat) and far below the depth at
@@ -149,39 +150,6 @@ static bool valid_room_field(const char *s)
 
 /* ---- UTF-8 and escaping ---- */
 
-/* Length of the valid UTF-8 sequence starting at p (lead byte >= 0x80), or
- * 0 if it is not one: overlongs, surrogates and > U+10FFFF are invalid. */
-static size_t utf8_seq(const unsigned char *p, const unsigned char *end, uint32_t *cpout)
-{
-    unsigned c = p[0];
-    size_t k;
-    uint32_t cp;
-    if ((c & 0xe0) == 0xc0) {
-        k = 1;
-        cp = c & 0x1f;
-    } else if ((c & 0xf0) == 0xe0) {
-        k = 2;
-        cp = c & 0x0f;
-    } else if ((c & 0xf8) == 0xf0) {
-        k = 3;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if ((size_t)(end - p) <= k)
-        return 0;
-    for (size_t i = 1; i <= k; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if ((k == 1 && cp < 0x80) || (k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
-        cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    *cpout = cp;
-    return k + 1;
-}
-
 static const char hexdig[] = "0123456789abcdef";
 static const char replacement[] = "\xef\xbf\xbd"; /* U+FFFD */
 
@@ -237,7 +205,7 @@ static void put_json_str(struct msgbuf *b, const char *s, size_t len)
         }
         if (c >= 0x80) {
             uint32_t cp;
-            size_t n = utf8_seq(p, end, &cp);
+            size_t n = (size_t)utf8_decode(p, (size_t)(end - p), &cp);
             if (n) {
                 p += n;
                 continue;
@@ -286,7 +254,7 @@ static void put_text_safe(struct msgbuf *b, const char *s, size_t len)
         size_t repn = 1;
         if (c >= 0x80) {
             uint32_t cp;
-            n = utf8_seq(p, end, &cp);
+            n = (size_t)utf8_decode(p, (size_t)(end - p), &cp);
             if (!n) {
                 n = 1;
                 rep = replacement;
@@ -381,15 +349,15 @@ struct dec {
     size_t max_text;
 };
 
-static enum err_code fail(struct dec *d, enum err_code c, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+/* Both decoders (this one and textmode.c's) report errors the same way. */
+#define fail(d, c, ...) codec__fail((d)->msg, (d)->msgsz, (c), __VA_ARGS__)
 
-static enum err_code fail(struct dec *d, enum err_code c, const char *fmt, ...)
+enum err_code codec__fail(char *msg, size_t msgsz, enum err_code c, const char *fmt, ...)
 {
-    if (d->msg && d->msgsz) {
+    if (msg && msgsz) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(d->msg, d->msgsz, fmt, ap);
+        vsnprintf(msg, msgsz, fmt, ap);
         va_end(ap);
     }
     return c;

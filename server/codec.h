@@ -177,5 +177,8 @@ enum err_code codec_decode_credentials(const char *buf, size_t len, struct crede
                                        char *msg, size_t msgsz);
 /* Wipe and free the password and email. */
 void credentials_release(struct credentials *c);
+/* The JSON body of an HTTP API error: {"error": code, "message": message},
+ * escaped (message may quote client input). Heap string. */
+char *codec_http_error(const char *code, const char *message);
 
 #endif

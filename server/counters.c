@@ -1,51 +1,31 @@
 /*
- * counters — see counters.h. The map is chained with a power-of-two bucket
- * array that doubles under the write lock; readers hold the read lock for the
- * lookup and the increment, so an entry can never move or vanish under them.
- * Used by every I/O loop thread (inc), the dumper thread and the HTTP API
- * (snapshot, json).
+ * counters — see counters.h. The map itself (the read/write split and the
+ * double-checked creation) is usermap's; each entry's value is one atomic
+ * count, incremented with a relaxed add under the map's read lock so that
+ * an entry can never move or vanish under the increment. Used by every I/O
+ * loop thread (inc), the dumper thread and the HTTP API (snapshot, json).
  */
 #include "counters.h"
 
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "usermap.h"
 #include "util.h"
 
-struct centry {
-    struct centry *next;
-    _Atomic uint64_t n;
-    size_t hash;
-    char name[];
-};
-
 struct counters {
-    pthread_rwlock_t lock;
-    struct centry **b; /* {lock} */
-    size_t nb, count;  /* {lock} */
+    usermap_t *map; /* name -> _Atomic uint64_t */
 };
-
-static size_t hash_name(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    while (*s)
-        h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-    return (size_t)(h ^ (h >> 29));
-}
 
 counters_t *counters_new(void)
 {
     counters_t *c = xcalloc(1, sizeof(*c));
 
-    if (pthread_rwlock_init(&c->lock, NULL) != 0)
-        abort(); /* only fails for lack of memory, like xmalloc */
-    c->nb = 64;
-    c->b = xcalloc(c->nb, sizeof(*c->b));
+    c->map = usermap_new(sizeof(_Atomic uint64_t));
     return c;
 }
 
@@ -53,76 +33,23 @@ void counters_free(counters_t *c)
 {
     if (!c)
         return;
-    for (size_t i = 0; i < c->nb; i++) {
-        for (struct centry *e = c->b[i], *next; e; e = next) {
-            next = e->next;
-            free(e);
-        }
-    }
-    free(c->b);
-    pthread_rwlock_destroy(&c->lock);
+    usermap_free(c->map);
     free(c);
 }
 
-/* Caller holds the lock (read or write). */
-static struct centry *find_locked(counters_t *c, const char *user, size_t h)
+static void inc_value(void *value, bool created, void *arg)
 {
-    for (struct centry *e = c->b[h & (c->nb - 1)]; e; e = e->next)
-        if (e->hash == h && strcmp(e->name, user) == 0)
-            return e;
-    return NULL;
-}
+    _Atomic uint64_t *n = value;
 
-/* Caller holds the write lock. */
-static void grow_locked(counters_t *c)
-{
-    size_t nb = c->nb * 2;
-    struct centry **b = xcalloc(nb, sizeof(*b));
-
-    for (size_t i = 0; i < c->nb; i++) {
-        for (struct centry *e = c->b[i], *next; e; e = next) {
-            next = e->next;
-            e->next = b[e->hash & (nb - 1)];
-            b[e->hash & (nb - 1)] = e;
-        }
-    }
-    free(c->b);
-    c->b = b;
-    c->nb = nb;
+    (void)arg;
+    if (created) /* under the write lock, before any other thread sees it */
+        atomic_init(n, 0);
+    atomic_fetch_add_explicit(n, 1, memory_order_relaxed);
 }
 
 void counters_inc(counters_t *c, const char *user)
 {
-    size_t h = hash_name(user);
-    struct centry *e;
-
-    pthread_rwlock_rdlock(&c->lock);
-    e = find_locked(c, user, h);
-    if (e) {
-        atomic_fetch_add_explicit(&e->n, 1, memory_order_relaxed);
-        pthread_rwlock_unlock(&c->lock);
-        return;
-    }
-    pthread_rwlock_unlock(&c->lock);
-
-    /* miss: look again under the write lock, since another thread may have
-     * created the entry between our unlock and this lock */
-    pthread_rwlock_wrlock(&c->lock);
-    e = find_locked(c, user, h);
-    if (!e) {
-        size_t len = strlen(user);
-        e = xmalloc(sizeof(*e) + len + 1);
-        memcpy(e->name, user, len + 1);
-        e->hash = h;
-        atomic_init(&e->n, 0);
-        if (c->count >= c->nb)
-            grow_locked(c);
-        e->next = c->b[h & (c->nb - 1)];
-        c->b[h & (c->nb - 1)] = e;
-        c->count++;
-    }
-    atomic_fetch_add_explicit(&e->n, 1, memory_order_relaxed);
-    pthread_rwlock_unlock(&c->lock);
+    usermap_with(c->map, user, true, inc_value, NULL);
 }
 
 static int cmp_entry(const void *a, const void *b)
@@ -130,23 +57,34 @@ static int cmp_entry(const void *a, const void *b)
     return strcmp(((const struct counter_entry *)a)->name, ((const struct counter_entry *)b)->name);
 }
 
+/* A snapshot being filled under the map's read lock. */
+struct snap {
+    struct counter_entry *e;
+    size_t n, cap;
+};
+
+static void snap_add(const char *name, void *value, void *arg)
+{
+    struct snap *sn = arg;
+
+    if (sn->n == sn->cap) {
+        sn->cap = sn->cap ? sn->cap * 2 : 64;
+        sn->e = xrealloc(sn->e, sn->cap * sizeof(*sn->e));
+    }
+    sn->e[sn->n].name = xstrdup(name);
+    sn->e[sn->n].value = atomic_load_explicit((_Atomic uint64_t *)value, memory_order_relaxed);
+    sn->n++;
+}
+
 size_t counters_snapshot(counters_t *c, struct counter_entry **out)
 {
-    size_t n = 0;
+    struct snap sn = {0};
 
-    pthread_rwlock_rdlock(&c->lock);
-    *out = c->count ? xcalloc(c->count, sizeof(**out)) : NULL;
-    for (size_t i = 0; i < c->nb; i++) {
-        for (struct centry *e = c->b[i]; e; e = e->next) {
-            (*out)[n].name = xstrdup(e->name);
-            (*out)[n].value = atomic_load_explicit(&e->n, memory_order_relaxed);
-            n++;
-        }
-    }
-    pthread_rwlock_unlock(&c->lock);
-    if (n > 1)
-        qsort(*out, n, sizeof(**out), cmp_entry);
-    return n;
+    usermap_each(c->map, snap_add, &sn);
+    if (sn.n > 1)
+        qsort(sn.e, sn.n, sizeof(*sn.e), cmp_entry);
+    *out = sn.e;
+    return sn.n;
 }
 
 void counters_snapshot_free(struct counter_entry *e, size_t n)
@@ -158,15 +96,17 @@ void counters_snapshot_free(struct counter_entry *e, size_t n)
     free(e);
 }
 
+static void sum_value(const char *name, void *value, void *arg)
+{
+    (void)name;
+    *(uint64_t *)arg += atomic_load_explicit((_Atomic uint64_t *)value, memory_order_relaxed);
+}
+
 uint64_t counters_total(counters_t *c)
 {
     uint64_t sum = 0;
 
-    pthread_rwlock_rdlock(&c->lock);
-    for (size_t i = 0; i < c->nb; i++)
-        for (struct centry *e = c->b[i]; e; e = e->next)
-            sum += atomic_load_explicit(&e->n, memory_order_relaxed);
-    pthread_rwlock_unlock(&c->lock);
+    usermap_each(c->map, sum_value, &sum);
     return sum;
 }
 
@@ -191,9 +131,9 @@ static void sb_put(struct sbuf *b, const char *s, size_t n)
 /* Length of the valid UTF-8 sequence starting at s (at most n bytes), or 0. */
 static size_t utf8_seq(const unsigned char *s, size_t n)
 {
-    size_t want = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : 2;
+    uint32_t cp;
 
-    return want <= n && utf8_count((const char *)s, want) == 1 ? want : 0;
+    return (size_t)utf8_decode(s, n, &cp);
 }
 
 /* Append name as a JSON string: quotes, backslashes and control characters

@@ -91,10 +91,10 @@ static int respond_json(struct lws *wsi, struct http_state *st, unsigned status,
 static int respond_error(struct lws *wsi, struct http_state *st, unsigned status,
                          const char *code, const char *message)
 {
-    char buf[512];
-    /* message is ours, never user input: no escaping needed */
-    snprintf(buf, sizeof(buf), "{\"error\":\"%s\",\"message\":\"%s\"}", code, message);
-    return respond_json(wsi, st, status, buf);
+    char *body = codec_http_error(code, message);
+    int rc = respond_json(wsi, st, status, body);
+    free(body);
+    return rc;
 }
 
 /* Metrics owned by other modules, read at scrape time. */
@@ -161,8 +161,10 @@ int http_request(struct lws *wsi, struct server *srv, struct http_state *st, con
         if (!srv->accounts)
             return respond_error(wsi, st, 404, "not_found",
                                  "accounts are disabled on this server (--auth open)");
-        if (lws_hdr_copy(wsi, clen, sizeof(clen), WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 &&
-            strtoull(clen, NULL, 10) > API_BODY_MAX)
+        if (lws_hdr_copy(wsi, clen, sizeof(clen), WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0)
+            return respond_error(wsi, st, 411, "length_required",
+                                 "send the body with a Content-Length");
+        if (strtoull(clen, NULL, 10) > API_BODY_MAX)
             return respond_error(wsi, st, 413, "too_large", "request body over 8 KiB");
         return 0; /* the body follows */
     }

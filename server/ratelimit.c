@@ -19,46 +19,32 @@
  * increment can land in either order — at worst one strike off, which a
  * threshold like "close after 20" does not notice.
  *
- * The map of buckets uses the read/write split of counters.c: the read lock
- * on the hot path (held across the take, so a sweep cannot free a bucket in
- * use), the write lock only to create a bucket (after looking again) or to
- * sweep.
+ * The map of buckets is a usermap (shared with counters.c): the read lock
+ * on the hot path (held across the take, which runs as the map's callback,
+ * so a sweep cannot free a bucket in use), the write lock only to create a
+ * bucket (after looking again) or to sweep.
  */
 #include "ratelimit.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
-#include <string.h>
 
+#include "usermap.h"
 #include "util.h"
 
 struct bucket {
-    struct bucket *next;
-    size_t hash;
     _Atomic int64_t tat;      /* theoretical arrival time, ns */
     _Atomic int64_t last_ns;  /* last take (allowed or refused), for the sweep */
     _Atomic unsigned strikes; /* refusals in a row */
-    char name[];
 };
 
 struct ratelimit {
     int64_t t_ns;   /* refill time of one token */
     int64_t tau_ns; /* refill time of a whole bucket: burst * t_ns */
     double burst;
-    pthread_rwlock_t lock;
-    struct bucket **b; /* {lock} */
-    size_t nb, count;  /* {lock} */
+    usermap_t *map; /* name -> struct bucket */
 };
-
-static size_t hash_name(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    while (*s)
-        h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-    return (size_t)(h ^ (h >> 29));
-}
 
 ratelimit_t *ratelimit_new(double rate_per_s, double burst)
 {
@@ -73,10 +59,7 @@ ratelimit_t *ratelimit_new(double rate_per_s, double burst)
     rl->t_ns = (int64_t)(1e9 / rate_per_s + 0.5);
     rl->tau_ns = (int64_t)(burst * (double)rl->t_ns + 0.5);
     rl->burst = burst;
-    if (pthread_rwlock_init(&rl->lock, NULL) != 0)
-        abort(); /* only fails for lack of memory, like xmalloc */
-    rl->nb = 64;
-    rl->b = xcalloc(rl->nb, sizeof(*rl->b));
+    rl->map = usermap_new(sizeof(struct bucket));
     return rl;
 }
 
@@ -84,174 +67,122 @@ void ratelimit_free(ratelimit_t *rl)
 {
     if (!rl)
         return;
-    for (size_t i = 0; i < rl->nb; i++) {
-        for (struct bucket *e = rl->b[i], *next; e; e = next) {
-            next = e->next;
-            free(e);
-        }
-    }
-    free(rl->b);
-    pthread_rwlock_destroy(&rl->lock);
+    usermap_free(rl->map);
     free(rl);
 }
 
-/* Caller holds the lock (read or write). */
-static struct bucket *find_locked(ratelimit_t *rl, const char *user, size_t h)
-{
-    for (struct bucket *e = rl->b[h & (rl->nb - 1)]; e; e = e->next)
-        if (e->hash == h && strcmp(e->name, user) == 0)
-            return e;
-    return NULL;
-}
-
-/* Caller holds the write lock. */
-static void grow_locked(ratelimit_t *rl)
-{
-    size_t nb = rl->nb * 2;
-    struct bucket **b = xcalloc(nb, sizeof(*b));
-
-    for (size_t i = 0; i < rl->nb; i++) {
-        for (struct bucket *e = rl->b[i], *next; e; e = next) {
-            next = e->next;
-            e->next = b[e->hash & (nb - 1)];
-            b[e->hash & (nb - 1)] = e;
-        }
-    }
-    free(rl->b);
-    rl->b = b;
-    rl->nb = nb;
-}
-
-/* Caller holds the write lock and has looked for user first. */
-static struct bucket *insert_locked(ratelimit_t *rl, const char *user, size_t h, int64_t now_ns)
-{
-    size_t len = strlen(user);
-    struct bucket *e = xmalloc(sizeof(*e) + len + 1);
-
-    memcpy(e->name, user, len + 1);
-    e->hash = h;
-    atomic_init(&e->tat, INT64_MIN); /* full: max(tat, now) is now */
-    atomic_init(&e->last_ns, now_ns);
-    atomic_init(&e->strikes, 0);
-    if (rl->count >= rl->nb)
-        grow_locked(rl);
-    e->next = rl->b[h & (rl->nb - 1)];
-    rl->b[h & (rl->nb - 1)] = e;
-    rl->count++;
-    return e;
-}
-
-/* The take itself; the caller holds the map lock (read or write) so e stays. */
-static bool take_locked(ratelimit_t *rl, struct bucket *e, int64_t now_ns, int64_t *retry_after_ms,
-                        unsigned *strikes)
-{
-    int64_t tat = atomic_load_explicit(&e->tat, memory_order_relaxed);
-    unsigned s = 0;
-    int64_t retry_ns = 0;
+/* One take's inputs and outputs, passed through usermap_with. */
+struct take {
+    ratelimit_t *rl;
+    int64_t now_ns;
+    int64_t retry_ns;
+    unsigned strikes;
     bool ok;
+};
 
+/* The take itself; runs under the map lock (read or write) so the bucket
+ * stays. */
+static void take_locked(void *value, bool created, void *arg)
+{
+    struct bucket *e = value;
+    struct take *t = arg;
+    int64_t now_ns = t->now_ns;
+    int64_t tat;
+
+    /* a new bucket is set up under the write lock, before others can see it */
+    if (created) {
+        atomic_init(&e->tat, INT64_MIN); /* full: max(tat, now) is now */
+        atomic_init(&e->last_ns, now_ns);
+        atomic_init(&e->strikes, 0);
+    }
+    tat = atomic_load_explicit(&e->tat, memory_order_relaxed);
     /* relaxed is enough: tat is the whole state, nothing else is published
      * through it, and the CAS makes each update see the previous one */
     for (;;) {
-        int64_t next = (tat > now_ns ? tat : now_ns) + rl->t_ns;
-        if (next - now_ns > rl->tau_ns) {
-            retry_ns = next - now_ns - rl->tau_ns;
-            ok = false;
+        int64_t next = (tat > now_ns ? tat : now_ns) + t->rl->t_ns;
+        if (next - now_ns > t->rl->tau_ns) {
+            t->retry_ns = next - now_ns - t->rl->tau_ns;
+            t->ok = false;
             break;
         }
         if (atomic_compare_exchange_weak_explicit(&e->tat, &tat, next, memory_order_relaxed,
                                                   memory_order_relaxed)) {
-            ok = true;
+            t->ok = true;
             break;
         }
     }
     atomic_store_explicit(&e->last_ns, now_ns, memory_order_relaxed);
-    if (ok)
+    if (t->ok)
         atomic_store_explicit(&e->strikes, 0, memory_order_relaxed);
     else
-        s = atomic_fetch_add_explicit(&e->strikes, 1, memory_order_relaxed) + 1;
-
-    if (retry_after_ms)
-        *retry_after_ms = (retry_ns + 999999) / 1000000;
-    if (strikes)
-        *strikes = s;
-    return ok;
+        t->strikes = atomic_fetch_add_explicit(&e->strikes, 1, memory_order_relaxed) + 1;
 }
 
 bool ratelimit_take(ratelimit_t *rl, const char *user, int64_t now_ns, int64_t *retry_after_ms,
                     unsigned *strikes)
 {
-    size_t h = hash_name(user);
-    struct bucket *e;
-    bool ok;
+    struct take t = {.rl = rl, .now_ns = now_ns};
 
-    pthread_rwlock_rdlock(&rl->lock);
-    e = find_locked(rl, user, h);
-    if (e) {
-        ok = take_locked(rl, e, now_ns, retry_after_ms, strikes);
-        pthread_rwlock_unlock(&rl->lock);
-        return ok;
-    }
-    pthread_rwlock_unlock(&rl->lock);
+    usermap_with(rl->map, user, true, take_locked, &t);
+    if (retry_after_ms)
+        *retry_after_ms = (t.retry_ns + 999999) / 1000000;
+    if (strikes)
+        *strikes = t.strikes;
+    return t.ok;
+}
 
-    /* miss: look again under the write lock, another thread may have created it */
-    pthread_rwlock_wrlock(&rl->lock);
-    e = find_locked(rl, user, h);
-    if (!e)
-        e = insert_locked(rl, user, h, now_ns);
-    ok = take_locked(rl, e, now_ns, retry_after_ms, strikes);
-    pthread_rwlock_unlock(&rl->lock);
-    return ok;
+/* The sweep's test, under the write lock. */
+struct sweep {
+    int64_t now_ns, idle_ns;
+};
+
+static bool idle_and_full(const char *name, void *value, void *arg)
+{
+    struct bucket *e = value;
+    const struct sweep *sw = arg;
+
+    (void)name;
+    /* the write lock excludes every take, so plain reads would do; the
+     * atomics are read as such to keep the types honest */
+    int64_t tat = atomic_load_explicit(&e->tat, memory_order_relaxed);
+    int64_t last = atomic_load_explicit(&e->last_ns, memory_order_relaxed);
+    return tat <= sw->now_ns && sw->now_ns - last > sw->idle_ns;
 }
 
 size_t ratelimit_sweep(ratelimit_t *rl, int64_t now_ns, int64_t idle_ns)
 {
-    size_t freed = 0;
+    struct sweep sw = {.now_ns = now_ns, .idle_ns = idle_ns};
 
-    pthread_rwlock_wrlock(&rl->lock);
-    for (size_t i = 0; i < rl->nb; i++) {
-        struct bucket **pp = &rl->b[i];
-        while (*pp) {
-            struct bucket *e = *pp;
-            /* the write lock excludes every take, so plain reads would do;
-             * the atomics are read as such to keep the types honest */
-            int64_t tat = atomic_load_explicit(&e->tat, memory_order_relaxed);
-            int64_t last = atomic_load_explicit(&e->last_ns, memory_order_relaxed);
-            if (tat <= now_ns && now_ns - last > idle_ns) {
-                *pp = e->next;
-                free(e);
-                rl->count--;
-                freed++;
-            } else {
-                pp = &e->next;
-            }
-        }
-    }
-    pthread_rwlock_unlock(&rl->lock);
-    return freed;
+    return usermap_remove_if(rl->map, idle_and_full, &sw);
 }
 
 size_t ratelimit_count(ratelimit_t *rl)
 {
-    size_t n;
+    return usermap_count(rl->map);
+}
 
-    pthread_rwlock_rdlock(&rl->lock);
-    n = rl->count;
-    pthread_rwlock_unlock(&rl->lock);
-    return n;
+/* ratelimit_tokens' query: in, the time; out, the tokens. */
+struct tokens {
+    ratelimit_t *rl;
+    int64_t now_ns;
+    double tokens;
+};
+
+static void read_tokens(void *value, bool created, void *arg)
+{
+    struct bucket *e = value;
+    struct tokens *q = arg;
+
+    (void)created; /* never: looked up without create */
+    int64_t tat = atomic_load_explicit(&e->tat, memory_order_relaxed);
+    int64_t debt = tat > q->now_ns ? tat - q->now_ns : 0;
+    q->tokens = (double)(q->rl->tau_ns - debt) / (double)q->rl->t_ns;
 }
 
 double ratelimit_tokens(ratelimit_t *rl, const char *user, int64_t now_ns)
 {
-    double tokens = rl->burst;
+    struct tokens q = {.rl = rl, .now_ns = now_ns, .tokens = rl->burst};
 
-    pthread_rwlock_rdlock(&rl->lock);
-    struct bucket *e = find_locked(rl, user, hash_name(user));
-    if (e) {
-        int64_t tat = atomic_load_explicit(&e->tat, memory_order_relaxed);
-        int64_t debt = tat > now_ns ? tat - now_ns : 0;
-        tokens = (double)(rl->tau_ns - debt) / (double)rl->t_ns;
-    }
-    pthread_rwlock_unlock(&rl->lock);
-    return tokens;
+    usermap_with(rl->map, user, false, read_tokens, &q);
+    return q.tokens;
 }

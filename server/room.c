@@ -219,7 +219,9 @@ void rooms_release(rooms_t *r, struct room **rp)
     if (atomic_fetch_sub_explicit(&rm->refs, 1, memory_order_acq_rel) == 1) {
         pthread_mutex_lock(&rm->lock);
         bool empty = rm->nmembers == 0;
-        bool unused = empty && rm->seq == 0;
+        /* a room nobody ever joined and nobody wrote to leaves no trace;
+         * one that was joined keeps who joined, for @mentions */
+        bool unused = empty && rm->seq == 0 && !rm->joined_ever;
         if (empty && !unused) {
             window_release(rm);
             free(rm->members);

@@ -15,12 +15,12 @@
  */
 #include "codec.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "codec_int.h"
 #include "util.h"
 
 #define DEFAULT_MAX_TEXT 4000
@@ -33,19 +33,8 @@ struct tdec {
     const char *current; /* room joined last, "" if none */
 };
 
-static enum err_code tfail(struct tdec *d, enum err_code c, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static enum err_code tfail(struct tdec *d, enum err_code c, const char *fmt, ...)
-{
-    if (d->msg && d->msgsz) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(d->msg, d->msgsz, fmt, ap);
-        va_end(ap);
-    }
-    return c;
-}
+/* the error helper shared with codec.c (codec_int.h) */
+#define tfail(d, c, ...) codec__fail((d)->msg, (d)->msgsz, (c), __VA_ARGS__)
 
 static bool is_blank(char c)
 {

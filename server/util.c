@@ -82,42 +82,62 @@ size_t str_lcpy(char *dst, const char *src, size_t dstsz)
     return n;
 }
 
+int utf8_decode(const unsigned char *p, size_t n, uint32_t *cp)
+{
+    unsigned c;
+    size_t k;
+    uint32_t v;
+
+    if (n == 0)
+        return 0;
+    c = p[0];
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    } else if ((c & 0xe0) == 0xc0) {
+        k = 1;
+        v = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+        k = 2;
+        v = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+        k = 3;
+        v = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (n <= k)
+        return 0;
+    for (size_t i = 1; i <= k; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        v = (v << 6) | (p[i] & 0x3f);
+    }
+    if ((k == 1 && v < 0x80) || (k == 2 && v < 0x800) || (k == 3 && v < 0x10000) || v > 0x10ffff ||
+        (v >= 0xd800 && v <= 0xdfff))
+        return 0;
+    *cp = v;
+    return (int)k + 1;
+}
+
 long utf8_count(const char *s, size_t len)
 {
     const unsigned char *p = (const unsigned char *)s, *end = p + len;
     long n = 0;
 
     while (p < end) {
-        unsigned c = *p;
-        size_t k;
         uint32_t cp;
-        if (c < 0x80) {
+        int k;
+        /* ASCII inline: it is nearly all of any chat text */
+        if (*p < 0x80) {
             p++;
             n++;
             continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            k = 1;
-            cp = c & 0x1f;
-        } else if ((c & 0xf0) == 0xe0) {
-            k = 2;
-            cp = c & 0x0f;
-        } else if ((c & 0xf8) == 0xf0) {
-            k = 3;
-            cp = c & 0x07;
-        } else {
-            return -1;
         }
-        if ((size_t)(end - p) <= k)
+        k = utf8_decode(p, (size_t)(end - p), &cp);
+        if (k == 0)
             return -1;
-        for (size_t i = 1; i <= k; i++) {
-            if ((p[i] & 0xc0) != 0x80)
-                return -1;
-            cp = (cp << 6) | (p[i] & 0x3f);
-        }
-        if ((k == 1 && cp < 0x80) || (k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
-            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return -1;
-        p += k + 1;
+        p += k;
         n++;
     }
     return n;

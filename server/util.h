@@ -31,6 +31,12 @@ size_t str_lcpy(char *dst, const char *src, size_t dstsz);
  * file name), for files that live beside another one. */
 char *path_beside(const char *file, const char *name);
 
+/* Thread: any. Decode the one UTF-8 sequence at the start of p (n bytes
+ * available): store its code point in *cp and return its length (1-4), or
+ * return 0 if n is 0 or the bytes are not valid UTF-8 (bad lead or
+ * continuation byte, truncated, overlong, surrogate, > U+10FFFF). */
+int utf8_decode(const unsigned char *p, size_t n, uint32_t *cp);
+
 /* Thread: any. Number of Unicode code points in valid UTF-8 input, or -1 if
  * the input is not valid UTF-8 (overlongs, surrogates and > U+10FFFF are
  * invalid). */

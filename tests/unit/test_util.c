@@ -1,5 +1,5 @@
 /*
- * Unit tests for util: UTF-8 validation and counting (every class of
+ * Unit tests for util: UTF-8 decoding, validation and counting (every class of
  * malformed input at its boundary), str_lcpy truncation, the clocks and the
  * allocation wrappers.
  */
@@ -80,6 +80,42 @@ Test(util, utf8_truncated_and_broken_sequences_are_invalid)
     /* a stray continuation byte */
     cr_assert_eq(U8("\x80"), -1);
     cr_assert_eq(U8("a\xbf"), -1);
+}
+
+/* utf8_decode over a byte literal, without its terminating NUL. */
+#define DEC(lit, cp) utf8_decode((const unsigned char *)(lit), sizeof(lit) - 1, (cp))
+
+Test(util, utf8_decode_one_code_point)
+{
+    uint32_t cp = 0;
+
+    cr_assert_eq(DEC("A", &cp), 1);
+    cr_assert_eq(cp, 0x41);
+    cr_assert_eq(utf8_decode((const unsigned char *)"\0", 1, &cp), 1);
+    cr_assert_eq(cp, 0);
+    cr_assert_eq(DEC("\xc3\xa9tait", &cp), 2); /* only the first one */
+    cr_assert_eq(cp, 0xe9);
+    cr_assert_eq(DEC("\xe2\x82\xac", &cp), 3);
+    cr_assert_eq(cp, 0x20ac);
+    cr_assert_eq(DEC("\xf4\x8f\xbf\xbf", &cp), 4);
+    cr_assert_eq(cp, 0x10ffff);
+}
+
+Test(util, utf8_decode_refuses_invalid_and_leaves_cp)
+{
+    uint32_t cp = 7;
+
+    cr_assert_eq(utf8_decode((const unsigned char *)"A", 0, &cp), 0); /* nothing to read */
+    cr_assert_eq(DEC("\xc0\x80", &cp), 0);                            /* overlong */
+    cr_assert_eq(DEC("\xe0\x9f\xbf", &cp), 0);                        /* overlong */
+    cr_assert_eq(DEC("\xed\xa0\x80", &cp), 0);                        /* surrogate */
+    cr_assert_eq(DEC("\xf4\x90\x80\x80", &cp), 0);                    /* > U+10FFFF */
+    cr_assert_eq(DEC("\x80", &cp), 0);                                /* stray continuation */
+    cr_assert_eq(DEC("\xe2\x82", &cp), 0);                            /* truncated */
+    cr_assert_eq(DEC("\xe2\x82A", &cp), 0);                           /* broken */
+    /* n bounds the read even when more bytes follow */
+    cr_assert_eq(utf8_decode((const unsigned char *)"\xe2\x82\xac", 2, &cp), 0);
+    cr_assert_eq(cp, 7);
 }
 
 Test(util, str_lcpy_fits)
