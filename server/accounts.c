@@ -81,7 +81,7 @@ static void do_register(struct accounts *a, struct acct_req *r)
     } else if (rc != 0) {
         answer(r, 500, "{\"error\":\"internal\",\"message\":\"cannot store the account\"}");
     } else {
-        broker_user_added(a->srv->broker, c->user, c->email);
+        broker_user_added(a->srv->broker, c->user, c->email ? c->email : "");
         log_info("accounts", "registered '%s'", c->user);
         answer(r, 201, "{\"ok\":true}");
     }

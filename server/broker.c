@@ -47,6 +47,7 @@ struct user {
     struct client **conns; /* {users_lock} each holds a client reference */
     size_t n, cap;
     char *email;           /* {users_lock} account address for notifications, or NULL */
+    bool account;          /* {users_lock} has an account (accounts mode) */
 };
 
 /* Someone to e-mail about a message, found under the locks, notified after. */
@@ -530,7 +531,18 @@ void broker_user_added(struct broker *b, const char *name, const char *email)
     struct user *u = user_get_locked(b, name, true);
     free(u->email);
     u->email = email && email[0] ? xstrdup(email) : NULL;
+    u->account = email != NULL;
     pthread_mutex_unlock(&b->users_lock);
+}
+
+static void reload_user(void *arg, const char *name, const char *email)
+{
+    broker_user_added(arg, name, email);
+}
+
+int broker_reload_users(struct broker *b)
+{
+    return store_load_users(b->srv->store, reload_user, b);
 }
 
 /* ------------------------------------------------------- notifications */
@@ -799,10 +811,13 @@ static void publish(struct broker *b, struct client *c, struct room *rm, const c
     METRIC_INC(&b->srv->metrics, messages_received_total);
 }
 
+/* Open mode: a name ever seen. Accounts mode: a name with an account, or
+ * one signed in right now with a token minted by the operator's backend. */
 static bool user_known(struct broker *b, const char *name)
 {
     pthread_mutex_lock(&b->users_lock);
-    bool known = user_get_locked(b, name, false) != NULL;
+    struct user *u = user_get_locked(b, name, false);
+    bool known = u && (!b->srv->accounts || u->account || u->n);
     pthread_mutex_unlock(&b->users_lock);
     return known;
 }
@@ -1115,6 +1130,7 @@ static void load_user(void *arg, const char *name, const char *email)
     struct user *u = user_get_locked(b, name, true);
     if (email && email[0])
         u->email = xstrdup(email);
+    u->account = email != NULL;
 }
 
 static void load_id(void *arg, const char *room, const char *from, const char *id, uint64_t seq,

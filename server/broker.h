@@ -39,6 +39,10 @@ void broker_disconnected(struct broker *b, struct client *c);
 /* Thread: any. A new account exists (for no_such_user). */
 void broker_user_added(struct broker *b, const char *name, const char *email);
 
+/* Thread: main (it reads the database). Reload accounts and their email
+ * addresses, after `parleyd user ...` changed them (SIGHUP). 0 or -1. */
+int broker_reload_users(struct broker *b);
+
 /* Thread: any. Rooms that currently have members. */
 size_t broker_active_rooms(struct broker *b);
 

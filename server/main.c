@@ -271,6 +271,8 @@ int main(int argc, char **argv)
             continue;
         if (sig == SIGHUP) {
             reload_tls(&srv);
+            if (broker_reload_users(srv.broker) == 0)
+                log_info("main", "SIGHUP: accounts reloaded");
             continue;
         }
         if (sig == SIGUSR1) {

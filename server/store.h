@@ -48,7 +48,8 @@ void store_close(store_t *s);
 /* Start-up loads, before any I/O thread runs. Return 0 or -1. */
 int store_load_rooms(store_t *s, void (*cb)(void *arg, const char *room, uint64_t last_seq),
                      void *arg);
-/* Every user name seen, with the account's email (NULL if none). */
+/* Every user name seen, with its account's email: "" for an account
+ * without one, NULL for a name with no account. Thread: main. */
 int store_load_users(store_t *s, void (*cb)(void *arg, const char *user, const char *email),
                      void *arg);
 /* Client message ids used since since_ms (for the idempotency map). */

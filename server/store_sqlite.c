@@ -1597,7 +1597,7 @@ int store_load_users(store_t *s, void (*cb)(void *arg, const char *user, const c
 {
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(s->mdb,
-                                "SELECT name, CASE WHEN password_hash IS NOT NULL THEN email END"
+                                "SELECT name, CASE WHEN password_hash IS NOT NULL THEN COALESCE(email, '') END"
                                 " FROM users",
                                 -1, &st, NULL);
     if (rc != SQLITE_OK)
