@@ -57,6 +57,7 @@ struct config {
     long max_rooms_per_conn;    /* --max-rooms-per-conn, default 64 */
     long max_room_members;      /* --max-room-members, default 10000 */
     bool check_config;          /* --check-config: validate and exit */
+    long flush_interval_us;     /* --flush-interval-us: least time between write rounds */
     char *config_file;          /* --config FILE (JSON) */
 };
 

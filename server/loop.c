@@ -60,6 +60,10 @@ struct loop {
     int64_t drain_deadline_ms;
     lws_sorted_usec_list_t drain_sul;
     lws_retry_bo_t idle_policy;  /* ping idle connections, hang up on silence */
+    int64_t flush_ns;            /* --flush-interval-us */
+    int64_t last_flush_ns;       /* when pending clients were last kicked */
+    bool flush_armed;            /* flush_sul is scheduled */
+    lws_sorted_usec_list_t flush_sul;
     void *ssl_ctx;               /* server SSL_CTX, NULL without TLS */
     unsigned char scratch[LWS_PRE + SCRATCH_CAP];
 };
@@ -76,6 +80,7 @@ struct loop *loop_new(struct server *srv, int index, char *err, size_t errsz)
     pthread_mutex_init(&l->lock, NULL);
     l->pending_tail = &l->pending;
     l->jobs_tail = &l->jobs;
+    l->flush_ns = cfg->flush_interval_us * 1000;
 
     memset(&info, 0, sizeof(info));
     /* loop 0 listens and dispatches; the others only adopt sockets */
@@ -152,6 +157,7 @@ static void *run(void *arg)
     if (l->clients)
         log_warn("loop", "loop %d: drain timeout, dropping remaining connections", l->index);
     lws_sul_cancel(&l->drain_sul);
+    lws_sul_cancel(&l->flush_sul);
     /* Nobody may wake a context that is being destroyed. */
     pthread_mutex_lock(&l->lock);
     l->alive = false;
@@ -211,12 +217,6 @@ void loop_free(struct loop *l)
 void loop_schedule(struct loop *l, struct client *c)
 {
     bool wake = false;
-    /* On the loop's own thread there is nothing to hand over: ask lws for
-     * the writable callback now, without a trip through the wake pipe. */
-    if (tl_loop == l) {
-        ws_kick(c);
-        return;
-    }
     pthread_mutex_lock(&l->lock);
     if (!c->scheduled) {
         c->scheduled = true;
@@ -231,6 +231,37 @@ void loop_schedule(struct loop *l, struct client *c)
     if (wake && l->alive)
         lws_cancel_service(l->ctx);
     pthread_mutex_unlock(&l->lock);
+}
+
+static void flush_timer(lws_sorted_usec_list_t *sul)
+{
+    struct loop *l = lws_container_of(sul, struct loop, flush_sul);
+    l->flush_armed = false;
+    loop_flush(l);
+}
+
+void loop_flush(struct loop *l)
+{
+    /* Kick pending clients at most once per flush interval: while traffic
+     * is dense, the frames that arrive meanwhile join the same write (one
+     * syscall for many frames); sparse traffic goes out at once. */
+    int64_t now = now_mono_ns();
+    if (l->flush_ns && now - l->last_flush_ns < l->flush_ns) {
+        if (!l->flush_armed) {
+            l->flush_armed = true;
+            lws_sul_schedule(l->ctx, 0, &l->flush_sul, flush_timer,
+                             (lws_usec_t)((l->last_flush_ns + l->flush_ns - now) / 1000) + 1);
+        }
+        return;
+    }
+    l->last_flush_ns = now;
+    struct client *c = loop_take_pending(l);
+    while (c) {
+        struct client *next = c->pending_next;
+        ws_kick(c);
+        client_unref(&c);
+        c = next;
+    }
 }
 
 struct client *loop_take_pending(struct loop *l)

@@ -64,6 +64,9 @@ void loop_set_ssl_ctx(struct loop *l, void *ssl_ctx);
 /* Thread: any. Swap in new certificates for handshakes from now on. */
 void loop_reload_tls(struct loop *l, struct tls_creds *c);
 
+/* Kick the pending clients now, or arm the flush timer if the last kick
+ * was less than --flush-interval-us ago. */
+void loop_flush(struct loop *l);
 /* Take the pending list (NULL-terminated via pending_next). */
 struct client *loop_take_pending(struct loop *l);
 /* Adopt the sockets other loops handed to this one. */

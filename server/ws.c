@@ -227,16 +227,6 @@ void ws_kick(struct client *c)
     lws_callback_on_writable(wsi);
 }
 
-static void drain_pending(struct loop *l)
-{
-    struct client *c = loop_take_pending(l);
-    while (c) {
-        struct client *next = c->pending_next;
-        ws_kick(c);
-        client_unref(&c);
-        c = next;
-    }
-}
 
 static int is_ws_path(struct lws *wsi)
 {
@@ -265,7 +255,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (l) {
             loop_adopt_handoffs(l);
             loop_run_jobs(l);
-            drain_pending(l);
+            loop_flush(l);
         }
         return 0;
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
