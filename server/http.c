@@ -242,8 +242,8 @@ int http_body(struct lws *wsi, struct server *srv, struct http_state *st, const 
               size_t len)
 {
     (void)srv;
-    if (st->answered || st->api == API_NONE)
-        return 0; /* already refused: let the rest of the body drain */
+    if (st->answered || st->api == API_NONE || !len)
+        return 0; /* refused already (the rest drains), or nothing to add */
     if (st->req_len + len > API_BODY_MAX) {
         free(st->req_body);
         st->req_body = NULL;

@@ -9,7 +9,6 @@ Certificates are made with the openssl CLI in the test's temporary
 directory.
 """
 
-import asyncio
 import hashlib
 import os
 import shutil
