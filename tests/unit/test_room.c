@@ -384,7 +384,13 @@ Test(room, members_add_remove_dedupe)
     pthread_mutex_unlock(&rm->lock);
 
     rooms_release(r, &rm);
-    cr_assert_null(rooms_acquire(r, "lobby", false));
+    /* a room that was joined keeps its record (who joined, for @mentions),
+     * empty; only never-joined, message-free rooms leave no trace */
+    cr_assert_not_null(rm = rooms_acquire(r, "lobby", false));
+    cr_assert(room_user_joined_ever_locked(rm, "alice"));
+    cr_assert_not(room_user_joined_ever_locked(rm, "carol"));
+    cr_assert_eq(rm->nmembers, 0);
+    rooms_release(r, &rm);
     client_unref(&a1);
     client_unref(&a2);
     client_unref(&b);
@@ -559,11 +565,16 @@ static void *race_worker(void *p)
             rooms_release(rc->r, &rc->got[a->id][n]);
         }
         pthread_barrier_wait(&rc->bar);
-        /* every reference is gone: each room must have been reclaimed */
-        if (a->id == 0)
-            for (int n = 0; n < NNAMES; n++)
-                if (rooms_acquire(rc->r, race_names[n], false))
+        /* every reference is gone: each room is empty and still the one
+         * room of its name (joined rooms keep their record) */
+        if (a->id == 0) {
+            for (int n = 0; n < NNAMES; n++) {
+                struct room *rm = rooms_acquire(rc->r, race_names[n], false);
+                if (!rm || rm->nmembers != 0)
                     atomic_fetch_add(&rc->errors, 1);
+                rooms_release(rc->r, &rm);
+            }
+        }
     }
     if (atomic_load(&me->refs) != 1)
         atomic_fetch_add(&rc->errors, 1);
@@ -713,8 +724,8 @@ static void *churn_worker(void *p)
     for (int i = 0; i < CHURN_ITERS; i++) {
         rnd = rnd * 1103515245u + 12345u;
         uint32_t x = rnd >> 8;
-        /* names 0-2 stay message-free, so they are created and reclaimed
-         * over and over; name 3 gets messages and stays */
+        /* names 0-2 stay message-free (created, joined, emptied over and
+         * over); name 3 gets messages */
         char name[16];
         int n = (int)(x % 4);
         snprintf(name, sizeof(name), "churn-%d", n);
@@ -759,7 +770,14 @@ Test(room, concurrent_churn)
     for (int n = 0; n < 3; n++) {
         char name[16];
         snprintf(name, sizeof(name), "churn-%d", n);
-        cr_assert_null(rooms_acquire(r, name, false), "%s not reclaimed", name);
+        /* joined rooms keep an empty record; absent only if never created */
+        struct room *e = rooms_acquire(r, name, false);
+        if (e) {
+            pthread_mutex_lock(&e->lock);
+            cr_assert_eq(e->nmembers, 0, "%s has ghost members", name);
+            pthread_mutex_unlock(&e->lock);
+            rooms_release(r, &e);
+        }
     }
     struct room *rm = rooms_acquire(r, "churn-3", false);
     if (rm) { /* absent only if no thread ever chose to create it */
