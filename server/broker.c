@@ -951,6 +951,8 @@ static bool rate_ok(struct broker *b, struct client *c, const struct req *r)
         return true;
     METRIC_INC(&b->srv->metrics, rate_limited_total);
     if ((long)strikes >= b->srv->cfg->abuse_strikes) {
+        /* ignore what the flood still sends while the close goes out */
+        c->discard = true;
         client_kill(c, 4029, "rate limit abuse");
         return false;
     }
