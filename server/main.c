@@ -77,6 +77,10 @@ static int start_notify(struct server *srv, const struct config *cfg, char *err,
     if (o.backoff_base_ms > o.max_backoff_ms)
         o.backoff_base_ms = o.max_backoff_ms;
     o.max_attempts = (int)cfg->notify_max_attempts;
+    /* look at the outbox at least as often as the longest retry wait, so a
+     * row left by the previous run is not held back longer than a retry */
+    if (o.rescan_ms > o.max_backoff_ms)
+        o.rescan_ms = o.max_backoff_ms > 0 ? o.max_backoff_ms : 1;
     o.drain_timeout_ms = (int)(cfg->drain_timeout * 1000);
     srv->notify = notify_new(&o, srv->store, err, errsz);
     memset(pw, 0, sizeof(pw));
