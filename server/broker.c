@@ -1140,11 +1140,8 @@ static void load_id(void *arg, const char *room, const char *from, const char *i
 {
     struct broker *b = arg;
     char key[CODEC_ROOMID_MAX + CODEC_USER_MAX + CODEC_ID_MAX + 4];
-    struct idem_entry *e = xmalloc(sizeof(*e));
     idem_key(key, sizeof(key), room, from, id);
-    e->seq = seq;
-    e->expires_ms = ts + b->idem_ttl_ms;
-    free(strmap_put(b->idem, key, e));
+    idem_put(b, key, seq, ts);
 }
 
 struct broker *broker_new(struct server *srv, char *err, size_t errsz)

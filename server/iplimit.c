@@ -56,11 +56,3 @@ void iplimit_release(iplimit_t *l, const char *ip)
         strmap_put(l->counts, ip, (void *)(n - 1));
     pthread_mutex_unlock(&l->lock);
 }
-
-size_t iplimit_count(iplimit_t *l)
-{
-    pthread_mutex_lock(&l->lock);
-    size_t n = strmap_count(l->counts);
-    pthread_mutex_unlock(&l->lock);
-    return n;
-}

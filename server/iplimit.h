@@ -18,7 +18,5 @@ void iplimit_free(iplimit_t *l);
 bool iplimit_acquire(iplimit_t *l, const char *ip);
 /* One connection from ip ended (after a successful acquire). */
 void iplimit_release(iplimit_t *l, const char *ip);
-/* Addresses with at least one connection. */
-size_t iplimit_count(iplimit_t *l);
 
 #endif

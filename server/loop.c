@@ -420,11 +420,6 @@ struct server *loop_server(struct loop *l)
     return l->srv;
 }
 
-int loop_index(struct loop *l)
-{
-    return l->index;
-}
-
 unsigned char *loop_scratch(struct loop *l, size_t *cap)
 {
     *cap = SCRATCH_CAP;

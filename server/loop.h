@@ -54,7 +54,6 @@ void loop_stop(struct loop *l);
 
 /* ---- for the lws glue (ws.c), home-loop thread only ---- */
 struct server *loop_server(struct loop *l);
-int loop_index(struct loop *l);
 /* 64 KiB + headroom scratch for batching several frames into one write. */
 unsigned char *loop_scratch(struct loop *l, size_t *cap);
 void loop_attach(struct loop *l, struct client *c);

@@ -295,7 +295,6 @@ stop:
     signal(SIGINT, exit_now);
     signal(SIGTERM, exit_now);
     pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
-    atomic_store(&srv.stopping, true);
     for (int i = 0; i < started; i++)
         loop_stop(srv.loops[i]);
     for (int i = 0; i < started; i++)

@@ -4,6 +4,7 @@
  */
 #include "room.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,15 +249,7 @@ size_t rooms_list(rooms_t *r, struct room_snapshot *out, size_t max)
             pthread_mutex_lock(&rm->lock);
             if (rm->nmembers) {
                 str_lcpy(out[n].name, rm->name, sizeof(out[n].name));
-                out[n].members = 0;
-                for (size_t k = 0; k < rm->nmembers; k++) {
-                    size_t j;
-                    for (j = 0; j < k; j++)
-                        if (strcmp(rm->members[j]->user, rm->members[k]->user) == 0)
-                            break;
-                    if (j == k)
-                        out[n].members++;
-                }
+                out[n].members = (unsigned)room_member_names_locked(rm, NULL, SIZE_MAX);
                 out[n].seq = rm->seq;
                 n++;
             }
@@ -335,12 +328,17 @@ size_t room_member_names_locked(const struct room *rm, const char **out, size_t 
 {
     size_t n = 0;
     for (size_t i = 0; i < rm->nmembers && n < max; i++) {
+        const char *u = rm->members[i]->user;
         size_t j;
-        for (j = 0; j < n; j++)
-            if (strcmp(out[j], rm->members[i]->user) == 0)
+        /* count a user at their first connection in the member array */
+        for (j = 0; j < i; j++)
+            if (strcmp(rm->members[j]->user, u) == 0)
                 break;
-        if (j == n)
-            out[n++] = rm->members[i]->user;
+        if (j < i)
+            continue;
+        if (out)
+            out[n] = u;
+        n++;
     }
     return n;
 }

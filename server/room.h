@@ -87,7 +87,8 @@ bool room_has_member_locked(const struct room *rm, const struct client *c);
 bool room_user_joined_ever_locked(const struct room *rm, const char *user);
 /* Connections of user in the room. */
 unsigned room_user_conns_locked(const struct room *rm, const char *user);
-/* Distinct member names (pointers into the clients, valid while locked). */
+/* Distinct member names (pointers into the clients, valid while locked);
+ * with out == NULL, just their number. */
 size_t room_member_names_locked(const struct room *rm, const char **out, size_t max);
 /* Append the next message (h->m.seq must be seq + 1; the window takes a
  * reference), evicting the oldest beyond the window size. */

@@ -39,7 +39,6 @@ struct server {
     _Atomic long ws_conns;          /* open WebSocket connections, for --max-connections */
     struct loop **loops;
     int nloops;
-    _Atomic bool stopping;          /* set once by main on SIGTERM/SIGINT */
 };
 
 #endif
