@@ -10,6 +10,7 @@
  * other.
  */
 #include <criterion/criterion.h>
+#include "testutil.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -603,9 +604,7 @@ static char tmpdir[512];
 
 static void make_tmpdir(void)
 {
-    const char *base = getenv("PARLEY_TEST_TMP");
-    snprintf(tmpdir, sizeof(tmpdir), "%s/auth-XXXXXX", base && *base ? base : "/tmp");
-    cr_assert_not_null(mkdtemp(tmpdir));
+    test_mkdtemp(tmpdir, sizeof(tmpdir), "auth");
 }
 
 static void remove_tmpdir(void)

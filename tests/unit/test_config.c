@@ -3,6 +3,7 @@
  * the JSON file, precedence, --help and --version.
  */
 #include <criterion/criterion.h>
+#include "testutil.h"
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,9 +30,7 @@ static char tmpdir[4096];
 
 static void setup(void)
 {
-    const char *base = getenv("PARLEY_TEST_TMP");
-    snprintf(tmpdir, sizeof(tmpdir), "%s/cfgtest-XXXXXX", base ? base : "/tmp");
-    cr_assert_not_null(mkdtemp(tmpdir));
+    test_mkdtemp(tmpdir, sizeof(tmpdir), "cfgtest");
     out = open_memstream(&outbuf, &outlen);
     cr_assert_not_null(out);
     err[0] = '\0';

@@ -8,6 +8,7 @@
  * that only a broken dumper reaches), never a sleep that hopes.
  */
 #include <criterion/criterion.h>
+#include "testutil.h"
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,9 +23,7 @@ static char tmpdir[512], path[600];
 
 static void setup(void)
 {
-    const char *base = getenv("PARLEY_TEST_TMP");
-    snprintf(tmpdir, sizeof(tmpdir), "%s/dumper-XXXXXX", base && *base ? base : "/tmp");
-    cr_assert_not_null(mkdtemp(tmpdir));
+    test_mkdtemp(tmpdir, sizeof(tmpdir), "dumper");
     snprintf(path, sizeof(path), "%s/counters.jsonl", tmpdir);
 }
 

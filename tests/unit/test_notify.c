@@ -19,6 +19,7 @@
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include "testutil.h"
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -216,29 +217,8 @@ static char tmpdir[4096];
 
 static void setup(void)
 {
-    const char *base = getenv("PARLEY_TEST_TMP");
-    snprintf(tmpdir, sizeof(tmpdir), "%s/notifytest-XXXXXX", base ? base : "/tmp");
-    cr_assert_not_null(mkdtemp(tmpdir));
+    test_mkdtemp(tmpdir, sizeof(tmpdir), "notifytest");
     fake_reset();
-}
-
-static void rm_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (!d) {
-        unlink(path);
-        return;
-    }
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        char p[8192];
-        snprintf(p, sizeof(p), "%s/%s", path, e->d_name);
-        rm_tree(p);
-    }
-    closedir(d);
-    rmdir(path);
 }
 
 static pid_t smtpd_pid; /* aiosmtpd child, stopped here even if a test fails */
@@ -250,7 +230,7 @@ static void teardown(void)
         waitpid(smtpd_pid, NULL, 0);
         smtpd_pid = 0;
     }
-    rm_tree(tmpdir);
+    test_rmtree(tmpdir);
     fake_reset();
 }
 

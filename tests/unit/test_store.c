@@ -8,6 +8,7 @@
  * write failures (RLIMIT_FSIZE, which stops root too, unlike chmod).
  */
 #include <criterion/criterion.h>
+#include "testutil.h"
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -46,9 +47,7 @@ static char err[512];
 
 static void setup(void)
 {
-    const char *base = getenv("PARLEY_TEST_TMP");
-    snprintf(tmpdir, sizeof(tmpdir), "%s/storetest-XXXXXX", base ? base : "/tmp");
-    cr_assert_not_null(mkdtemp(tmpdir));
+    test_mkdtemp(tmpdir, sizeof(tmpdir), "storetest");
     snprintf(dbpath, sizeof(dbpath), "%s/parley.db", tmpdir);
     err[0] = '\0';
 }

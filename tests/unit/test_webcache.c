@@ -4,6 +4,7 @@
  * symlink loop and a FIFO; then lookups, MIME types, ETags and limits.
  */
 #include <criterion/criterion.h>
+#include "testutil.h"
 #include <errno.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -20,19 +21,10 @@ static char root[4200];
 static webcache_t *wc;
 static char err[512];
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 static void setup(void)
 {
-    const char *tmp = getenv("PARLEY_TEST_TMP");
-    snprintf(base, sizeof(base), "%s/webcache-XXXXXX", tmp ? tmp : "/tmp");
-    cr_assert_not_null(mkdtemp(base), "mkdtemp: %s", strerror(errno));
+    test_mkdtemp(base, sizeof(base), "webcache");
     snprintf(root, sizeof(root), "%s/site", base);
     cr_assert_eq(mkdir(root, 0755), 0);
     wc = NULL;
@@ -43,7 +35,7 @@ static void setup(void)
 static void teardown(void)
 {
     webcache_free(wc);
-    cr_assert_eq(nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS), 0);
+    cr_assert_eq(test_rmtree(base), 0);
 }
 
 TestSuite(webcache, .init = setup, .fini = teardown);
