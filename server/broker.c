@@ -289,11 +289,6 @@ static void write_done(struct store_write *w)
     struct pending_write *pw = (struct pending_write *)w;
     struct metrics *mt = &pw->b->srv->metrics;
 
-    if (w->status == 0)
-        METRIC_INC(mt, storage_writes_total);
-    else
-        METRIC_INC(mt, storage_failures_total);
-
     if (pw->c) {
         if (w->status == 0) {
             uint64_t seq = w->kind == SW_BARRIER ? pw->seq : (w->dup_seq ? w->dup_seq : pw->seq);

@@ -102,7 +102,10 @@ static void sample_metrics(struct server *srv, struct store_stats *ss)
 {
     struct metrics *m = &srv->metrics;
     store_stats(srv->store, ss);
+    /* the store keeps its own exact counts: read them, don't count twice */
     METRIC_SET(m, storage_queue_depth, (int64_t)ss->queued);
+    METRIC_SET(m, storage_writes_total, (int64_t)ss->writes);
+    METRIC_SET(m, storage_failures_total, (int64_t)ss->failures);
     METRIC_SET(m, rooms, (int64_t)broker_active_rooms(srv->broker));
     if (srv->notify) {
         struct notify_stats ns;
