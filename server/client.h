@@ -49,6 +49,7 @@ struct client {
     struct joined *joined;         /* rooms this connection has joined */
     unsigned njoined;
     bool discard;                  /* closing for bad input: ignore what still arrives */
+    bool rx_hot;                   /* on the loop's read-again list */
     unsigned char *rx;             /* reassembly of a fragmented message */
     uint32_t rx_len, rx_cap;
     char ip[40];                   /* longest IPv6 text + NUL */

@@ -22,6 +22,9 @@
 #include "ws.h"
 
 #define SCRATCH_CAP (64 * 1024)
+/* Extra reads per service pass for connections that just received: bounds
+ * how long one busy sender can hold the loop (32 x rx_buffer_size). */
+#define READ_MORE_ROUNDS 32
 
 _Static_assert(MSG_PRE == LWS_PRE, "msg headroom must match LWS_PRE");
 
@@ -63,7 +66,11 @@ struct loop {
     int64_t flush_ns;            /* --flush-interval-us */
     int64_t last_flush_ns;       /* when pending clients were last kicked */
     bool flush_armed;            /* flush_sul is scheduled */
+    bool kick_wanted;            /* pending clients await a flush; kick_sul armed */
     lws_sorted_usec_list_t flush_sul;
+    lws_sorted_usec_list_t kick_sul;
+    struct client **hot, **hot_next; /* received in this pass: read again */
+    size_t nhot, nhot_next, hot_cap;
     void *ssl_ctx;               /* server SSL_CTX, NULL without TLS */
     unsigned char scratch[LWS_PRE + SCRATCH_CAP];
 };
@@ -136,6 +143,59 @@ static void begin_drain(struct loop *l)
                      (lws_usec_t)(l->srv->cfg->drain_timeout * LWS_US_PER_SEC));
 }
 
+static void drop_hot(struct loop *l)
+{
+    for (size_t i = 0; i < l->nhot; i++) {
+        l->hot[i]->rx_hot = false;
+        client_unref(&l->hot[i]);
+    }
+    l->nhot = 0;
+}
+
+void loop_note_rx(struct loop *l, struct client *c)
+{
+    if (c->rx_hot)
+        return;
+    if (l->nhot == l->hot_cap) {
+        l->hot_cap = l->hot_cap ? 2 * l->hot_cap : 64;
+        l->hot = xrealloc(l->hot, l->hot_cap * sizeof(*l->hot));
+        l->hot_next = xrealloc(l->hot_next, l->hot_cap * sizeof(*l->hot_next));
+    }
+    c->rx_hot = true;
+    l->hot[l->nhot++] = client_ref(c);
+}
+
+/* lws reads at most rx_buffer_size bytes per connection per poll round, so a
+ * sender with a burst waiting would cost one poll() over every descriptor
+ * per 128 bytes, and each read's messages would go out in their own write.
+ * Instead, a connection that received gets serviced again right away (as an
+ * external poll loop would after POLLIN) until a read brings nothing: the
+ * burst is taken in at once and its messages share the subscribers' next
+ * write. A read that finds the socket empty costs one recv(). */
+static void read_more(struct loop *l)
+{
+    for (int round = 0; round < READ_MORE_ROUNDS && l->nhot; round++) {
+        struct client **cur = l->hot;
+        size_t n = l->nhot;
+        l->hot = l->hot_next;
+        l->hot_next = cur;
+        l->nhot = 0;
+        for (size_t i = 0; i < n; i++) {
+            struct client *c = cur[i];
+            c->rx_hot = false;
+            struct lws *wsi = c->wsi;
+            if (wsi && !c->discard) {
+                struct lws_pollfd pfd = {.fd = lws_get_socket_fd(wsi), .events = POLLIN,
+                                         .revents = POLLIN};
+                if (pfd.fd >= 0)
+                    lws_service_fd(l->ctx, &pfd);
+            }
+            client_unref(&cur[i]);
+        }
+    }
+    drop_hot(l); /* still busy after the last round: the next poll sees it */
+}
+
 static void *run(void *arg)
 {
     struct loop *l = arg;
@@ -144,6 +204,11 @@ static void *run(void *arg)
     for (;;) {
         if (lws_service(l->ctx, 0) < 0)
             break;
+        read_more(l);
+        /* writes happen here, between service calls, never inside another
+         * connection's callback */
+        if (l->kick_wanted)
+            loop_flush(l);
         if (!l->draining) {
             pthread_mutex_lock(&l->lock);
             bool stop = l->stop_requested;
@@ -158,6 +223,8 @@ static void *run(void *arg)
         log_warn("loop", "loop %d: drain timeout, dropping remaining connections", l->index);
     lws_sul_cancel(&l->drain_sul);
     lws_sul_cancel(&l->flush_sul);
+    lws_sul_cancel(&l->kick_sul);
+    drop_hot(l);
     /* Nobody may wake a context that is being destroyed. */
     pthread_mutex_lock(&l->lock);
     l->alive = false;
@@ -210,6 +277,8 @@ void loop_free(struct loop *l)
         n = c->pending_next;
         client_unref(&c);
     }
+    free(l->hot);
+    free(l->hot_next);
     pthread_mutex_destroy(&l->lock);
     free(l);
 }
@@ -225,6 +294,11 @@ void loop_schedule(struct loop *l, struct client *c)
         l->pending_tail = &c->pending_next;
         wake = l->pending == c; /* list was empty: one wake per batch */
     }
+    if (wake && tl_loop == l) {
+        /* the loop's own thread needs no wake-up through the pipe */
+        loop_want_flush(l);
+        wake = false;
+    }
     /* lws_cancel_service is safe from any thread and only writes a byte to
      * the loop's wake pipe; it is under the lock so the context cannot be
      * destroyed in between. */
@@ -237,7 +311,13 @@ static void flush_timer(lws_sorted_usec_list_t *sul)
 {
     struct loop *l = lws_container_of(sul, struct loop, flush_sul);
     l->flush_armed = false;
+    /* timers run before lws polls, outside any connection's callback */
     loop_flush(l);
+}
+
+static void kick_timer(lws_sorted_usec_list_t *sul)
+{
+    (void)sul; /* being due is the point: it keeps lws from sleeping in poll */
 }
 
 void loop_flush(struct loop *l)
@@ -246,6 +326,10 @@ void loop_flush(struct loop *l)
      * is dense, the frames that arrive meanwhile join the same write (one
      * syscall for many frames); sparse traffic goes out at once. */
     int64_t now = now_mono_ns();
+    if (l->kick_wanted) {
+        l->kick_wanted = false;
+        lws_sul_cancel(&l->kick_sul);
+    }
     if (l->flush_ns && now - l->last_flush_ns < l->flush_ns) {
         if (!l->flush_armed) {
             l->flush_armed = true;
@@ -258,9 +342,20 @@ void loop_flush(struct loop *l)
     struct client *c = loop_take_pending(l);
     while (c) {
         struct client *next = c->pending_next;
-        ws_kick(c);
+        ws_kick(c, l);
         client_unref(&c);
         c = next;
+    }
+}
+
+void loop_want_flush(struct loop *l)
+{
+    /* run() flushes after the service pass. The pass may be in lws's timer
+     * phase, just before it sleeps in poll(): a timer due now makes that
+     * poll return at once. */
+    if (!l->kick_wanted) {
+        l->kick_wanted = true;
+        lws_sul_schedule(l->ctx, 0, &l->kick_sul, kick_timer, 0);
     }
 }
 

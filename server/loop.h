@@ -11,9 +11,11 @@
  * A connection then lives on that loop for life.
  *
  * Any thread hands a loop work by putting a client on the loop's pending
- * list (loop_schedule) and waking it with lws_cancel_service; the loop's
- * LWS_CALLBACK_EVENT_WAIT_CANCELLED handler takes the whole list and asks
- * lws for a writable callback on each (or closes it, if asked to).
+ * list (loop_schedule) and waking it with lws_cancel_service (the loop's own
+ * thread needs no wake). After each service pass the loop takes the whole
+ * list and writes each client's queued frames straight to its socket (at
+ * most once per --flush-interval-us), falling back to a writable callback
+ * when the socket is backed up or the client is to be closed.
  */
 #ifndef PARLEY_LOOP_H
 #define PARLEY_LOOP_H
@@ -64,8 +66,13 @@ void loop_set_ssl_ctx(struct loop *l, void *ssl_ctx);
 void loop_reload_tls(struct loop *l, struct tls_creds *c);
 
 /* Kick the pending clients now, or arm the flush timer if the last kick
- * was less than --flush-interval-us ago. */
+ * was less than --flush-interval-us ago. Called between service passes. */
 void loop_flush(struct loop *l);
+/* From a callback: flush once the current service pass is done. */
+void loop_want_flush(struct loop *l);
+/* c received data in this service pass: read from it again before the
+ * next poll (see read_more in loop.c). */
+void loop_note_rx(struct loop *l, struct client *c);
 /* Take the pending list (NULL-terminated via pending_next). */
 struct client *loop_take_pending(struct loop *l);
 /* Adopt the sockets other loops handed to this one. */

@@ -103,6 +103,7 @@ static int on_receive(struct lws *wsi, struct client *c, const unsigned char *in
 
     if (c->discard)
         return 0;
+    loop_note_rx(c->loop, c);
     /* Bad input closes from the writable callback, which sends the close
      * frame and waits for the peer's; returning -1 here would drop the
      * socket with the rest of the frame unread, and the peer would see a
@@ -143,55 +144,70 @@ static int on_receive(struct lws *wsi, struct client *c, const unsigned char *in
     return 0;
 }
 
-static int on_writeable(struct lws *wsi, struct client *c, struct loop *l)
+/* Send up to one batch of c's queued frames in one write. Sets *close_now
+ * when c asked to be closed and nothing is left to send first, *more when
+ * frames remain for another write. Returns -1 if the socket failed. */
+static int send_queued(struct lws *wsi, struct client *c, struct loop *l, bool *close_now,
+                       bool *more)
 {
     msg_t *batch[BATCH_MAX];
     size_t cap, n, queued_bytes = 0;
     unsigned char *scratch = loop_scratch(l, &cap);
-    int code;
-    const char *reason;
-    bool more;
+    int code, w = 0;
 
     pthread_mutex_lock(&c->lock);
     code = c->close_code;
-    reason = c->close_reason;
     /* a connection being closed still gets what was queued before (the
      * shutdown drain); a slow consumer's queue was already dropped */
     n = cq_pop_batch(&c->q, batch, BATCH_MAX, cap);
-    more = cq_count(&c->q) && !cq_blocked(&c->q);
-    bool empty = cq_count(&c->q) == 0;
+    *more = cq_count(&c->q) && !cq_blocked(&c->q);
+    *close_now = code && cq_count(&c->q) == 0;
     pthread_mutex_unlock(&c->lock);
 
-    if (n) {
-        /* Several ready frames go out in one write: each stays its own
-         * WebSocket frame, already framed by msg.c, so lws sends the bytes
-         * as they are. */
-        const unsigned char *out;
-        size_t total = 0, fl;
-        for (size_t i = 0; i < n; i++)
-            queued_bytes += msg_size(batch[i]);
-        if (n == 1) {
-            out = msg_frame(msg_resolve(batch[0]), &total);
-        } else {
-            for (size_t i = 0; i < n; i++) {
-                const unsigned char *f = msg_frame(msg_resolve(batch[i]), &fl);
-                memcpy(scratch + total, f, fl);
-                total += fl;
-            }
-            out = scratch;
+    if (!n)
+        return 0;
+    /* Several ready frames go out in one write: each stays its own
+     * WebSocket frame, already framed by msg.c, so lws sends the bytes as
+     * they are. */
+    const unsigned char *out;
+    size_t total = 0, fl;
+    for (size_t i = 0; i < n; i++)
+        queued_bytes += msg_size(batch[i]);
+    if (n == 1) {
+        out = msg_frame(msg_resolve(batch[0]), &total);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            const unsigned char *f = msg_frame(msg_resolve(batch[i]), &fl);
+            memcpy(scratch + total, f, fl);
+            total += fl;
         }
-        int w = lws_write(wsi, (unsigned char *)out, total, LWS_WRITE_RAW);
-        for (size_t i = 0; i < n; i++)
-            msg_unref(&batch[i]);
-        METRIC_SUB(&c->srv->metrics, queue_bytes, (int64_t)queued_bytes);
-        if (w < 0)
-            return -1;
+        out = scratch;
     }
-    if (code && empty) {
+    w = lws_write(wsi, (unsigned char *)out, total, LWS_WRITE_RAW);
+    for (size_t i = 0; i < n; i++)
+        msg_unref(&batch[i]);
+    METRIC_SUB(&c->srv->metrics, queue_bytes, (int64_t)queued_bytes);
+    /* a close still waiting behind this batch needs one more round */
+    if (code && !*close_now)
+        *more = true;
+    return w < 0 ? -1 : 0;
+}
+
+static int on_writeable(struct lws *wsi, struct client *c, struct loop *l)
+{
+    bool close_now, more;
+
+    if (send_queued(wsi, c, l, &close_now, &more) < 0)
+        return -1;
+    if (close_now) {
+        pthread_mutex_lock(&c->lock);
+        int code = c->close_code;
+        const char *reason = c->close_reason;
+        pthread_mutex_unlock(&c->lock);
         close_with(wsi, code, reason);
         return -1;
     }
-    if (more || (code && n))
+    if (more)
         lws_callback_on_writable(wsi);
     return 0;
 }
@@ -214,17 +230,37 @@ static void on_closed(struct pss *pss, struct loop *l)
     client_unref(&c);
 }
 
-void ws_kick(struct client *c)
+void ws_kick(struct client *c, struct loop *l)
 {
     struct lws *wsi = c->wsi;
+    bool close_now, more;
+
     if (!wsi)
         return;
     pthread_mutex_lock(&c->lock);
     bool closing = c->close_code != 0;
     pthread_mutex_unlock(&c->lock);
-    if (closing)
+    if (closing) {
+        /* closes happen in the writable callback, where returning -1 is
+         * how lws is told to send the close frame */
         lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, CLOSE_GRACE_S);
-    lws_callback_on_writable(wsi);
+        lws_callback_on_writable(wsi);
+        return;
+    }
+    /* Write now instead of asking for POLLOUT and writing on the next poll
+     * round: the socket is almost always writable, and the round trip costs
+     * two poll-set changes and a pass over every descriptor per kick. Only
+     * a write lws still holds back (a partial send) waits its turn. */
+    if (lws_partial_buffered(wsi)) {
+        lws_callback_on_writable(wsi);
+        return;
+    }
+    if (send_queued(wsi, c, l, &close_now, &more) < 0) {
+        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        return;
+    }
+    if (close_now || more || lws_partial_buffered(wsi))
+        lws_callback_on_writable(wsi);
 }
 
 
@@ -255,7 +291,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (l) {
             loop_adopt_handoffs(l);
             loop_run_jobs(l);
-            loop_flush(l);
+            loop_want_flush(l);
         }
         return 0;
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:

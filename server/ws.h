@@ -10,10 +10,12 @@
 
 struct lws_protocols;
 
-/* Thread: c's home loop. Ask lws for a writable callback on c (arming the
- * close grace timer if c is being closed). */
+/* Thread: c's home loop, between service passes (not in a callback). Send what c has queued
+ * now (one write), or ask lws for a writable callback when the socket is
+ * backed up or c is being closed (arming the close grace timer). */
 struct client;
-void ws_kick(struct client *c);
+struct loop;
+void ws_kick(struct client *c, struct loop *l);
 
 /* The protocol table every loop's context is created with. */
 const struct lws_protocols *ws_protocols(void);
