@@ -51,6 +51,12 @@ static int start_response(struct lws *wsi, struct http_state *st, unsigned statu
     if (lws_finalize_write_http_header(wsi, start, &p, end))
         return 1;
     if (st->headers_only || st->len == 0) {
+        if (st->close_after) {
+            /* hang up from the writable callback, once the headers are out */
+            st->off = st->len;
+            lws_callback_on_writable(wsi);
+            return 0;
+        }
         if (lws_http_transaction_completed(wsi))
             return -1;
         return 0;
@@ -136,6 +142,25 @@ static int stats_users(struct lws *wsi, struct server *srv, struct http_state *s
     return rc;
 }
 
+unsigned http_version_status(struct lws *wsi, bool upgrade)
+{
+    char v[16];
+
+    /* an h2 stream has no request line; its network wsi is another wsi */
+    if (lws_get_network_wsi(wsi) != wsi)
+        return 0;
+    /* lws keeps what follows the request target verbatim in WSI_TOKEN_HTTP
+     * (RFC 9112: HTTP-version = "HTTP/" DIGIT "." DIGIT, case-sensitive) */
+    if (lws_hdr_copy(wsi, v, sizeof(v), WSI_TOKEN_HTTP) != 8 || memcmp(v, "HTTP/", 5) != 0 ||
+        v[5] < '0' || v[5] > '9' || v[6] != '.' || v[7] < '0' || v[7] > '9')
+        return 400;
+    if (v[5] != '1')
+        return 505;
+    if (upgrade && v[7] == '0')
+        return 400;
+    return 0;
+}
+
 int http_request(struct lws *wsi, struct server *srv, struct http_state *st, const char *uri)
 {
     char rel[1100], inm[128];
@@ -148,6 +173,16 @@ int http_request(struct lws *wsi, struct server *srv, struct http_state *st, con
     http_release(st);
     memset(st, 0, sizeof(*st));
     st->wsi = wsi;
+    st->headers_only = head;
+    unsigned vs = http_version_status(wsi, false);
+    if (vs) {
+        /* lws would have answered it as HTTP/1.0; the response still goes
+         * out with an HTTP/1.0 status line, then the connection closes */
+        st->close_after = true;
+        return respond_text(wsi, st, vs,
+                            vs == 505 ? "HTTP version not supported\n"
+                                      : "bad request: malformed HTTP version\n");
+    }
     /* lws hands us the decoded path as a C string: a %00 in it would cut
      * the path short and answer for another file, so refuse it outright */
     int ulen = lws_hdr_total_length(wsi, post ? WSI_TOKEN_POST_URI
@@ -218,7 +253,7 @@ int http_writeable(struct lws *wsi, struct server *srv, struct http_state *st)
     (void)srv;
 
     if (!st->body || st->off >= st->len)
-        return 0;
+        return st->close_after ? -1 : 0;
     /* copy into headroomed scratch: lws (h2 in particular) writes framing
      * in front of the buffer, and the web cache is shared and read-only */
     size_t n = st->len - st->off;
@@ -236,7 +271,7 @@ int http_writeable(struct lws *wsi, struct server *srv, struct http_state *st)
     }
     msg_unref(&st->owned);
     st->body = NULL;
-    if (lws_http_transaction_completed(wsi))
+    if (st->close_after || lws_http_transaction_completed(wsi))
         return -1;
     return 0;
 }

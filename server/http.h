@@ -29,8 +29,16 @@ struct http_state {
     size_t req_len;
     bool answered;              /* a response was started for this request */
     struct acct_req *pending;   /* off-loop work in flight, answered via loop_post */
+    bool close_after;           /* hang up once this response is out (bad request line) */
     struct lws *wsi;
 };
+
+/* The request line's HTTP version, which lws 4.1 does not police (it takes
+ * anything but "HTTP/1.1" for HTTP/1.0): 0 if it is HTTP/1.x (or the
+ * request came over h2), 400 if it is malformed or missing, 505 if it names
+ * another major version. With upgrade set, the WebSocket handshake's rule
+ * applies on top (RFC 6455 4.2.1: HTTP/1.1 or higher), so HTTP/1.0 is 400. */
+unsigned http_version_status(struct lws *wsi, bool upgrade);
 
 /* LWS_CALLBACK_HTTP: answer the request for uri. Returns what the lws
  * callback should return. */

@@ -300,10 +300,17 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (!l || loop_stopping(l))
             return -1;
         return loop_dispatch_fd(l, (int)(intptr_t)in) ? -1 : 0;
-    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
+        /* lws upgrades whatever version the request line names */
+        unsigned vs = http_version_status(wsi, true);
+        if (vs) {
+            lws_return_http_status(wsi, vs, NULL);
+            return -1;
+        }
         if (!is_ws_path(wsi) || (l && loop_stopping(l)))
             return -1;
         return 0;
+    }
     case LWS_CALLBACK_ESTABLISHED:
         return on_established(wsi, pss, l);
     case LWS_CALLBACK_RECEIVE:
