@@ -205,10 +205,6 @@ static void *run(void *arg)
         if (lws_service(l->ctx, 0) < 0)
             break;
         read_more(l);
-        /* writes happen here, between service calls, never inside another
-         * connection's callback */
-        if (l->kick_wanted)
-            loop_flush(l);
         if (!l->draining) {
             pthread_mutex_lock(&l->lock);
             bool stop = l->stop_requested;
@@ -216,6 +212,10 @@ static void *run(void *arg)
             if (stop)
                 begin_drain(l);
         }
+        /* writes happen here, between service calls, never inside another
+         * connection's callback */
+        if (l->kick_wanted)
+            loop_flush(l);
         if (l->draining && (!l->clients || now_mono_ms() >= l->drain_deadline_ms))
             break;
     }
@@ -317,7 +317,11 @@ static void flush_timer(lws_sorted_usec_list_t *sul)
 
 static void kick_timer(lws_sorted_usec_list_t *sul)
 {
-    (void)sul; /* being due is the point: it keeps lws from sleeping in poll */
+    /* Due at once: armed from lws's timer phase, it keeps lws from sleeping
+     * in the poll that follows; armed between passes, it fires first thing
+     * in the next one. */
+    struct loop *l = lws_container_of(sul, struct loop, kick_sul);
+    loop_flush(l);
 }
 
 void loop_flush(struct loop *l)
@@ -357,7 +361,7 @@ void loop_want_flush(struct loop *l)
 {
     /* run() flushes after the service pass. The pass may be in lws's timer
      * phase, just before it sleeps in poll(): a timer due now makes that
-     * poll return at once. */
+     * poll return at once (kick_timer). */
     if (!l->kick_wanted) {
         l->kick_wanted = true;
         lws_sul_schedule(l->ctx, 0, &l->kick_sul, kick_timer, 0);
