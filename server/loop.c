@@ -52,6 +52,8 @@ struct loop {
     struct client **pending_tail; /* {lock} */
     bool stop_requested;         /* {lock} */
     bool alive;                  /* {lock} ctx may be woken; false once destroy begins */
+    bool awake;                  /* {lock} between passes, before the last look at the
+                                  * lists: work handed over now needs no wake-up */
     int *handoff;                /* {lock} accepted sockets to adopt */
     size_t nhandoff, handoff_cap; /* {lock} */
     _Atomic int nconn;           /* live connections, for least-loaded dispatch */
@@ -196,6 +198,25 @@ static void read_more(struct loop *l)
     drop_hot(l); /* still busy after the last round: the next poll sees it */
 }
 
+/* The last look at what other threads handed over before lws may sleep in
+ * poll: whatever arrives after this wakes the loop through the pipe, what
+ * arrived before (typically storage acks and pushes from other loops while
+ * this one was writing) is taken here without a wake-up and the extra pass
+ * over every descriptor that would follow it. */
+static void take_handed_over(struct loop *l)
+{
+    pthread_mutex_lock(&l->lock);
+    bool handoffs = l->nhandoff > 0, jobs = l->jobs != NULL, pending = l->pending != NULL;
+    l->awake = false;
+    pthread_mutex_unlock(&l->lock);
+    if (handoffs)
+        loop_adopt_handoffs(l);
+    if (jobs)
+        loop_run_jobs(l);
+    if (pending)
+        loop_want_flush(l);
+}
+
 static void *run(void *arg)
 {
     struct loop *l = arg;
@@ -204,14 +225,14 @@ static void *run(void *arg)
     for (;;) {
         if (lws_service(l->ctx, 0) < 0)
             break;
+        pthread_mutex_lock(&l->lock);
+        l->awake = true;
+        bool stop = l->stop_requested;
+        pthread_mutex_unlock(&l->lock);
         read_more(l);
-        if (!l->draining) {
-            pthread_mutex_lock(&l->lock);
-            bool stop = l->stop_requested;
-            pthread_mutex_unlock(&l->lock);
-            if (stop)
-                begin_drain(l);
-        }
+        if (stop && !l->draining)
+            begin_drain(l);
+        take_handed_over(l);
         /* writes happen here, between service calls, never inside another
          * connection's callback */
         if (l->kick_wanted)
@@ -302,7 +323,7 @@ void loop_schedule(struct loop *l, struct client *c)
     /* lws_cancel_service is safe from any thread and only writes a byte to
      * the loop's wake pipe; it is under the lock so the context cannot be
      * destroyed in between. */
-    if (wake && l->alive)
+    if (wake && l->alive && !l->awake)
         lws_cancel_service(l->ctx);
     pthread_mutex_unlock(&l->lock);
 }
@@ -424,7 +445,8 @@ int loop_post(struct loop *l, void (*fn)(void *arg), void *arg)
     }
     *l->jobs_tail = j;
     l->jobs_tail = &j->next;
-    lws_cancel_service(l->ctx);
+    if (!l->awake)
+        lws_cancel_service(l->ctx);
     pthread_mutex_unlock(&l->lock);
     return 0;
 }
@@ -476,7 +498,8 @@ bool loop_dispatch_fd(struct loop *l0, int fd)
         best->handoff = xrealloc(best->handoff, best->handoff_cap * sizeof(int));
     }
     best->handoff[best->nhandoff++] = dup_fd;
-    lws_cancel_service(best->ctx);
+    if (!best->awake)
+        lws_cancel_service(best->ctx);
     pthread_mutex_unlock(&best->lock);
     return true;
 }

@@ -144,11 +144,12 @@ static int on_receive(struct lws *wsi, struct client *c, const unsigned char *in
     return 0;
 }
 
-/* Send up to one batch of c's queued frames in one write. Sets *close_now
- * when c asked to be closed and nothing is left to send first, *more when
- * frames remain for another write. Returns -1 if the socket failed. */
-static int send_queued(struct lws *wsi, struct client *c, struct loop *l, bool *close_now,
-                       bool *more)
+/* Send up to one batch of c's queued frames in one write. Sets *closing
+ * when c is to be closed, *close_now when nothing is left to send before
+ * the close, *more when frames remain for another write. Returns -1 if
+ * the socket failed. */
+static int send_queued(struct lws *wsi, struct client *c, struct loop *l, bool *closing,
+                       bool *close_now, bool *more)
 {
     msg_t *batch[BATCH_MAX];
     size_t cap, n, queued_bytes = 0;
@@ -163,6 +164,7 @@ static int send_queued(struct lws *wsi, struct client *c, struct loop *l, bool *
     *more = cq_count(&c->q) && !cq_blocked(&c->q);
     *close_now = code && cq_count(&c->q) == 0;
     pthread_mutex_unlock(&c->lock);
+    *closing = code != 0;
 
     if (!n)
         return 0;
@@ -195,9 +197,9 @@ static int send_queued(struct lws *wsi, struct client *c, struct loop *l, bool *
 
 static int on_writeable(struct lws *wsi, struct client *c, struct loop *l)
 {
-    bool close_now, more;
+    bool closing, close_now, more;
 
-    if (send_queued(wsi, c, l, &close_now, &more) < 0)
+    if (send_queued(wsi, c, l, &closing, &close_now, &more) < 0)
         return -1;
     if (close_now) {
         pthread_mutex_lock(&c->lock);
@@ -233,20 +235,10 @@ static void on_closed(struct pss *pss, struct loop *l)
 void ws_kick(struct client *c, struct loop *l)
 {
     struct lws *wsi = c->wsi;
-    bool close_now, more;
+    bool closing, close_now, more;
 
     if (!wsi)
         return;
-    pthread_mutex_lock(&c->lock);
-    bool closing = c->close_code != 0;
-    pthread_mutex_unlock(&c->lock);
-    if (closing) {
-        /* closes happen in the writable callback, where returning -1 is
-         * how lws is told to send the close frame */
-        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, CLOSE_GRACE_S);
-        lws_callback_on_writable(wsi);
-        return;
-    }
     /* Write now instead of asking for POLLOUT and writing on the next poll
      * round: the socket is almost always writable, and the round trip costs
      * two poll-set changes and a pass over every descriptor per kick. Only
@@ -255,10 +247,14 @@ void ws_kick(struct client *c, struct loop *l)
         lws_callback_on_writable(wsi);
         return;
     }
-    if (send_queued(wsi, c, l, &close_now, &more) < 0) {
+    if (send_queued(wsi, c, l, &closing, &close_now, &more) < 0) {
         lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         return;
     }
+    /* the close itself goes out from the writable callback, where returning
+     * -1 is how lws is told to send the close frame */
+    if (closing)
+        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, CLOSE_GRACE_S);
     if (close_now || more || lws_partial_buffered(wsi))
         lws_callback_on_writable(wsi);
 }
