@@ -50,6 +50,8 @@ struct client {
     unsigned njoined;
     bool discard;                  /* closing for bad input: ignore what still arrives */
     bool rx_hot;                   /* on the loop's read-again list */
+    bool ping_out;                 /* pinged since the last frame from the peer */
+    uint32_t seen_s;               /* loop tick of the last frame from the peer */
     unsigned char *rx;             /* reassembly of a fragmented message */
     uint32_t rx_len, rx_cap;
     char ip[40];                   /* longest IPv6 text + NUL */

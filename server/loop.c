@@ -64,7 +64,9 @@ struct loop {
     bool draining;
     int64_t drain_deadline_ms;
     lws_sorted_usec_list_t drain_sul;
-    lws_retry_bo_t idle_policy;  /* ping idle connections, hang up on silence */
+    lws_retry_bo_t no_validity;  /* all zero: lws's own idle pings are off */
+    lws_sorted_usec_list_t idle_sul; /* once a second: ping or close quiet clients */
+    uint32_t tick;               /* seconds since start, advanced by idle_sul */
     int64_t flush_ns;            /* --flush-interval-us */
     int64_t last_flush_ns;       /* when pending clients were last kicked */
     bool flush_armed;            /* flush_sul is scheduled */
@@ -106,9 +108,11 @@ struct loop *loop_new(struct server *srv, int index, char *err, size_t errsz)
     info.timeout_secs = (unsigned)cfg->handshake_timeout;
     info.timeout_secs_ah_idle = (unsigned)cfg->handshake_timeout;
     info.max_http_header_data = 4096;
-    l->idle_policy.secs_since_valid_ping = (uint16_t)cfg->ping_interval;
-    l->idle_policy.secs_since_valid_hangup = (uint16_t)(2 * cfg->ping_interval);
-    info.retry_and_idle_policy = &l->idle_policy;
+    /* lws would keep a "validity" timer per connection in one sorted list
+     * and re-insert it on every frame received, walking the list each time
+     * (O(connections) per frame and per accept). The loop pings idle
+     * connections itself, from one timer (idle_timer). */
+    info.retry_and_idle_policy = &l->no_validity;
     if (cfg->tls_cert) {
         /* https:// and wss:// on the same listener; every loop's vhost gets
          * the certificate because adopted sockets do their handshake there */
@@ -217,11 +221,33 @@ static void take_handed_over(struct loop *l)
         loop_want_flush(l);
 }
 
+/* Once a second, every client of the loop: ping it after --ping-interval
+ * without a frame from it, close it after twice that (ws_idle_check). One
+ * walk over the loop's list is a few microseconds per thousand clients. */
+static void idle_timer(lws_sorted_usec_list_t *sul)
+{
+    struct loop *l = lws_container_of(sul, struct loop, idle_sul);
+    uint32_t ping_s = (uint32_t)l->srv->cfg->ping_interval;
+
+    l->tick++;
+    for (struct client *c = l->clients, *next; c; c = next) {
+        next = c->loop_next; /* a close does not unlink it yet, but be safe */
+        ws_idle_check(c, l->tick, ping_s);
+    }
+    lws_sul_schedule(l->ctx, 0, &l->idle_sul, idle_timer, LWS_US_PER_SEC);
+}
+
+uint32_t loop_tick(struct loop *l)
+{
+    return l->tick;
+}
+
 static void *run(void *arg)
 {
     struct loop *l = arg;
 
     tl_loop = l;
+    lws_sul_schedule(l->ctx, 0, &l->idle_sul, idle_timer, LWS_US_PER_SEC);
     for (;;) {
         if (lws_service(l->ctx, 0) < 0)
             break;
@@ -245,6 +271,7 @@ static void *run(void *arg)
     lws_sul_cancel(&l->drain_sul);
     lws_sul_cancel(&l->flush_sul);
     lws_sul_cancel(&l->kick_sul);
+    lws_sul_cancel(&l->idle_sul);
     drop_hot(l);
     /* Nobody may wake a context that is being destroyed. */
     pthread_mutex_lock(&l->lock);

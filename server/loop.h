@@ -22,6 +22,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct server;
 struct client;
@@ -73,6 +74,8 @@ void loop_want_flush(struct loop *l);
 /* c received data in this service pass: read from it again before the
  * next poll (see read_more in loop.c). */
 void loop_note_rx(struct loop *l, struct client *c);
+/* Seconds since the loop started, advanced once a second (coarse, cheap). */
+uint32_t loop_tick(struct loop *l);
 /* Take the pending list (NULL-terminated via pending_next). */
 struct client *loop_take_pending(struct loop *l);
 /* Adopt the sockets other loops handed to this one. */

@@ -70,6 +70,7 @@ static int on_established(struct lws *wsi, struct pss *pss, struct loop *l)
                                                                                     : FMT_JSON;
     lws_get_peer_simple(wsi, c->ip, sizeof(c->ip));
     pss->c = c;
+    c->seen_s = loop_tick(l);
     loop_attach(l, c);
     METRIC_INC(&srv->metrics, connections);
 
@@ -103,6 +104,8 @@ static int on_receive(struct lws *wsi, struct client *c, const unsigned char *in
 
     if (c->discard)
         return 0;
+    c->seen_s = loop_tick(c->loop);
+    c->ping_out = false;
     loop_note_rx(c->loop, c);
     /* Bad input closes from the writable callback, which sends the close
      * frame and waits for the peer's; returning -1 here would drop the
@@ -260,6 +263,30 @@ void ws_kick(struct client *c, struct loop *l)
 }
 
 
+void ws_idle_check(struct client *c, uint32_t now_s, uint32_t ping_s)
+{
+    /* a ping frame, sent as it is like every other frame; it carries one
+     * byte because lws 4.1 does not report an empty pong */
+    static const unsigned char ping[LWS_PRE + 3] = {[LWS_PRE] = 0x89, [LWS_PRE + 1] = 0x01,
+                                                    [LWS_PRE + 2] = 'p'};
+    struct lws *wsi = c->wsi;
+    uint32_t quiet = now_s - c->seen_s;
+
+    if (!wsi || c->discard)
+        return;
+    if (quiet >= 2 * ping_s) {
+        client_kill(c, 1001, "no pong: connection timed out");
+        c->discard = true;
+        return;
+    }
+    /* a socket lws is still flushing is busy, not idle: ping it next time */
+    if (quiet >= ping_s && !c->ping_out && !lws_partial_buffered(wsi)) {
+        c->ping_out = true;
+        if (lws_write(wsi, (unsigned char *)ping + LWS_PRE, 3, LWS_WRITE_RAW) < 0)
+            lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    }
+}
+
 static int is_ws_path(struct lws *wsi)
 {
     char uri[256];
@@ -313,6 +340,12 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (!pss->c)
             return -1;
         return on_receive(wsi, pss->c, in, len);
+    case LWS_CALLBACK_RECEIVE_PONG:
+        if (pss->c) {
+            pss->c->seen_s = loop_tick(l);
+            pss->c->ping_out = false;
+        }
+        return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         if (!pss->c)
             return -1;

@@ -8,6 +8,8 @@
 #ifndef PARLEY_WS_H
 #define PARLEY_WS_H
 
+#include <stdint.h>
+
 struct lws_protocols;
 
 /* Thread: c's home loop, between service passes (not in a callback). Send what c has queued
@@ -16,6 +18,11 @@ struct lws_protocols;
 struct client;
 struct loop;
 void ws_kick(struct client *c, struct loop *l);
+
+/* Thread: c's home loop, once a second. Ping c when nothing came from it
+ * for ping_s seconds (now_s and c->seen_s are loop ticks), close it when
+ * nothing came for twice that. */
+void ws_idle_check(struct client *c, uint32_t now_s, uint32_t ping_s);
 
 /* The protocol table every loop's context is created with. */
 const struct lws_protocols *ws_protocols(void);
