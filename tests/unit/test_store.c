@@ -38,7 +38,7 @@ static const char v1_sql[] =
     "  created_at INTEGER NOT NULL) WITHOUT ROWID;"
     "CREATE TABLE users(name TEXT PRIMARY KEY, created_at INTEGER NOT NULL) WITHOUT ROWID;";
 
-#define LATEST_VERSION 2
+#define LATEST_VERSION 3
 #define WAIT_LIMIT_S 60
 
 static char tmpdir[4096];
@@ -373,6 +373,10 @@ Test(store, migrates_a_v1_file_keeping_its_data)
     cr_assert_eq(file_int("SELECT count(*) FROM users WHERE name = 'ann' AND email IS NULL "
                           "AND password_hash IS NULL"),
                  1);
+    /* v3 dropped the ts index (store_load_ids walks the primary key) */
+    cr_assert_eq(file_int("SELECT count(*) FROM sqlite_schema WHERE name = "
+                          "'messages_client_id_ts'"),
+                 0);
     /* v2's outbox exists with its delivery-state columns */
     cr_assert_eq(file_int("SELECT count(*) FROM pragma_table_info('outbox') WHERE name IN "
                           "('recipient', 'state', 'attempts', 'next_at', 'created_at')"),
