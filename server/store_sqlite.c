@@ -84,6 +84,10 @@
 #define CKPT_HARD_BYTES (256 << 20)
 /* The checkpointer rests this long between checkpoints: each one fsyncs. */
 #define CKPT_REST_MS 20
+/* Message rows inserted by one multi-row statement, largest first (see
+ * insert_chunk). */
+static const int chunk_rows[] = {32, 8};
+#define NCHUNK ((int)ARRAY_LEN(chunk_rows))
 
 /* migrations[i] takes the schema from version i to i + 1. */
 static const char *const migrations[] = {
@@ -155,7 +159,8 @@ struct store {
      * then the writer thread only */
     sqlite3 *wdb;
     sqlite3_stmt *st_begin, *st_commit, *st_rollback, *st_ins_msg, *st_find_dup, *st_room,
-        *st_user;
+        *st_user, *st_find_seq;
+    sqlite3_stmt *st_chunk[NCHUNK]; /* INSERT OR IGNORE of chunk_rows[i] messages */
     sqlite3 *mdb; /* main thread: start-up loads */
     sqlite3 *cdb; /* checkpointer thread */
 
@@ -495,8 +500,30 @@ static int open_writer(store_t *s, char *err, size_t errsz)
                 &s->st_room, err, errsz) ||
         prepare(s->wdb,
                 "INSERT INTO users(name, created_at) VALUES(?1, ?2) ON CONFLICT(name) DO NOTHING",
-                &s->st_user, err, errsz))
+                &s->st_user, err, errsz) ||
+        prepare(s->wdb, "SELECT sender, client_id FROM messages WHERE room = ?1 AND seq = ?2",
+                &s->st_find_seq, err, errsz))
         return -1;
+    for (int i = 0; i < NCHUNK; i++) {
+        static const char head[] =
+            "INSERT OR IGNORE INTO messages(room, seq, sender, text, ts, client_id) VALUES";
+        static const char tuple[] = ",(?,?,?,?,?,?)";
+        size_t sz = sizeof(head) + (size_t)chunk_rows[i] * (sizeof(tuple) - 1);
+        char *sql = xmalloc(sz), *p = sql;
+        memcpy(p, head, sizeof(head) - 1);
+        p += sizeof(head) - 1;
+        for (int k = 0; k < chunk_rows[i]; k++) {
+            const char *t = k ? tuple : tuple + 1;
+            size_t n = strlen(t);
+            memcpy(p, t, n);
+            p += n;
+        }
+        *p = '\0';
+        rc = prepare(s->wdb, sql, &s->st_chunk[i], err, errsz);
+        free(sql);
+        if (rc != SQLITE_OK)
+            return -1;
+    }
     return 0;
 }
 
@@ -574,6 +601,93 @@ static int insert_msg(store_t *s, struct row *r)
         return rc;
     rc = run_stmt(st);
     return rc;
+}
+
+/* Did the chunk statement store r? (room, seq) holds r's sender and id. A
+ * row that was already stored by an earlier try of this batch looks the
+ * same, which is fine: it is stored. */
+static int chunk_stored(store_t *s, const struct row *r, bool *stored)
+{
+    sqlite3_stmt *st = s->st_find_seq;
+    int rc;
+
+    *stored = false;
+    if ((rc = sqlite3_bind_text(st, 1, r->room, -1, SQLITE_STATIC)) || (rc = bind_u64(st, 2, r->seq)))
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *from = (const char *)sqlite3_column_text(st, 0);
+        const char *id = (const char *)sqlite3_column_text(st, 1);
+        bool has_id = r->id && r->id[0];
+        *stored = from && strcmp(from, r->from) == 0 &&
+                  (has_id ? id && strcmp(id, r->id) == 0 : !id);
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+/*
+ * Insert rows[0..k) (all SW_MESSAGE, k = chunk_rows[c]) with one statement.
+ * Per-statement work (cursor open/close, VDBE setup and halt) is a third of
+ * a one-row insert, and with the cursors kept open across the rows an
+ * append to a room's tail often needs no descent from the root; callgrind:
+ * -29% writer instructions per message with 1 sender, -17% with 100.
+ *
+ * OR IGNORE makes a conflict skip its row instead of failing the statement;
+ * the normal case has none. When fewer than k rows went in, each row the
+ * statement did not store goes through insert_msg, which handles a (room,
+ * seq) already stored (log, keep) and a duplicate client id (dup_seq, store
+ * without the id) exactly as for a lone row, in the same order.
+ */
+static int insert_chunk(store_t *s, int c, struct row *rows)
+{
+    sqlite3_stmt *st = s->st_chunk[c];
+    int k = chunk_rows[c];
+    int rc;
+
+    for (int i = 0; i < k; i++) {
+        const struct row *r = &rows[i];
+        int b = i * 6;
+        if ((rc = sqlite3_bind_text(st, b + 1, r->room, -1, SQLITE_STATIC)) ||
+            (rc = bind_u64(st, b + 2, r->seq)) ||
+            (rc = sqlite3_bind_text(st, b + 3, r->from, -1, SQLITE_STATIC)) ||
+            (rc = sqlite3_bind_text(st, b + 4, r->text, (int)r->text_len, SQLITE_STATIC)) ||
+            (rc = sqlite3_bind_int64(st, b + 5, r->ts)) ||
+            (rc = r->id && r->id[0] ? sqlite3_bind_text(st, b + 6, r->id, -1, SQLITE_STATIC)
+                                    : sqlite3_bind_null(st, b + 6)))
+            return rc;
+    }
+    if ((rc = run_stmt(st)) != SQLITE_OK)
+        return rc;
+    if (sqlite3_changes(s->wdb) == k)
+        return SQLITE_OK;
+    for (int i = 0; i < k; i++) {
+        bool stored;
+        if ((rc = chunk_stored(s, &rows[i], &stored)) != SQLITE_OK)
+            return rc;
+        if (!stored && (rc = insert_msg(s, &rows[i])) != SQLITE_OK)
+            return rc;
+    }
+    return SQLITE_OK;
+}
+
+/* The largest chunk that rows[i..n) starts with, or -1 for none. */
+static int chunk_at(const struct row *rows, size_t i, size_t n)
+{
+    for (int c = 0; c < NCHUNK; c++) {
+        size_t k = (size_t)chunk_rows[c];
+        if (n - i < k)
+            continue;
+        size_t j = 0;
+        while (j < k && rows[i + j].kind == SW_MESSAGE)
+            j++;
+        if (j == k)
+            return c;
+    }
+    return -1;
 }
 
 static int insert_user(store_t *s, const struct row *r)
@@ -680,9 +794,11 @@ static bool row_error(int rc)
 
 /* Run rows as one transaction. Returns 0, or a negative errno with the cause
  * in `cause` after rolling back; *bad is then the index of a row that can
- * never be stored (see row_error), or SIZE_MAX. */
-static int exec_batch(store_t *s, struct row *rows, size_t n, size_t *bad, char *cause,
-                      size_t causesz)
+ * never be stored (see row_error), or SIZE_MAX. With `chunks`, runs of
+ * messages go in multi-row statements (insert_chunk); a failing chunk does
+ * not say which row failed, so retries run without. */
+static int exec_batch(store_t *s, struct row *rows, size_t n, bool chunks, size_t *bad,
+                      char *cause, size_t causesz)
 {
     int64_t t0 = now_mono_ns();
     size_t nrows = 0, i = 0;
@@ -702,6 +818,13 @@ static int exec_batch(store_t *s, struct row *rows, size_t n, size_t *bad, char 
     if ((rc = run_stmt(s->st_begin)) != SQLITE_OK)
         goto fail;
     for (i = 0; i < n; i++) {
+        int c = chunks ? chunk_at(rows, i, n) : -1;
+        if (c >= 0) {
+            if ((rc = insert_chunk(s, c, &rows[i])) != SQLITE_OK)
+                goto fail;
+            i += (size_t)chunk_rows[c] - 1;
+            continue;
+        }
         switch (rows[i].kind) {
         case SW_MESSAGE:
             rc = insert_msg(s, &rows[i]);
@@ -911,7 +1034,7 @@ static bool retry_until_committed(store_t *s, int status, const char *first_caus
         }
         attempt++;
         size_t bad;
-        int rc = exec_batch(s, s->retry, s->nretry, &bad, cause, sizeof(cause));
+        int rc = exec_batch(s, s->retry, s->nretry, false, &bad, cause, sizeof(cause));
         if (rc == 0) {
             log_info(MOD, "committed %zu delayed writes to '%s' after %d retries", s->nretry,
                      s->path, attempt);
@@ -982,7 +1105,7 @@ static void *writer_main(void *arg)
         for (size_t i = 0; i < n; i++)
             row_from_write(&s->batch[i], s->batch_w[i]);
         size_t bad;
-        int rc = exec_batch(s, s->batch, n, &bad, cause, sizeof(cause));
+        int rc = exec_batch(s, s->batch, n, true, &bad, cause, sizeof(cause));
         if (rc == 0) {
             for (size_t i = 0; i < n; i++) {
                 struct store_write *w = s->batch_w[i];
@@ -1309,6 +1432,9 @@ static void store_destroy(store_t *s)
     sqlite3_finalize(s->st_find_dup);
     sqlite3_finalize(s->st_room);
     sqlite3_finalize(s->st_user);
+    sqlite3_finalize(s->st_find_seq);
+    for (int i = 0; i < NCHUNK; i++)
+        sqlite3_finalize(s->st_chunk[i]);
     close_db(s, s->mdb);
     close_db(s, s->cdb);
     close_db(s, s->wdb); /* the last connection checkpoints and removes the WAL */

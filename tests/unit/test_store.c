@@ -603,6 +603,114 @@ Test(store, duplicate_id_reports_the_original_seq_and_keeps_seqs_gapless)
     counter_destroy(&c);
 }
 
+/* A batch long enough for multi-row inserts (the writer's chunks) must
+ * behave like one insert per row: duplicate ids (against the database and
+ * inside the chunk) report the original seq and keep seqs gapless, and a
+ * (room, seq) that is already stored keeps the stored row. */
+Test(store, long_batches_keep_duplicate_and_conflict_handling)
+{
+    enum { N = 45 };
+    struct counter c;
+    struct gate g;
+    struct tw hold, t[N];
+    uint64_t dup = 0;
+    counter_init(&c);
+    gate_init(&g);
+    store_t *s = open_store(NULL);
+    cr_assert_eq(put_sync(s, "k", 1, "ann", "old", "before", &dup), 0);
+    /* seq 30 already stored, as by a commit that reported an error */
+    cr_assert_eq(put_sync(s, "k", 30, "zed", NULL, "stored earlier", &dup), 0);
+
+    tw_msg(&hold, &c, "h", 1, "ann", NULL, "hold");
+    hold.gate = &g;
+    cr_assert_eq(store_submit(s, &hold.w), 0);
+    gate_wait_entered(&g);
+    for (int i = 0; i < N; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "m%d", i);
+        uint64_t seq = (uint64_t)i + 2;
+        const char *use = id;
+        if (i == 5)
+            use = "old"; /* the original is in the database: seq 1 */
+        else if (i == 9)
+            use = "m3"; /* the original is earlier in this chunk: seq 5 */
+        else if (i == 36)
+            use = "m20"; /* ... in an earlier chunk of this batch: seq 22 */
+        tw_msg(&t[i], &c, "k", seq, "ann", use, "text");
+        if (seq == 30) {
+            snprintf(t[i].from, sizeof(t[i].from), "zed");
+            t[i].w.msg.id = NULL;
+        }
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+    }
+    gate_open(&g);
+    counter_wait(&c, N + 1);
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(t[i].status, 0, "row %d: %d", i, t[i].status);
+        uint64_t want = i == 5 ? 1 : i == 9 ? 5 : i == 36 ? 22 : 0;
+        cr_assert_eq(t[i].dup_seq, want, "row %d: dup_seq %" PRIu64, i, t[i].dup_seq);
+    }
+    store_close(s);
+    cr_assert_eq(file_int("SELECT count(*) FROM messages WHERE room = 'k'"), N + 1);
+    cr_assert_eq(file_int("SELECT max(seq) - min(seq) + 1 FROM messages WHERE room = 'k'"),
+                 N + 1);
+    cr_assert_eq(file_int("SELECT count(*) FROM messages WHERE room = 'k' AND client_id IS NULL"),
+                 4, "the three duplicates and seq 30");
+    cr_assert_eq(file_int("SELECT count(*) FROM messages WHERE room = 'k' AND seq = 30 AND "
+                          "text = 'stored earlier'"),
+                 1);
+    cr_assert_eq(file_int("SELECT last_seq FROM rooms WHERE name = 'k'"), N + 1);
+    gate_destroy(&g);
+    counter_destroy(&c);
+}
+
+/* A row that fails inside a multi-row insert cannot be told from its
+ * neighbours by the error: the retry runs row by row, drops it alone and
+ * stores the rest. */
+Test(store, a_bad_row_in_a_long_batch_is_dropped_alone)
+{
+    enum { N = 40 };
+    store_t *s = open_store(NULL);
+    store_close(s);
+    sqlite3 *db = raw_open();
+    raw_exec(db, "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.text = 'poison' "
+                 "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END;");
+    sqlite3_close(db);
+
+    struct counter c;
+    struct gate g;
+    struct tw hold, t[N], b;
+    counter_init(&c);
+    gate_init(&g);
+    s = open_store(NULL);
+    tw_msg(&hold, &c, "h", 1, "ann", NULL, "hold");
+    hold.gate = &g;
+    cr_assert_eq(store_submit(s, &hold.w), 0);
+    gate_wait_entered(&g);
+    for (int i = 0; i < N; i++) {
+        tw_msg(&t[i], &c, "p", (uint64_t)i + 1, "ann", NULL, i == 17 ? "poison" : "fine");
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+    }
+    tw_barrier(&b, &c);
+    cr_assert_eq(store_submit(s, &b.w), 0);
+    gate_open(&g);
+    counter_wait(&c, N + 2);
+    /* the retry committed before the barrier ran: wait for the barrier's own */
+    struct tw b2;
+    tw_barrier(&b2, &c);
+    cr_assert_eq(store_submit(s, &b2.w), 0);
+    counter_wait(&c, N + 3);
+    cr_assert_eq(b2.status, 0);
+    struct store_stats st;
+    store_stats(s, &st);
+    cr_assert_eq(st.lost, 1);
+    store_close(s);
+    cr_assert_eq(file_int("SELECT count(*) FROM messages WHERE room = 'p'"), N - 1);
+    cr_assert_eq(file_int("SELECT count(*) FROM messages WHERE text = 'poison'"), 0);
+    gate_destroy(&g);
+    counter_destroy(&c);
+}
+
 Test(store, barrier_completes_after_every_earlier_write)
 {
     enum { N = 300 };
