@@ -25,37 +25,40 @@ struct server;
 struct joined;
 struct room;
 
+/* Fields are grouped by who may touch them and ordered to pack: every
+ * connection has one, so its size is part of the per-connection budget. */
 struct client {
     pthread_mutex_t lock;
     struct cq q;          /* {lock} */
-    int close_code;       /* {lock} nonzero: close with this code when next writable */
     const char *close_reason; /* {lock} a string literal */
-    bool dead;            /* {lock} socket gone: pushes are dropped */
+    int close_code;       /* {lock} nonzero: close with this code when next writable */
     _Atomic unsigned refs;
 
     struct loop *loop;    /* home loop, fixed */
     struct server *srv;   /* fixed */
-    bool scheduled;       /* {loop->lock} on the loop's pending list */
     struct client *pending_next; /* {loop->lock} */
 
     /* ---- home-loop thread only ---- */
     void *wsi;                     /* struct lws *, NULL once closed */
     struct client *loop_prev, *loop_next; /* the loop's list of live clients */
-    enum codec_fmt fmt;
-    bool authed;
-    char user[CODEC_USER_MAX + 1];
-    char session[17];
     struct room *current;          /* text mode: the room joined last (one of joined) */
     struct joined *joined;         /* rooms this connection has joined */
-    unsigned njoined;
-    bool discard;                  /* closing for bad input: ignore what still arrives */
-    bool rx_hot;                   /* on the loop's read-again list */
-    bool ping_out;                 /* pinged since the last frame from the peer */
-    uint32_t seen_s;               /* loop tick of the last frame from the peer */
     unsigned char *rx;             /* reassembly of a fragmented message */
     uint32_t rx_len, rx_cap;
-    char ip[40];                   /* longest IPv6 text + NUL */
-    bool ip_counted;               /* holds a slot in srv->iplimit */
+    unsigned njoined;
+    uint32_t seen_s;               /* loop tick of the last frame from the peer */
+    enum codec_fmt fmt;
+    char user[CODEC_USER_MAX + 1];
+    char session[17];
+    uint8_t addr[16];              /* peer address, IPv4 in its IPv6-mapped form */
+
+    bool dead;            /* {lock} socket gone: pushes are dropped */
+    bool scheduled;       /* {loop->lock} on the loop's pending list */
+    bool authed;                   /* home loop */
+    bool discard;                  /* home loop: closing for bad input, ignore what arrives */
+    bool rx_hot;                   /* home loop: on the loop's read-again list */
+    bool ping_out;                 /* home loop: pinged since the last frame from the peer */
+    bool ip_counted;               /* home loop: holds a slot in srv->iplimit */
 };
 
 /* Thread: home loop. Refcount 1 (the socket's). */

@@ -9,8 +9,8 @@ void cq_init(struct cq *q, size_t max_count, size_t max_bytes)
 {
     q->ring = NULL;
     q->cap = q->head = q->count = q->bytes = 0;
-    q->max_count = max_count ? max_count : 1;
-    q->max_bytes = max_bytes;
+    q->max_count = max_count ? (uint32_t)max_count : 1;
+    q->max_bytes = max_bytes > UINT32_MAX / 2 ? UINT32_MAX / 2 : (uint32_t)max_bytes;
 }
 
 void cq_release(struct cq *q)
@@ -28,7 +28,7 @@ void cq_release(struct cq *q)
 
 static void grow(struct cq *q)
 {
-    size_t ncap = q->cap ? q->cap * 2 : 4;
+    uint32_t ncap = q->cap ? q->cap * 2 : 4;
     msg_t **nr = xmalloc(ncap * sizeof(*nr));
     for (size_t i = 0; i < q->count; i++)
         nr[i] = q->ring[(q->head + i) & (q->cap - 1)];
@@ -41,13 +41,13 @@ static void grow(struct cq *q)
 int cq_push(struct cq *q, msg_t *m)
 {
     size_t sz = msg_size(m);
-    if (q->count >= q->max_count || q->bytes + sz > q->max_bytes)
+    if (q->count >= q->max_count || (size_t)q->bytes + sz > q->max_bytes)
         return -1;
     if (q->count == q->cap)
         grow(q);
     q->ring[(q->head + q->count) & (q->cap - 1)] = m;
     q->count++;
-    q->bytes += sz;
+    q->bytes += (uint32_t)sz;
     return 0;
 }
 
@@ -69,7 +69,7 @@ size_t cq_pop_batch(struct cq *q, msg_t **out, size_t max, size_t max_bytes)
         if (n && batch + fl > max_bytes)
             break;
         batch += fl;
-        q->bytes -= msg_size(m);
+        q->bytes -= (uint32_t)msg_size(m);
         q->head = (q->head + 1) & (q->cap - 1);
         q->count--;
         out[n++] = m;

@@ -11,14 +11,17 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "msg.h"
 
+/* 32-bit counts keep every connection's queue header at 32 bytes: the
+ * limits are at most 1,000,000 frames and 1 GiB (config.c). */
 struct cq {
     msg_t **ring; /* private */
-    size_t cap, head, count;
-    size_t bytes;
-    size_t max_count, max_bytes;
+    uint32_t cap, head, count;
+    uint32_t bytes;
+    uint32_t max_count, max_bytes;
 };
 
 void cq_init(struct cq *q, size_t max_count, size_t max_bytes);

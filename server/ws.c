@@ -6,6 +6,7 @@
 #include "ws.h"
 
 #include <libwebsockets.h>
+#include <arpa/inet.h>
 #include <string.h>
 
 #include "broker.h"
@@ -55,6 +56,32 @@ static void url_arg(struct lws *wsi, const char *name, char *out, size_t outsz)
         memcpy(out, v, strlen(v) + 1);
 }
 
+/* The peer's address in 16 bytes (every connection keeps it until it
+ * closes, for the per-address count), and back to text for that count. */
+static void peer_addr(struct lws *wsi, uint8_t addr[16])
+{
+    char text[INET6_ADDRSTRLEN + 8];
+    struct in_addr v4;
+
+    memset(addr, 0, 16);
+    if (!lws_get_peer_simple(wsi, text, sizeof(text)))
+        return;
+    if (inet_pton(AF_INET, text, &v4) == 1) {
+        addr[10] = addr[11] = 0xff;
+        memcpy(addr + 12, &v4, 4);
+    } else if (inet_pton(AF_INET6, text, addr) != 1) {
+        memset(addr, 0, 16);
+    }
+}
+
+static const char *addr_text(const uint8_t addr[16], char out[INET6_ADDRSTRLEN])
+{
+    static const uint8_t mapped[12] = {[10] = 0xff, [11] = 0xff};
+    if (memcmp(addr, mapped, 12) == 0)
+        return inet_ntop(AF_INET, addr + 12, out, INET6_ADDRSTRLEN);
+    return inet_ntop(AF_INET6, addr, out, INET6_ADDRSTRLEN);
+}
+
 static int on_established(struct lws *wsi, struct pss *pss, struct loop *l)
 {
     struct server *srv = loop_server(l);
@@ -68,7 +95,7 @@ static int on_established(struct lws *wsi, struct pss *pss, struct loop *l)
     url_arg(wsi, "format=", fmt, sizeof(fmt));
     c->fmt = (p && strcmp(p->name, "parley.text") == 0) || strcmp(fmt, "text") == 0 ? FMT_TEXT
                                                                                     : FMT_JSON;
-    lws_get_peer_simple(wsi, c->ip, sizeof(c->ip));
+    peer_addr(wsi, c->addr);
     pss->c = c;
     c->seen_s = loop_tick(l);
     loop_attach(l, c);
@@ -82,7 +109,8 @@ static int on_established(struct lws *wsi, struct pss *pss, struct loop *l)
         c->discard = true;
         return 0;
     }
-    c->ip_counted = iplimit_acquire(srv->iplimit, c->ip);
+    char ip[INET6_ADDRSTRLEN];
+    c->ip_counted = iplimit_acquire(srv->iplimit, addr_text(c->addr, ip));
     if (!c->ip_counted) {
         client_kill(c, 1013, "too many connections from your address");
         c->discard = true;
@@ -230,8 +258,10 @@ static void on_closed(struct pss *pss, struct loop *l)
     loop_detach(l, c);
     METRIC_SUB(&srv->metrics, connections, 1);
     atomic_fetch_sub_explicit(&srv->ws_conns, 1, memory_order_relaxed);
-    if (c->ip_counted)
-        iplimit_release(srv->iplimit, c->ip);
+    if (c->ip_counted) {
+        char ip[INET6_ADDRSTRLEN];
+        iplimit_release(srv->iplimit, addr_text(c->addr, ip));
+    }
     client_unref(&c);
 }
 
