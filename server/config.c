@@ -66,6 +66,7 @@ static void default_threads(char *buf, size_t sz);
 static void default_web_root(char *buf, size_t sz);
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
+static const char *const event_loops[] = {"epoll", "poll", NULL};
 static const char *const durabilities[] = {"normal", "full", NULL};
 static const char *const auth_modes[] = {"open", "accounts", NULL};
 
@@ -172,8 +173,11 @@ static const struct cfg_opt opts[] = {
     {.name = "max-room-members", .type = OPT_LONG, .off = OFF(max_room_members), .metavar = "N",
      .def = "10000", .min = 1, .max = 10000000, .help = "connections in one room"},
     {.name = "flush-interval-us", .type = OPT_LONG, .off = OFF(flush_interval_us),
-     .metavar = "USEC", .def = "2000", .min = 0, .max = 100000,
-     .help = "least time between a loop's write rounds (batches frames); 0: none"},
+     .metavar = "USEC", .def = "0", .min = 0, .max = 100000,
+     .help = "least time between a loop's write rounds (batches frames)"},
+    {.name = "event-loop", .type = OPT_ENUM, .off = OFF(event_loop), .def = "epoll",
+     .choices = event_loops,
+     .help = "epoll: lws on its libev plugin; poll: lws's own poll() loop"},
     {.name = "check-config", .type = OPT_BOOL, .off = OFF(check_config), .flags = OPTF_ARGV_ONLY,
      .help = "check flags, config file and the files they name; exit"},
     {.name = "config", .type = OPT_STR, .off = OFF(config_file), .metavar = "FILE", .min = 1,

@@ -58,6 +58,7 @@ struct config {
     long max_room_members;      /* --max-room-members, default 10000 */
     bool check_config;          /* --check-config: validate and exit */
     long flush_interval_us;     /* --flush-interval-us: least time between write rounds */
+    char *event_loop;           /* --event-loop epoll|poll, default epoll */
     char *config_file;          /* --config FILE (JSON) */
 };
 

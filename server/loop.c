@@ -5,6 +5,7 @@
 #include "loop.h"
 
 #include <libwebsockets.h>
+#include <ev.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -64,6 +65,7 @@ struct loop {
     bool draining;
     int64_t drain_deadline_ms;
     lws_sorted_usec_list_t drain_sul;
+    struct ev_loop *ev;          /* the libev loop lws runs on; NULL: lws's poll() */
     lws_retry_bo_t no_validity;  /* all zero: lws's own idle pings are off */
     lws_sorted_usec_list_t idle_sul; /* once a second: ping or close quiet clients */
     uint32_t tick;               /* seconds since start, advanced by idle_sul */
@@ -123,7 +125,29 @@ struct loop *loop_new(struct server *srv, int index, char *err, size_t errsz)
     }
     info.pt_serv_buf_size = 16 * 1024;
 
+    /* lws's own loop polls every descriptor on every pass: O(connections)
+     * per wake-up. On libev's epoll backend (lws's evlib plugin) a pass
+     * costs what is ready. */
+    void *foreign[1] = {NULL};
+    if (strcmp(cfg->event_loop, "epoll") == 0) {
+        l->ev = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
+        if (l->ev) {
+            foreign[0] = l->ev;
+            info.options |= LWS_SERVER_OPTION_LIBEV;
+            info.foreign_loops = foreign;
+        }
+    }
     l->ctx = lws_create_context(&info);
+    if (!l->ctx && l->ev) {
+        if (index == 0)
+            log_warn("loop", "libwebsockets cannot use libev (is the Debian package "
+                             "libwebsockets-evlib-ev installed?): using poll()");
+        ev_loop_destroy(l->ev);
+        l->ev = NULL;
+        info.options &= ~(uint64_t)LWS_SERVER_OPTION_LIBEV;
+        info.foreign_loops = NULL;
+        l->ctx = lws_create_context(&info);
+    }
     if (!l->ctx) {
         snprintf(err, errsz, "cannot listen on %s:%d (in use, or bad address)", cfg->listen_host,
                  cfg->listen_port);
@@ -249,7 +273,9 @@ static void *run(void *arg)
     tl_loop = l;
     lws_sul_schedule(l->ctx, 0, &l->idle_sul, idle_timer, LWS_US_PER_SEC);
     for (;;) {
-        if (lws_service(l->ctx, 0) < 0)
+        if (l->ev)
+            ev_run(l->ev, EVRUN_ONCE); /* lws's watchers: one round of callbacks */
+        else if (lws_service(l->ctx, 0) < 0)
             break;
         pthread_mutex_lock(&l->lock);
         l->awake = true;
@@ -315,6 +341,8 @@ void loop_free(struct loop *l)
         return;
     if (!l->started_once)
         lws_context_destroy(l->ctx); /* never ran: destroy it here */
+    if (l->ev)
+        ev_loop_destroy(l->ev); /* after the context: lws's watchers are stopped */
     for (size_t i = 0; i < l->nhandoff; i++)
         close(l->handoff[i]);
     /* a loop that never started can still hold posted jobs: run them */
