@@ -410,16 +410,18 @@ void loop_flush(struct loop *l)
         l->kick_wanted = false;
         lws_sul_cancel(&l->kick_sul);
     }
-    /* lws sleeps in poll() for whole milliseconds, rounded down, and spins
-     * with zero-timeout polls over every descriptor for whatever is left
-     * until a timer is due. So the wait is rounded down to a whole
-     * millisecond too, and under one millisecond there is no wait. */
-    int64_t wait_ms = l->flush_ns ? (l->last_flush_ns + l->flush_ns - now) / 1000000 : 0;
-    if (wait_ms > 0) {
+    int64_t wait_us = l->flush_ns ? (l->last_flush_ns + l->flush_ns - now) / 1000 : 0;
+    /* lws's poll() loop sleeps for whole milliseconds, rounded down, and
+     * spins with zero-timeout polls over every descriptor for whatever is
+     * left until a timer is due; there the wait is rounded down to a whole
+     * millisecond too (under one millisecond: no wait). libev has no such
+     * spin. */
+    if (!l->ev)
+        wait_us -= wait_us % 1000;
+    if (wait_us > 0) {
         if (!l->flush_armed) {
             l->flush_armed = true;
-            lws_sul_schedule(l->ctx, 0, &l->flush_sul, flush_timer,
-                             (lws_usec_t)wait_ms * LWS_US_PER_MS);
+            lws_sul_schedule(l->ctx, 0, &l->flush_sul, flush_timer, (lws_usec_t)wait_us);
         }
         return;
     }

@@ -305,8 +305,10 @@ void ws_idle_check(struct client *c, uint32_t now_s, uint32_t ping_s)
     if (!wsi || c->discard)
         return;
     if (quiet >= 2 * ping_s) {
-        client_kill(c, 1001, "no pong: connection timed out");
+        /* a peer that answers nothing would not read a close frame either:
+         * hang up (the client, if it is still there, sees 1006) */
         c->discard = true;
+        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         return;
     }
     /* a socket lws is still flushing is busy, not idle: ping it next time */

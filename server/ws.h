@@ -20,7 +20,7 @@ struct loop;
 void ws_kick(struct client *c, struct loop *l);
 
 /* Thread: c's home loop, once a second. Ping c when nothing came from it
- * for ping_s seconds (now_s and c->seen_s are loop ticks), close it when
+ * for ping_s seconds (now_s and c->seen_s are loop ticks), hang up when
  * nothing came for twice that. */
 void ws_idle_check(struct client *c, uint32_t now_s, uint32_t ping_s);
 
