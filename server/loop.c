@@ -76,11 +76,17 @@ struct loop {
     lws_sorted_usec_list_t flush_sul;
     lws_sorted_usec_list_t kick_sul;
     struct client **hot, **hot_next; /* received in this pass: read again */
-    size_t nhot, nhot_next, hot_cap;
+    size_t nhot, hot_cap;
     void *ssl_ctx;               /* server SSL_CTX, NULL without TLS */
     unsigned char scratch[LWS_PRE + SCRATCH_CAP];
 };
 
+
+static void loop_flush(struct loop *l);
+static void loop_want_flush(struct loop *l);
+static void loop_adopt_handoffs(struct loop *l);
+static void loop_run_jobs(struct loop *l);
+static struct client *loop_take_pending(struct loop *l);
 
 struct loop *loop_new(struct server *srv, int index, char *err, size_t errsz)
 {
@@ -173,6 +179,16 @@ static void begin_drain(struct loop *l)
                      (lws_usec_t)(l->srv->cfg->drain_timeout * LWS_US_PER_SEC));
 }
 
+/* {l->lock} held. Wake the loop for work just handed over, unless it is
+ * awake and will see the work before it polls again (take_handed_over).
+ * lws_cancel_service only writes a byte to the loop's wake pipe; it is
+ * under the lock so the context cannot be destroyed in between. */
+static void wake_locked(struct loop *l)
+{
+    if (l->alive && !l->awake)
+        lws_cancel_service(l->ctx);
+}
+
 static void drop_hot(struct loop *l)
 {
     for (size_t i = 0; i < l->nhot; i++) {
@@ -246,18 +262,17 @@ static void take_handed_over(struct loop *l)
 }
 
 /* Once a second, every client of the loop: ping it after --ping-interval
- * without a frame from it, close it after twice that (ws_idle_check). One
- * walk over the loop's list is a few microseconds per thousand clients. */
+ * without a frame from it, hang up after twice that (ws_idle_check; it never
+ * unlinks a client). One walk over the loop's list is a few microseconds
+ * per thousand clients. */
 static void idle_timer(lws_sorted_usec_list_t *sul)
 {
     struct loop *l = lws_container_of(sul, struct loop, idle_sul);
     uint32_t ping_s = (uint32_t)l->srv->cfg->ping_interval;
 
     l->tick++;
-    for (struct client *c = l->clients, *next; c; c = next) {
-        next = c->loop_next; /* a close does not unlink it yet, but be safe */
+    for (struct client *c = l->clients; c; c = c->loop_next)
         ws_idle_check(c, l->tick, ping_s);
-    }
     lws_sul_schedule(l->ctx, 0, &l->idle_sul, idle_timer, LWS_US_PER_SEC);
 }
 
@@ -375,11 +390,8 @@ void loop_schedule(struct loop *l, struct client *c)
         loop_want_flush(l);
         wake = false;
     }
-    /* lws_cancel_service is safe from any thread and only writes a byte to
-     * the loop's wake pipe; it is under the lock so the context cannot be
-     * destroyed in between. */
-    if (wake && l->alive && !l->awake)
-        lws_cancel_service(l->ctx);
+    if (wake)
+        wake_locked(l);
     pthread_mutex_unlock(&l->lock);
 }
 
@@ -400,7 +412,7 @@ static void kick_timer(lws_sorted_usec_list_t *sul)
     loop_flush(l);
 }
 
-void loop_flush(struct loop *l)
+static void loop_flush(struct loop *l)
 {
     /* Kick pending clients at most once per flush interval: while traffic
      * is dense, the frames that arrive meanwhile join the same write (one
@@ -435,7 +447,7 @@ void loop_flush(struct loop *l)
     }
 }
 
-void loop_want_flush(struct loop *l)
+static void loop_want_flush(struct loop *l)
 {
     /* run() flushes after the service pass. The pass may be in lws's timer
      * phase, just before it sleeps in poll(): a timer due now makes that
@@ -446,7 +458,7 @@ void loop_want_flush(struct loop *l)
     }
 }
 
-struct client *loop_take_pending(struct loop *l)
+static struct client *loop_take_pending(struct loop *l)
 {
     pthread_mutex_lock(&l->lock);
     struct client *list = l->pending;
@@ -502,13 +514,12 @@ int loop_post(struct loop *l, void (*fn)(void *arg), void *arg)
     }
     *l->jobs_tail = j;
     l->jobs_tail = &j->next;
-    if (!l->awake)
-        lws_cancel_service(l->ctx);
+    wake_locked(l);
     pthread_mutex_unlock(&l->lock);
     return 0;
 }
 
-void loop_run_jobs(struct loop *l)
+static void loop_run_jobs(struct loop *l)
 {
     pthread_mutex_lock(&l->lock);
     struct job *j = l->jobs;
@@ -555,13 +566,12 @@ bool loop_dispatch_fd(struct loop *l0, int fd)
         best->handoff = xrealloc(best->handoff, best->handoff_cap * sizeof(int));
     }
     best->handoff[best->nhandoff++] = dup_fd;
-    if (!best->awake)
-        lws_cancel_service(best->ctx);
+    wake_locked(best);
     pthread_mutex_unlock(&best->lock);
     return true;
 }
 
-void loop_adopt_handoffs(struct loop *l)
+static void loop_adopt_handoffs(struct loop *l)
 {
     int fds[64];
     size_t n;

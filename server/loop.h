@@ -66,22 +66,11 @@ void loop_set_ssl_ctx(struct loop *l, void *ssl_ctx);
 /* Thread: any. Swap in new certificates for handshakes from now on. */
 void loop_reload_tls(struct loop *l, struct tls_creds *c);
 
-/* Kick the pending clients now, or arm the flush timer if the last kick
- * was less than --flush-interval-us ago. Called between service passes. */
-void loop_flush(struct loop *l);
-/* From a callback: flush once the current service pass is done. */
-void loop_want_flush(struct loop *l);
 /* c received data in this service pass: read from it again before the
  * next poll (see read_more in loop.c). */
 void loop_note_rx(struct loop *l, struct client *c);
 /* Seconds since the loop started, advanced once a second (coarse, cheap). */
 uint32_t loop_tick(struct loop *l);
-/* Take the pending list (NULL-terminated via pending_next). */
-struct client *loop_take_pending(struct loop *l);
-/* Adopt the sockets other loops handed to this one. */
-void loop_adopt_handoffs(struct loop *l);
-/* Run the jobs posted with loop_post. */
-void loop_run_jobs(struct loop *l);
 bool loop_stopping(struct loop *l);
 
 #endif

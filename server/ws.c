@@ -1,7 +1,7 @@
 /*
  * ws — see ws.h. Everything here runs on the loop thread that owns the wsi;
- * the only cross-thread entry is EVENT_WAIT_CANCELLED, which drains the
- * loop's pending list filled by loop_schedule.
+ * other threads reach a connection only through its client (client.h) and
+ * the loop (loop_schedule, loop_post).
  */
 #include "ws.h"
 
@@ -124,6 +124,13 @@ static int on_established(struct lws *wsi, struct pss *pss, struct loop *l)
     return 0;
 }
 
+/* Something came from the peer: it is alive (see ws_idle_check). */
+static void mark_seen(struct client *c)
+{
+    c->seen_s = loop_tick(c->loop);
+    c->ping_out = false;
+}
+
 static int on_receive(struct lws *wsi, struct client *c, const unsigned char *in, size_t len)
 {
     struct server *srv = c->srv;
@@ -132,8 +139,7 @@ static int on_receive(struct lws *wsi, struct client *c, const unsigned char *in
 
     if (c->discard)
         return 0;
-    c->seen_s = loop_tick(c->loop);
-    c->ping_out = false;
+    mark_seen(c);
     loop_note_rx(c->loop, c);
     /* Bad input closes from the writable callback, which sends the close
      * frame and waits for the peer's; returning -1 here would drop the
@@ -343,11 +349,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         }
         return 0;
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
-        if (l) {
-            loop_adopt_handoffs(l);
-            loop_run_jobs(l);
-            loop_want_flush(l);
-        }
+        /* the wake-up is all it takes: after this pass the loop takes what
+         * other threads handed over (take_handed_over in loop.c) */
         return 0;
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
         /* draining: take no new connections; otherwise the listening loop
@@ -373,10 +376,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             return -1;
         return on_receive(wsi, pss->c, in, len);
     case LWS_CALLBACK_RECEIVE_PONG:
-        if (pss->c) {
-            pss->c->seen_s = loop_tick(l);
-            pss->c->ping_out = false;
-        }
+        if (pss->c)
+            mark_seen(pss->c);
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         if (!pss->c)
