@@ -181,27 +181,31 @@ static int on_receive(struct lws *wsi, struct client *c, const unsigned char *in
     return 0;
 }
 
-/* Send up to one batch of c's queued frames in one write. Sets *closing
- * when c is to be closed, *close_now when nothing is left to send before
- * the close, *more when frames remain for another write. Returns -1 if
+/* What send_queued left to do. */
+struct sent {
+    int close_code;         /* nonzero: c is to be closed with it */
+    const char *reason;     /* with close_code */
+    bool close_now;         /* ... and nothing is left to send first */
+    bool more;              /* frames (or the close) remain for another round */
+};
+
+/* Send up to one batch of c's queued frames in one write. Returns -1 if
  * the socket failed. */
-static int send_queued(struct lws *wsi, struct client *c, struct loop *l, bool *closing,
-                       bool *close_now, bool *more)
+static int send_queued(struct lws *wsi, struct client *c, struct loop *l, struct sent *r)
 {
     msg_t *batch[BATCH_MAX];
     size_t cap, n, queued_bytes = 0;
     unsigned char *scratch = loop_scratch(l, &cap);
-    int code, w = 0;
 
     pthread_mutex_lock(&c->lock);
-    code = c->close_code;
+    r->close_code = c->close_code;
+    r->reason = c->close_reason;
     /* a connection being closed still gets what was queued before (the
      * shutdown drain); a slow consumer's queue was already dropped */
     n = cq_pop_batch(&c->q, batch, BATCH_MAX, cap);
-    *more = cq_count(&c->q) && !cq_blocked(&c->q);
-    *close_now = code && cq_count(&c->q) == 0;
+    r->more = cq_count(&c->q) && !cq_blocked(&c->q);
+    r->close_now = r->close_code && cq_count(&c->q) == 0;
     pthread_mutex_unlock(&c->lock);
-    *closing = code != 0;
 
     if (!n)
         return 0;
@@ -222,31 +226,27 @@ static int send_queued(struct lws *wsi, struct client *c, struct loop *l, bool *
         }
         out = scratch;
     }
-    w = lws_write(wsi, (unsigned char *)out, total, LWS_WRITE_RAW);
+    int w = lws_write(wsi, (unsigned char *)out, total, LWS_WRITE_RAW);
     for (size_t i = 0; i < n; i++)
         msg_unref(&batch[i]);
     METRIC_SUB(&c->srv->metrics, queue_bytes, (int64_t)queued_bytes);
     /* a close still waiting behind this batch needs one more round */
-    if (code && !*close_now)
-        *more = true;
+    if (r->close_code && !r->close_now)
+        r->more = true;
     return w < 0 ? -1 : 0;
 }
 
 static int on_writeable(struct lws *wsi, struct client *c, struct loop *l)
 {
-    bool closing, close_now, more;
+    struct sent r;
 
-    if (send_queued(wsi, c, l, &closing, &close_now, &more) < 0)
+    if (send_queued(wsi, c, l, &r) < 0)
         return -1;
-    if (close_now) {
-        pthread_mutex_lock(&c->lock);
-        int code = c->close_code;
-        const char *reason = c->close_reason;
-        pthread_mutex_unlock(&c->lock);
-        close_with(wsi, code, reason);
+    if (r.close_now) {
+        close_with(wsi, r.close_code, r.reason);
         return -1;
     }
-    if (more)
+    if (r.more)
         lws_callback_on_writable(wsi);
     return 0;
 }
@@ -274,7 +274,7 @@ static void on_closed(struct pss *pss, struct loop *l)
 void ws_kick(struct client *c, struct loop *l)
 {
     struct lws *wsi = c->wsi;
-    bool closing, close_now, more;
+    struct sent r;
 
     if (!wsi)
         return;
@@ -286,15 +286,15 @@ void ws_kick(struct client *c, struct loop *l)
         lws_callback_on_writable(wsi);
         return;
     }
-    if (send_queued(wsi, c, l, &closing, &close_now, &more) < 0) {
+    if (send_queued(wsi, c, l, &r) < 0) {
         lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         return;
     }
     /* the close itself goes out from the writable callback, where returning
      * -1 is how lws is told to send the close frame */
-    if (closing)
+    if (r.close_code)
         lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, CLOSE_GRACE_S);
-    if (close_now || more || lws_partial_buffered(wsi))
+    if (r.close_now || r.more || lws_partial_buffered(wsi))
         lws_callback_on_writable(wsi);
 }
 
