@@ -22,5 +22,13 @@ msg_t *metrics_render(struct metrics *m, const struct store_stats *st)
               (unsigned long long)st->commits);
     mb_printf(&b, "parley_storage_commit_seconds_sum %.9f\n", st->commit_seconds_sum);
     mb_printf(&b, "parley_storage_commit_seconds_count %llu\n", (unsigned long long)st->commits);
+    mb_printf(&b, "# HELP parley_storage_wal_syncs_total WAL fdatasyncs acks waited for"
+                  " (durability full)\n# TYPE parley_storage_wal_syncs_total counter\n"
+                  "parley_storage_wal_syncs_total %llu\n",
+              (unsigned long long)st->syncs);
+    mb_printf(&b, "# HELP parley_storage_wal_sync_seconds_total Time spent in those fdatasyncs\n"
+                  "# TYPE parley_storage_wal_sync_seconds_total counter\n"
+                  "parley_storage_wal_sync_seconds_total %.9f\n",
+              st->sync_seconds_sum);
     return mb_finish(&b);
 }

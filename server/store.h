@@ -27,7 +27,10 @@ typedef struct store store_t;
 
 struct store_opts {
     const char *path;       /* SQLite file; created if missing */
-    bool durability_full;   /* synchronous=FULL instead of NORMAL */
+    bool durability_full;   /* an ack waits for the WAL on disk (synchronous=FULL's promise):
+                               done() runs after an fdatasync on the store's sync thread */
+    bool sync_in_commit;    /* durability_full only: fsync inside each COMMIT on the writer
+                               (SQLite's synchronous=FULL), for benchmark baselines */
     int batch_max;          /* most writes per transaction (default 512) */
     int batch_window_us;    /* wait this long for more writes after the first (default 1000;
                                negative: no wait) */
@@ -169,7 +172,8 @@ struct store_read {
 #define STORE_COMMIT_BUCKETS 14
 
 /* Counters since store_open, for /metrics. A commit's duration is the whole
- * transaction, BEGIN to COMMIT, as the writer thread measured it. */
+ * transaction, BEGIN to COMMIT, as the writer thread measured it; with
+ * durability_full the fdatasync that follows is counted in syncs. */
 struct store_stats {
     uint64_t commits;        /* transactions committed */
     uint64_t writes;         /* rows committed (messages and users; not barriers) */
@@ -180,6 +184,8 @@ struct store_stats {
     size_t queued;           /* writes waiting in the queue now */
     size_t retrying;         /* failed writes being retried now */
     double commit_seconds_sum;
+    uint64_t syncs;          /* WAL fdatasyncs by the sync thread (durability_full) */
+    double sync_seconds_sum;
     /* Prometheus-style cumulative histogram: commit_le_count[i] commits took at most
      * commit_le[i] seconds; the +Inf bucket is `commits`. */
     double commit_le[STORE_COMMIT_BUCKETS];

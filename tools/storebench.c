@@ -174,6 +174,8 @@ static int run_one(struct run *r)
     struct store_opts o = {
         .path = r->path,
         .durability_full = r->full,
+        /* the baseline: each message its own transaction and its own fsync */
+        .sync_in_commit = r->single,
         .batch_max = r->single ? 1 : r->batch_max,
         .batch_window_us = r->single ? -1 : r->window_us,
     };

@@ -45,7 +45,7 @@ import websockets
 
 SOURCE = os.environ.get("PARLEY_SOURCE") or os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PARLEYD = os.environ.get("PARLEYD") or os.path.join(SOURCE, "build-h5", "server", "parleyd")
+PARLEYD = os.environ.get("PARLEYD") or os.path.join(SOURCE, "build", "server", "parleyd")
 
 
 def _scale():

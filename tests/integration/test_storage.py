@@ -25,7 +25,7 @@ class StorageCase(harness.ServerCase):
 
     async def asyncSetUp(self):
         await super().asyncSetUp()
-        self.server = Server()
+        self.server = Server(args=self.server_args)
         self.addCleanup(self.server.cleanup)
         self.server.start()
 
@@ -284,11 +284,17 @@ class Crash(StorageCase):
                 await a.send({"type": "send", "room": room, "id": f"c{sent}",
                               "text": f"crash text {sent}"})
                 sent += 1
+            syncs = self.server.metric("parley_storage_wal_syncs_total")
             self.server.kill()
             await asyncio.wait_for(closed.wait(), 10 * SCALE)
         finally:
             r.cancel()
         self.assertGreater(len(acked), 0)
+        # acks waited for the sync thread's fdatasync only with --durability full
+        if "full" in self.server_args:
+            self.assertGreater(syncs, 0)
+        else:
+            self.assertEqual(syncs, 0)
         await a.close()
 
         self.server.start()
@@ -313,6 +319,12 @@ class Crash(StorageCase):
         self.assertEqual(ack["seq"], len(msgs) + 1)
         print(f"\ncrash test: sent {sent}, acked {len(acked)}, stored {len(msgs)}",
               flush=True)
+
+
+class CrashFull(Crash):
+    """The same with --durability full, where acks wait for the sync
+    thread's fdatasync instead of SQLite's in-commit fsync."""
+    server_args = ("--durability", "full")
 
 
 if __name__ == "__main__":

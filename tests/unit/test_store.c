@@ -187,6 +187,8 @@ struct tw {
     uint64_t dup_seq;
     int done_order;           /* value of *order when done ran */
     atomic_int *order;
+    store_t *store;           /* if set, done records its WAL syncs so far */
+    uint64_t syncs_seen;
 };
 
 static void tw_done(struct store_write *w)
@@ -196,6 +198,11 @@ static void tw_done(struct store_write *w)
     t->dup_seq = w->dup_seq;
     if (t->order)
         t->done_order = atomic_fetch_add(t->order, 1);
+    if (t->store) {
+        struct store_stats st;
+        store_stats(t->store, &st);
+        t->syncs_seen = st.syncs;
+    }
     atomic_fetch_add(&t->ndone, 1);
     if (t->gate)
         gate_pass(t->gate);
@@ -753,6 +760,110 @@ Test(store, barrier_completes_after_every_earlier_write)
     gate_destroy(&g);
     counter_destroy(&c);
     free(t);
+}
+
+/* --------------------------------------------------- durability full */
+
+/*
+ * With durability full an ack waits for an fdatasync of the WAL on the sync
+ * thread, which runs behind the writer: every done() comes after a sync, in
+ * submit order, and the writer keeps committing while acks wait.
+ */
+Test(store, full_durability_acks_only_after_a_wal_sync_in_order)
+{
+    enum { N = 400 };
+    struct counter c;
+    struct gate g;
+    struct tw *t = calloc(N, sizeof(*t));
+    atomic_int order = 0;
+    cr_assert_not_null(t);
+    counter_init(&c);
+    gate_init(&g);
+    struct store_opts o = {.durability_full = true, .batch_max = 16};
+    store_t *s = open_store(&o);
+
+    /* hold the sync thread inside the first ack */
+    tw_msg(&t[0], &c, "d", 1, "ann", "first", "first");
+    t[0].gate = &g;
+    t[0].order = &order;
+    t[0].store = s;
+    cr_assert_eq(store_submit(s, &t[0].w), 0);
+    gate_wait_entered(&g);
+    for (int i = 1; i < N; i++) {
+        tw_msg(&t[i], &c, "d", (uint64_t)i + 1, "ann", i % 3 ? NULL : t[i].text, "x");
+        snprintf(t[i].text, sizeof(t[i].text), "m%d", i);
+        t[i].w.msg.text_len = strlen(t[i].text);
+        t[i].order = &order;
+        t[i].store = s;
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+    }
+    /* the writer is not held by a waiting ack: it commits everything
+     * (bounded wait: only a hang could make this loop run out) */
+    struct store_stats st;
+    for (int tries = 0; tries < WAIT_LIMIT_S * 1000; tries++) {
+        store_stats(s, &st);
+        if (st.writes == N)
+            break;
+        usleep(1000);
+    }
+    cr_assert_eq(st.writes, N, "committed %" PRIu64 " of %d while an ack waited", st.writes, N);
+    cr_assert_geq(st.commits, N / 16);
+    cr_assert_eq(file_int("SELECT count(*) FROM messages WHERE room = 'd'"), N);
+    cr_assert_eq(counter_get(&c), 0, "no ack overtook the held one");
+    cr_assert_eq(atomic_load(&t[1].ndone), 0);
+
+    gate_open(&g);
+    counter_wait(&c, N);
+    store_stats(s, &st);
+    cr_assert_geq(st.syncs, 2, "the held sync, then at least one for the rest");
+    cr_assert_leq(st.syncs, st.commits);
+    cr_assert_gt(st.sync_seconds_sum, 0);
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(t[i].status, 0, "write %d: status %d", i, t[i].status);
+        cr_assert_eq(atomic_load(&t[i].ndone), 1);
+        cr_assert_eq(t[i].done_order, i, "write %d acked in place %d", i, t[i].done_order);
+        cr_assert_geq(t[i].syncs_seen, i ? 2 : 1, "write %d acked before its sync", i);
+    }
+    store_close(s);
+    gate_destroy(&g);
+    counter_destroy(&c);
+    free(t);
+}
+
+/* A WAL that cannot be synced must not produce acks: the writes are
+ * committed (the OS has them) but their submitters get -EIO. Unlinking the
+ * WAL under SQLite is the fault; SQLite keeps writing to its open file. */
+Test(store, full_durability_fails_acks_when_the_wal_cannot_be_synced)
+{
+    struct store_opts o = {.durability_full = true};
+    store_t *s = open_store(&o);
+    cr_assert_eq(put_sync(s, "w", 1, "ann", NULL, "synced", NULL), 0);
+    char wal[4300];
+    snprintf(wal, sizeof(wal), "%s-wal", dbpath);
+    cr_assert_eq(unlink(wal), 0, "unlink %s: %s", wal, strerror(errno));
+    cr_assert_eq(put_sync(s, "w", 2, "ann", NULL, "not synced", NULL), -EIO);
+    struct store_stats st;
+    store_stats(s, &st);
+    cr_assert_eq(st.failures, 1);
+    cr_assert_eq(st.writes, 2, "the row itself was committed");
+    store_close(s);
+}
+
+/* sync_in_commit: SQLite's own synchronous=FULL, no sync thread. */
+Test(store, sync_in_commit_fsyncs_inside_the_commit)
+{
+    struct store_opts o = {.durability_full = true, .sync_in_commit = true};
+    store_t *s = open_store(&o);
+    for (uint64_t i = 1; i <= 5; i++)
+        cr_assert_eq(put_sync(s, "c", i, "ann", NULL, "x", NULL), 0);
+    struct store_stats st;
+    store_stats(s, &st);
+    cr_assert_eq(st.syncs, 0);
+    cr_assert_eq(st.writes, 5);
+    sqlite3 *db = raw_open();
+    cr_assert_eq(raw_int(db, "SELECT count(*) FROM messages"), 5);
+    sqlite3_close(db);
+    store_close(s);
 }
 
 /* -------------------------------------------------------------- reads */
