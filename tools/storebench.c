@@ -2,8 +2,8 @@
  * storebench — how many messages per second the store makes durable, and
  * how long a submitter waits for its ack (submit -> done), with group commit
  * against one transaction per message. A benchmark, not a test: it prints a
- * table and judges the two targets (group >= 20x single; ack p99 < 20 ms at
- * 10,000 msg/s) but never fails a build.
+ * table and judges the two targets (group >= 20x single with durable,
+ * fsynced commits; ack p99 < 20 ms at 10,000 msg/s) but never fails a build.
  *
  *   storebench [--db PATH] [--senders N] [--messages M] [--rate R]
  *              [--mode group|single] [--durability normal|full]
@@ -12,7 +12,9 @@
  * Without --senders, --mode and --rate it runs the whole matrix: both modes
  * with 1 and 100 unpaced senders, then group commit paced at 10,000 msg/s.
  * Each sender writes its own room with gapless seqs and client ids, like
- * the broker does. A paced sender's latency counts from the moment its
+ * the broker does. The single mode is the naive store: batch_max 1 and,
+ * with --durability full, SQLite's own fsync inside every COMMIT
+ * (sync_in_commit), so each message pays a transaction and an fsync. A paced sender's latency counts from the moment its
  * message was due, not when it got round to sending it, so a stall shows up
  * in the numbers instead of quietly slowing the load down.
  *
@@ -182,6 +184,9 @@ static int run_one(struct run *r)
     int rc = -1;
 
     remove_db(r->path);
+    /* start every run on a quiet disk: the writeback of the run before
+     * would otherwise land in this run's fsyncs */
+    sync();
     r->s = store_open(&o, err, sizeof(err));
     if (!r->s) {
         fprintf(stderr, "storebench: %s\n", err);
@@ -485,8 +490,11 @@ int main(int argc, char **argv)
     if (nmodes == 2) {
         for (int si = 0; si < nsenders; si++) {
             if (tput[1][si] > 0)
-                printf("group / single throughput, %d sender(s): %.1fx (target >= 20x)\n",
-                       sender_list[si], tput[0][si] / tput[1][si]);
+                printf("group / single throughput, %d sender(s): %.1fx%s\n", sender_list[si],
+                       tput[0][si] / tput[1][si],
+                       full ? " (target >= 20x)"
+                            : " (commits do not fsync at normal; the 20x target is for "
+                              "durable commits, --durability full)");
         }
     }
     if (paced_p99 >= 0)
