@@ -101,7 +101,7 @@ static const struct cfg_opt opts[] = {
      .help = "largest WebSocket frame accepted from a client"},
     {.name = "durability", .type = OPT_ENUM, .off = OFF(durability), .def = "normal",
      .choices = durabilities,
-     .help = "normal: an ack survives a crash of parleyd; full: a power cut too (fdatasync)"},
+     .help = "what an ack survives: normal, a crash; full, a power cut too"},
     {.name = "commit-batch", .type = OPT_LONG, .off = OFF(commit_batch), .metavar = "N",
      .def = "512", .min = 1, .max = 100000, .help = "most writes grouped in one transaction"},
     {.name = "commit-window-us", .type = OPT_LONG, .off = OFF(commit_window_us),
