@@ -1524,6 +1524,40 @@ static void close_db(store_t *s, sqlite3 *db)
         log_error(MOD, "cannot close database '%s': %s", s->path, sqlite3_errstr(rc));
 }
 
+/* A mutex and its condition variable; mono: timed waits on the monotonic
+ * clock. 0, or an errno with the reason in err. */
+static int init_pair(pthread_mutex_t *m, pthread_cond_t *c, bool mono, char *err, size_t errsz)
+{
+    int rc = pthread_mutex_init(m, NULL);
+    if (rc == 0 && (rc = mono ? cond_init_mono(c) : pthread_cond_init(c, NULL)) != 0)
+        pthread_mutex_destroy(m);
+    if (rc)
+        snprintf(err, errsz, "cannot create a lock: %s", strerror(rc));
+    return rc;
+}
+
+static void destroy_pair(pthread_mutex_t *m, pthread_cond_t *c)
+{
+    pthread_cond_destroy(c);
+    pthread_mutex_destroy(m);
+}
+
+/* Tell the thread(s) waiting on cond to stop. */
+static void raise_stop(pthread_mutex_t *lock, pthread_cond_t *cond, bool *flag)
+{
+    pthread_mutex_lock(lock);
+    *flag = true;
+    pthread_cond_broadcast(cond);
+    pthread_mutex_unlock(lock);
+}
+
+static void join_thread(pthread_t tid, bool started, const char *what)
+{
+    int rc = started ? pthread_join(tid, NULL) : 0;
+    if (rc)
+        log_error(MOD, "cannot join the %s thread: %s", what, strerror(rc));
+}
+
 /* Stop and join whatever store_open started, then release everything.
  * Shared by store_close and store_open's error path. */
 static void store_destroy(store_t *s)
@@ -1536,45 +1570,18 @@ static void store_destroy(store_t *s)
     atomic_store_explicit(&s->closing_flag, true, memory_order_relaxed);
     pthread_cond_broadcast(&s->wcond);
     pthread_mutex_unlock(&s->lock);
-    if (s->writer_started) {
-        int rc = pthread_join(s->writer, NULL);
-        if (rc)
-            log_error(MOD, "cannot join the writer thread: %s", strerror(rc));
-    }
+    join_thread(s->writer, s->writer_started, "writer");
     /* the writer's last completions are queued: sync them, then stop */
-    pthread_mutex_lock(&s->sy_lock);
-    s->sy_stop = true;
-    pthread_cond_broadcast(&s->sy_cond);
-    pthread_mutex_unlock(&s->sy_lock);
-    if (s->sy_started) {
-        int rc = pthread_join(s->sy_tid, NULL);
-        if (rc)
-            log_error(MOD, "cannot join the sync thread: %s", strerror(rc));
-    }
+    raise_stop(&s->sy_lock, &s->sy_cond, &s->sy_stop);
+    join_thread(s->sy_tid, s->sy_started, "sync");
     if (s->wal_fd >= 0)
         close(s->wal_fd);
-
-    pthread_mutex_lock(&s->ck_lock);
-    s->ck_stop = true;
-    pthread_cond_broadcast(&s->ck_cond);
-    pthread_mutex_unlock(&s->ck_lock);
-    if (s->ckpt_started) {
-        int rc = pthread_join(s->ckpt_tid, NULL);
-        if (rc)
-            log_error(MOD, "cannot join the checkpoint thread: %s", strerror(rc));
-    }
-
-    pthread_mutex_lock(&s->rlock);
-    s->rclosing = true;
-    pthread_cond_broadcast(&s->rcond);
-    pthread_mutex_unlock(&s->rlock);
+    raise_stop(&s->ck_lock, &s->ck_cond, &s->ck_stop);
+    join_thread(s->ckpt_tid, s->ckpt_started, "checkpoint");
+    raise_stop(&s->rlock, &s->rcond, &s->rclosing);
     for (int i = 0; i < s->nreaders; i++) {
         struct reader *rd = &s->readers[i];
-        if (rd->started) {
-            int rc = pthread_join(rd->tid, NULL);
-            if (rc)
-                log_error(MOD, "cannot join reader thread %d: %s", i, strerror(rc));
-        }
+        join_thread(rd->tid, rd->started, "reader");
         sqlite3_finalize(rd->latest);
         sqlite3_finalize(rd->since);
         sqlite3_finalize(rd->before);
@@ -1601,15 +1608,11 @@ static void store_destroy(store_t *s)
     free(s->batch_w);
     free(s->sorted);
     free(s->retry);
-    pthread_cond_destroy(&s->sy_cond);
-    pthread_mutex_destroy(&s->sy_lock);
-    pthread_cond_destroy(&s->ck_cond);
-    pthread_mutex_destroy(&s->ck_lock);
+    destroy_pair(&s->sy_lock, &s->sy_cond);
+    destroy_pair(&s->ck_lock, &s->ck_cond);
     pthread_mutex_destroy(&s->ckpt_run);
-    pthread_cond_destroy(&s->rcond);
-    pthread_mutex_destroy(&s->rlock);
-    pthread_cond_destroy(&s->wcond);
-    pthread_mutex_destroy(&s->lock);
+    destroy_pair(&s->rlock, &s->rcond);
+    destroy_pair(&s->lock, &s->wcond);
     free(s->path);
     free(s);
 }
@@ -1640,42 +1643,18 @@ store_t *store_open(const struct store_opts *o, char *err, size_t errsz)
         s->o.close_timeout_ms = 0;
 
     /* The primitives first so store_destroy can always use them. */
-    if ((rc = pthread_mutex_init(&s->lock, NULL)) != 0) {
-        snprintf(err, errsz, "cannot create a mutex: %s", strerror(rc));
+    if (init_pair(&s->lock, &s->wcond, true, err, errsz) != 0)
         goto fail_early;
-    }
-    if ((rc = cond_init_mono(&s->wcond)) != 0) {
-        snprintf(err, errsz, "cannot create a condition variable: %s", strerror(rc));
-        goto fail_lock;
-    }
-    if ((rc = pthread_mutex_init(&s->rlock, NULL)) != 0) {
-        snprintf(err, errsz, "cannot create a mutex: %s", strerror(rc));
-        goto fail_wcond;
-    }
-    if ((rc = pthread_cond_init(&s->rcond, NULL)) != 0) {
-        snprintf(err, errsz, "cannot create a condition variable: %s", strerror(rc));
-        goto fail_rlock;
-    }
+    if (init_pair(&s->rlock, &s->rcond, false, err, errsz) != 0)
+        goto fail_w;
     if ((rc = pthread_mutex_init(&s->ckpt_run, NULL)) != 0) {
         snprintf(err, errsz, "cannot create a mutex: %s", strerror(rc));
-        goto fail_rcond;
+        goto fail_r;
     }
-    if ((rc = pthread_mutex_init(&s->ck_lock, NULL)) != 0) {
-        snprintf(err, errsz, "cannot create a mutex: %s", strerror(rc));
+    if (init_pair(&s->ck_lock, &s->ck_cond, true, err, errsz) != 0)
         goto fail_ckpt_run;
-    }
-    if ((rc = cond_init_mono(&s->ck_cond)) != 0) {
-        snprintf(err, errsz, "cannot create a condition variable: %s", strerror(rc));
-        goto fail_ck_lock;
-    }
-    if ((rc = pthread_mutex_init(&s->sy_lock, NULL)) != 0) {
-        snprintf(err, errsz, "cannot create a mutex: %s", strerror(rc));
-        goto fail_ck_cond;
-    }
-    if ((rc = pthread_cond_init(&s->sy_cond, NULL)) != 0) {
-        snprintf(err, errsz, "cannot create a condition variable: %s", strerror(rc));
-        goto fail_sy_lock;
-    }
+    if (init_pair(&s->sy_lock, &s->sy_cond, false, err, errsz) != 0)
+        goto fail_ck;
     s->sync_thread = s->o.durability_full && !s->o.sync_in_commit;
     s->wal_fd = -1;
 
@@ -1751,22 +1730,14 @@ store_t *store_open(const struct store_opts *o, char *err, size_t errsz)
 fail:
     store_destroy(s);
     return NULL;
-fail_sy_lock:
-    pthread_mutex_destroy(&s->sy_lock);
-fail_ck_cond:
-    pthread_cond_destroy(&s->ck_cond);
-fail_ck_lock:
-    pthread_mutex_destroy(&s->ck_lock);
+fail_ck:
+    destroy_pair(&s->ck_lock, &s->ck_cond);
 fail_ckpt_run:
     pthread_mutex_destroy(&s->ckpt_run);
-fail_rcond:
-    pthread_cond_destroy(&s->rcond);
-fail_rlock:
-    pthread_mutex_destroy(&s->rlock);
-fail_wcond:
-    pthread_cond_destroy(&s->wcond);
-fail_lock:
-    pthread_mutex_destroy(&s->lock);
+fail_r:
+    destroy_pair(&s->rlock, &s->rcond);
+fail_w:
+    destroy_pair(&s->lock, &s->wcond);
 fail_early:
     free(s->path);
     free(s);
