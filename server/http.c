@@ -41,7 +41,7 @@ static int start_response(struct lws *wsi, struct http_state *st, unsigned statu
     unsigned char buf[LWS_PRE + 2048], *start = buf + LWS_PRE, *p = start,
                                        *end = buf + sizeof(buf) - 1;
 
-    if (lws_add_http_common_headers(wsi, status, mime, st->headers_only ? 0 : st->len, &p, end) ||
+    if (lws_add_http_common_headers(wsi, status, mime, st->len, &p, end) ||
         add_header(wsi, "x-content-type-options:", "nosniff", &p, end) ||
         add_header(wsi, "cache-control:", etag ? "no-cache" : "no-store", &p, end) ||
         (etag && add_header(wsi, "etag:", etag, &p, end)) ||

@@ -168,9 +168,40 @@ class Http(ServerCase):
         self.assertIn(b"APP-MARK", body)
 
     def test_head(self):
-        st, h, body = self.get("/style.css", method="HEAD")
-        self.assertEqual(st, 200)
-        self.assertEqual(body, b"")
+        for path in ("/style.css", "/", "/healthz", "/metrics"):
+            with self.subTest(path=path):
+                st, h, body = self.get(path, method="HEAD")
+                self.assertEqual(st, 200)
+                self.assertEqual(body, b"")
+                _, gh, gbody = self.get(path)
+                # the GET's headers, length included (metrics change between calls)
+                self.assertEqual(h["content-type"], gh["content-type"])
+                if path != "/metrics":
+                    self.assertEqual(int(h["content-length"]), len(gbody))
+                else:
+                    self.assertGreater(int(h["content-length"]), 0)
+
+    def test_head_then_get_on_one_connection(self):
+        # the announced length must not make the server wait for a body
+        with socket.create_connection(("127.0.0.1", self.server.port), timeout=5 * SCALE) as s:
+            s.sendall(b"HEAD /style.css HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(4096)
+                self.assertTrue(chunk, "closed after HEAD")
+                data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+            self.assertEqual(rest, b"", "HEAD sent a body")
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:100])
+            self.assertTrue(data.endswith(b"\r\n\r\nok\n"), data[-100:])
 
     def test_missing_is_404(self):
         for path in ("/nope.html", "/sub/nope", "/nope/", "/index.html/x", "/wsx"):
