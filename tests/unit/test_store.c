@@ -1,7 +1,8 @@
 /*
  * Unit tests for store (SQLite): schema migrations, group commit, idempotent
  * ids, barriers, history paging, failure and retry without loss, shutdown
- * flush, start-up loads, and many submitting threads.
+ * flush, start-up loads, many submitting threads, and durability full (acks
+ * after the sync thread's fdatasync, in order, failures included).
  *
  * Nothing here waits on a clock to decide an outcome: batches are shaped by
  * holding the writer inside a done() callback (a gate), and faults are real
@@ -847,6 +848,56 @@ Test(store, full_durability_fails_acks_when_the_wal_cannot_be_synced)
     cr_assert_eq(st.failures, 1);
     cr_assert_eq(st.writes, 2, "the row itself was committed");
     store_close(s);
+}
+
+/* A failing commit with durability full: the failures reach done() through
+ * the sync thread too, in order, and what is written after the fault heals
+ * is acked after a sync as usual. */
+Test(store, full_durability_reports_failed_commits_in_order_then_recovers)
+{
+    enum { NF = 4, NOK = 3 };
+    struct counter c;
+    struct tw t[NF + NOK];
+    atomic_int order = 0;
+    counter_init(&c);
+    struct store_opts o = {.durability_full = true};
+    store_t *s = open_store(&o);
+    cr_assert_eq(put_sync(s, "e", 1, "ann", NULL, "before the fault", NULL), 0);
+
+    make_fs_fail();
+    for (int i = 0; i < NF; i++) {
+        tw_msg(&t[i], &c, "e", (uint64_t)i + 2, "ann", NULL, "during");
+        t[i].order = &order;
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+    }
+    counter_wait(&c, NF);
+    struct store_stats st;
+    store_stats(s, &st);
+    uint64_t syncs_during = st.syncs;
+    cr_assert_eq(st.failures, NF);
+    for (int i = 0; i < NF; i++) {
+        cr_assert_lt(t[i].status, 0, "write %d: status %d", i, t[i].status);
+        cr_assert_eq(t[i].done_order, i);
+    }
+
+    make_fs_work();
+    for (int i = NF; i < NF + NOK; i++) {
+        tw_msg(&t[i], &c, "e", (uint64_t)i + 2, "ann", NULL, "after");
+        t[i].order = &order;
+        t[i].store = s;
+        cr_assert_eq(store_submit(s, &t[i].w), 0);
+    }
+    counter_wait(&c, NF + NOK);
+    for (int i = NF; i < NF + NOK; i++) {
+        cr_assert_eq(t[i].status, 0, "write %d: status %d", i, t[i].status);
+        cr_assert_eq(t[i].done_order, i);
+        cr_assert_gt(t[i].syncs_seen, syncs_during, "write %d acked before a sync", i);
+    }
+    store_close(s);
+    /* the failed rows were retried and kept: no seq is missing */
+    cr_assert_eq(file_int("SELECT count(*) FROM messages WHERE room = 'e'"), 1 + NF + NOK);
+    cr_assert_eq(file_int("SELECT max(seq) FROM messages WHERE room = 'e'"), 1 + NF + NOK);
+    counter_destroy(&c);
 }
 
 /* sync_in_commit: SQLite's own synchronous=FULL, no sync thread. */
