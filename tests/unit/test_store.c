@@ -5,7 +5,9 @@
  * after the sync thread's fdatasync, in order, failures included).
  *
  * Nothing here waits on a clock to decide an outcome: batches are shaped by
- * holding the writer inside a done() callback (a gate), and faults are real
+ * holding the writer inside a done() callback (a gate; with durability full
+ * the gate holds the sync thread, and the test polls the stats until the
+ * writer has committed, bounded only as a safety net), and faults are real
  * write failures (RLIMIT_FSIZE, which stops root too, unlike chmod).
  */
 #include <criterion/criterion.h>
