@@ -28,7 +28,9 @@ typedef struct store store_t;
 struct store_opts {
     const char *path;       /* SQLite file; created if missing */
     bool durability_full;   /* an ack waits for the WAL on disk (synchronous=FULL's promise):
-                               done() runs after an fdatasync on the store's sync thread */
+                               done() runs after an fdatasync on the store's sync thread. A
+                               row is readable from its commit on, before that sync; after a
+                               failed sync every later write fails until a restart */
     bool sync_in_commit;    /* durability_full only: fsync inside each COMMIT on the writer
                                (SQLite's synchronous=FULL), for benchmark baselines */
     int batch_max;          /* most writes per transaction (default 512) */

@@ -9,6 +9,9 @@
  *   - one read-only connection for the main thread's start-up loads;
  *   - the checkpointer thread's connection (it writes only the database
  *     file, copying committed pages back from the WAL).
+ * With durability_full the sync thread also holds a descriptor of the WAL
+ * file, only to fdatasync it (SQLite takes no locks on the WAL itself, so
+ * closing it cannot drop one of SQLite's POSIX locks).
  *
  * DESIGN
  * Writes: store_submit appends to a bounded FIFO under s->lock and wakes the
@@ -27,6 +30,12 @@
  * began. Every completion, failures too, passes through the sync thread so
  * done() runs in the writer's order. (sync_in_commit keeps SQLite's own
  * FULL commit: storebench's one-transaction-per-message baseline.)
+ * Two differences from FULL, both deliberate: a row is visible to readers
+ * between its commit and its sync (as a message is to its room, which is
+ * sent before the commit anyway), and a failed fdatasync is final: Linux
+ * may have dropped the unsynced pages and marked them clean, so no later
+ * sync can be trusted to cover them, and every later write fails until
+ * parleyd restarts and SQLite recovers the WAL from what is on disk.
  * Runs of messages go in multi-row INSERTs (insert_chunk), which cuts the
  * per-statement overhead that dominated once the fsync was shared.
  *
@@ -228,11 +237,12 @@ struct store {
     bool sy_stop;                /* {sy_lock} the writer has exited */
     pthread_t sy_tid;
     bool sy_started;
+    char *wal_path;
     int wal_fd;                  /* sync thread only; -1 until the first sync */
     struct stat wal_st;          /* sync thread only: what wal_fd is */
-    bool sy_failing;             /* sync thread only: the last fdatasync failed */
+    int sy_failed;               /* sync thread only: a sync failed (its -errno): final */
 
-    /* statistics: written by the writer, read by anyone */
+    /* statistics: written by the store's threads, read by anyone */
     atomic_uint_least64_t n_commits, n_writes, n_failures, n_failed_commits, n_lost;
     atomic_uint_least64_t n_syncs, n_sync_ns;
     atomic_uint_least64_t n_commit_ns;
@@ -1009,7 +1019,7 @@ static bool backoff_wait(store_t *s, int64_t wake_ns)
 /* Writer thread: w's status is final; tell the submitter, or, when acks
  * wait for the sync thread, queue w behind the commits before it. The
  * writer stays at most queue_max completions ahead of the disk. */
-static void complete(store_t *s, struct store_write *w)
+static void report_write(store_t *s, struct store_write *w)
 {
     if (!s->sync_thread) {
         w->done(w); /* may free w */
@@ -1035,32 +1045,41 @@ static void complete(store_t *s, struct store_write *w)
  * but an fdatasync on a stale file would be a silent lie). */
 static int sync_wal(store_t *s)
 {
-    char path[4200];
     struct stat st;
 
-    snprintf(path, sizeof(path), "%s-wal", s->path);
-    if (stat(path, &st) != 0)
-        return -errno;
-    if (s->wal_fd < 0 || st.st_ino != s->wal_st.st_ino || st.st_dev != s->wal_st.st_dev) {
-        if (s->wal_fd >= 0)
-            close(s->wal_fd);
-        s->wal_fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (s->wal_fd < 0 || fstat(s->wal_fd, &s->wal_st) != 0)
-            return -errno;
-        /* the WAL's name must survive a power cut as well as its data */
-        char *slash = strrchr(path, '/');
-        if (slash == path)
-            slash[1] = '\0';
-        else if (slash)
-            *slash = '\0';
-        int dfd = open(slash ? path : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        int rc = dfd >= 0 && fsync(dfd) == 0 ? 0 : -errno;
-        if (dfd >= 0)
-            close(dfd);
-        if (rc)
-            return rc;
+    if (s->wal_fd >= 0 && fstat(s->wal_fd, &st) == 0 && st.st_nlink > 0 &&
+        stat(s->wal_path, &st) == 0 && st.st_ino == s->wal_st.st_ino &&
+        st.st_dev == s->wal_st.st_dev)
+        return fdatasync(s->wal_fd) == 0 ? 0 : -errno;
+
+    if (s->wal_fd >= 0) {
+        close(s->wal_fd);
+        s->wal_fd = -1;
     }
-    return fdatasync(s->wal_fd) == 0 ? 0 : -errno;
+    /* O_RDWR: POSIX lets fdatasync refuse a read-only descriptor */
+    int fd = open(s->wal_path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    /* the WAL's name must survive a power cut as well as its data; keep fd
+     * only once that is done, so a failure here is tried again next time */
+    char *dir = xstrdup(s->wal_path), *slash = strrchr(dir, '/');
+    if (slash)
+        slash[slash == dir ? 1 : 0] = '\0';
+    int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = dfd >= 0 && fsync(dfd) == 0 ? 0 : -errno;
+    if (dfd >= 0)
+        close(dfd);
+    free(dir);
+    if (rc == 0 && fstat(fd, &s->wal_st) != 0)
+        rc = -errno;
+    if (rc == 0 && fdatasync(fd) != 0)
+        rc = -errno;
+    if (rc) {
+        close(fd);
+        return rc;
+    }
+    s->wal_fd = fd;
+    return 0;
 }
 
 static void *sync_main(void *arg)
@@ -1081,19 +1100,19 @@ static void *sync_main(void *arg)
         bool any_ok = false;
         for (struct store_write *x = w; x; x = x->next)
             any_ok |= x->status == 0;
-        int rc = 0;
-        if (any_ok) {
+        int rc = s->sy_failed;
+        if (any_ok && !rc) {
             int64_t t0 = now_mono_ns();
             rc = sync_wal(s);
             atomic_fetch_add_explicit(&s->n_syncs, 1, memory_order_relaxed);
             atomic_fetch_add_explicit(&s->n_sync_ns, (uint64_t)(now_mono_ns() - t0),
                                       memory_order_relaxed);
-            if (rc && !s->sy_failing)
-                log_error(MOD, "cannot sync the WAL of '%s' to disk: %s; the writes it held "
-                               "get an error", s->path, strerror(-rc));
-            else if (!rc && s->sy_failing)
-                log_info(MOD, "syncing the WAL of '%s' works again", s->path);
-            s->sy_failing = rc != 0;
+            if (rc) {
+                log_error(MOD, "cannot sync the WAL of '%s' to disk: %s; every write from now "
+                               "on gets an error: restart parleyd once the disk is sound",
+                          s->path, strerror(-rc));
+                s->sy_failed = rc;
+            }
         }
         while (w) {
             struct store_write *next = w->next;
@@ -1128,7 +1147,7 @@ static size_t fail_queue(store_t *s, int status)
         w->status = status;
         w->dup_seq = 0;
         atomic_fetch_add_explicit(&s->n_failures, 1, memory_order_relaxed);
-        complete(s, w);
+        report_write(s, w);
         w = next;
     }
     return n;
@@ -1256,7 +1275,7 @@ static void *writer_main(void *arg)
                 struct store_write *w = s->batch_w[i];
                 w->status = s->batch[i].status;
                 w->dup_seq = s->batch[i].dup_seq;
-                complete(s, w);
+                report_write(s, w);
             }
             continue;
         }
@@ -1276,7 +1295,7 @@ static void *writer_main(void *arg)
             w->status = rc;
             w->dup_seq = 0;
             atomic_fetch_add_explicit(&s->n_failures, 1, memory_order_relaxed);
-            complete(s, w);
+            report_write(s, w);
         }
         if (s->nretry && !retry_until_committed(s, rc, cause))
             break;
@@ -1532,7 +1551,7 @@ static int init_pair(pthread_mutex_t *m, pthread_cond_t *c, bool mono, char *err
     if (rc == 0 && (rc = mono ? cond_init_mono(c) : pthread_cond_init(c, NULL)) != 0)
         pthread_mutex_destroy(m);
     if (rc)
-        snprintf(err, errsz, "cannot create a lock: %s", strerror(rc));
+        snprintf(err, errsz, "cannot create a mutex or condition variable: %s", strerror(rc));
     return rc;
 }
 
@@ -1581,7 +1600,7 @@ static void store_destroy(store_t *s)
     raise_stop(&s->rlock, &s->rcond, &s->rclosing);
     for (int i = 0; i < s->nreaders; i++) {
         struct reader *rd = &s->readers[i];
-        join_thread(rd->tid, rd->started, "reader");
+        join_thread(rd->tid, rd->started, "storage reader");
         sqlite3_finalize(rd->latest);
         sqlite3_finalize(rd->since);
         sqlite3_finalize(rd->before);
@@ -1613,6 +1632,7 @@ static void store_destroy(store_t *s)
     pthread_mutex_destroy(&s->ckpt_run);
     destroy_pair(&s->rlock, &s->rcond);
     destroy_pair(&s->lock, &s->wcond);
+    free(s->wal_path);
     free(s->path);
     free(s);
 }
@@ -1657,6 +1677,9 @@ store_t *store_open(const struct store_opts *o, char *err, size_t errsz)
         goto fail_ck;
     s->sync_thread = s->o.durability_full && !s->o.sync_in_commit;
     s->wal_fd = -1;
+    s->wal_path = xmalloc(strlen(s->path) + sizeof("-wal"));
+    strcpy(s->wal_path, s->path);
+    strcat(s->wal_path, "-wal");
 
     size_t bm = (size_t)s->o.batch_max;
     s->batch = xcalloc(bm, sizeof(*s->batch));
