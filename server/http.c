@@ -239,7 +239,9 @@ int http_request(struct lws *wsi, struct server *srv, struct http_state *st, con
 
     if (lws_hdr_copy(wsi, inm, sizeof(inm), WSI_TOKEN_HTTP_IF_NONE_MATCH) > 0 &&
         strcmp(inm, f->etag) == 0) {
+        /* no body, but the length is the representation's, as for HEAD */
         st->headers_only = 1;
+        st->len = f->len;
         return start_response(wsi, st, 304, f->mime, f->etag, false);
     }
     st->body = f->data;

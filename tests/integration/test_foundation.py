@@ -181,6 +181,52 @@ class Http(ServerCase):
                 else:
                     self.assertGreater(int(h["content-length"]), 0)
 
+    def test_etag_revalidation(self):
+        st, h, body = self.get("/style.css")
+        self.assertEqual(st, 200)
+        etag = h["etag"]
+        self.assertTrue(etag.startswith('"') and etag.endswith('"'), etag)
+        self.assertEqual(h["cache-control"], "no-cache")
+        for method in ("GET", "HEAD"):
+            with self.subTest(method=method):
+                st, h2, body2 = self.get("/style.css", method=method,
+                                         headers={"If-None-Match": etag})
+                self.assertEqual(st, 304)
+                self.assertEqual(body2, b"")
+                self.assertEqual(h2["etag"], etag)
+                # a 304 may only announce the representation's own length
+                self.assertEqual(int(h2.get("content-length", len(body))), len(body))
+        st, _, body3 = self.get("/style.css", headers={"If-None-Match": '"other"'})
+        self.assertEqual((st, body3), (200, body))
+        # another file's tag does not match this one
+        _, hi, _ = self.get("/")
+        self.assertNotEqual(hi["etag"], etag)
+        st, _, _ = self.get("/style.css", headers={"If-None-Match": hi["etag"]})
+        self.assertEqual(st, 200)
+
+    def test_304_then_get_on_one_connection(self):
+        _, h, _ = self.get("/style.css")
+        with socket.create_connection(("127.0.0.1", self.server.port), timeout=5 * SCALE) as s:
+            s.sendall(b"GET /style.css HTTP/1.1\r\nHost: x\r\nIf-None-Match: "
+                      + h["etag"].encode() + b"\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(4096)
+                self.assertTrue(chunk, "closed after 304")
+                data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 304"), head)
+            self.assertEqual(rest, b"", "304 sent a body")
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:100])
+            self.assertTrue(data.endswith(b"\r\n\r\nok\n"), data[-100:])
+
     def test_head_then_get_on_one_connection(self):
         # the announced length must not make the server wait for a body
         with socket.create_connection(("127.0.0.1", self.server.port), timeout=5 * SCALE) as s:
