@@ -1039,29 +1039,14 @@ static void report_write(store_t *s, struct store_write *w)
     pthread_mutex_unlock(&s->sy_lock);
 }
 
-/* Sync thread: make every WAL frame written so far durable. The WAL is
- * opened here, once, and again only if SQLite replaced the file (it removes
- * the WAL when its last connection closes, which ours never do while open,
- * but an fdatasync on a stale file would be a silent lie). */
-static int sync_wal(store_t *s)
+/* Sync thread: open the WAL for syncing, and make its name durable too
+ * (a power cut must not lose the file the frames are in). */
+static int open_wal(store_t *s)
 {
-    struct stat st;
-
-    if (s->wal_fd >= 0 && fstat(s->wal_fd, &st) == 0 && st.st_nlink > 0 &&
-        stat(s->wal_path, &st) == 0 && st.st_ino == s->wal_st.st_ino &&
-        st.st_dev == s->wal_st.st_dev)
-        return fdatasync(s->wal_fd) == 0 ? 0 : -errno;
-
-    if (s->wal_fd >= 0) {
-        close(s->wal_fd);
-        s->wal_fd = -1;
-    }
     /* O_RDWR: POSIX lets fdatasync refuse a read-only descriptor */
     int fd = open(s->wal_path, O_RDWR | O_CLOEXEC);
     if (fd < 0)
         return -errno;
-    /* the WAL's name must survive a power cut as well as its data; keep fd
-     * only once that is done, so a failure here is tried again next time */
     char *dir = xstrdup(s->wal_path), *slash = strrchr(dir, '/');
     if (slash)
         slash[slash == dir ? 1 : 0] = '\0';
@@ -1072,14 +1057,30 @@ static int sync_wal(store_t *s)
     free(dir);
     if (rc == 0 && fstat(fd, &s->wal_st) != 0)
         rc = -errno;
-    if (rc == 0 && fdatasync(fd) != 0)
-        rc = -errno;
     if (rc) {
         close(fd);
         return rc;
     }
     s->wal_fd = fd;
     return 0;
+}
+
+/* Sync thread: make every WAL frame written so far durable. SQLite never
+ * replaces the WAL while its connections are open (it removes it when the
+ * last one closes), so a removed or different file under the name means
+ * the frames are somewhere this fdatasync cannot reach: -ESTALE. */
+static int sync_wal(store_t *s)
+{
+    struct stat ours, named;
+    int rc;
+
+    if (s->wal_fd < 0 && (rc = open_wal(s)) != 0)
+        return rc;
+    if (fstat(s->wal_fd, &ours) != 0 || ours.st_nlink == 0 ||
+        stat(s->wal_path, &named) != 0 || named.st_ino != s->wal_st.st_ino ||
+        named.st_dev != s->wal_st.st_dev)
+        return -ESTALE;
+    return fdatasync(s->wal_fd) == 0 ? 0 : -errno;
 }
 
 static void *sync_main(void *arg)
@@ -1110,7 +1111,8 @@ static void *sync_main(void *arg)
             if (rc) {
                 log_error(MOD, "cannot sync the WAL of '%s' to disk: %s; every write from now "
                                "on gets an error: restart parleyd once the disk is sound",
-                          s->path, strerror(-rc));
+                          s->path,
+                          rc == -ESTALE ? "the file was removed or replaced" : strerror(-rc));
                 s->sy_failed = rc;
             }
         }
