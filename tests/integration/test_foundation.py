@@ -204,19 +204,20 @@ class Http(ServerCase):
         st, _, _ = self.get("/style.css", headers={"If-None-Match": hi["etag"]})
         self.assertEqual(st, 200)
 
-    def test_304_then_get_on_one_connection(self):
-        _, h, _ = self.get("/style.css")
+    def request_then_get(self, request, status):
+        """Send request on a fresh connection, expect `status` with no body,
+        then a GET on the same connection: an announced length must not
+        make the server wait for a body."""
         with socket.create_connection(("127.0.0.1", self.server.port), timeout=5 * SCALE) as s:
-            s.sendall(b"GET /style.css HTTP/1.1\r\nHost: x\r\nIf-None-Match: "
-                      + h["etag"].encode() + b"\r\n\r\n")
+            s.sendall(request)
             data = b""
             while b"\r\n\r\n" not in data:
                 chunk = s.recv(4096)
-                self.assertTrue(chunk, "closed after 304")
+                self.assertTrue(chunk, f"closed after {status}")
                 data += chunk
             head, _, rest = data.partition(b"\r\n\r\n")
-            self.assertTrue(head.startswith(b"HTTP/1.1 304"), head)
-            self.assertEqual(rest, b"", "304 sent a body")
+            self.assertTrue(head.startswith(b"HTTP/1.1 %d" % status), head)
+            self.assertEqual(rest, b"", "a body came with it")
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             data = b""
             while True:
@@ -227,27 +228,13 @@ class Http(ServerCase):
             self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:100])
             self.assertTrue(data.endswith(b"\r\n\r\nok\n"), data[-100:])
 
+    def test_304_then_get_on_one_connection(self):
+        _, h, _ = self.get("/style.css")
+        self.request_then_get(b"GET /style.css HTTP/1.1\r\nHost: x\r\nIf-None-Match: "
+                              + h["etag"].encode() + b"\r\n\r\n", 304)
+
     def test_head_then_get_on_one_connection(self):
-        # the announced length must not make the server wait for a body
-        with socket.create_connection(("127.0.0.1", self.server.port), timeout=5 * SCALE) as s:
-            s.sendall(b"HEAD /style.css HTTP/1.1\r\nHost: x\r\n\r\n")
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = s.recv(4096)
-                self.assertTrue(chunk, "closed after HEAD")
-                data += chunk
-            head, _, rest = data.partition(b"\r\n\r\n")
-            self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
-            self.assertEqual(rest, b"", "HEAD sent a body")
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:100])
-            self.assertTrue(data.endswith(b"\r\n\r\nok\n"), data[-100:])
+        self.request_then_get(b"HEAD /style.css HTTP/1.1\r\nHost: x\r\n\r\n", 200)
 
     def test_missing_is_404(self):
         for path in ("/nope.html", "/sub/nope", "/nope/", "/index.html/x", "/wsx"):
