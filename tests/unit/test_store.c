@@ -675,25 +675,30 @@ Test(store, long_batches_keep_duplicate_and_conflict_handling)
     counter_destroy(&c);
 }
 
+/* A database whose messages table refuses any row with the text "poison",
+ * the way a constraint would, every time. */
+static void add_poison_trigger(void)
+{
+    store_close(open_store(NULL));
+    sqlite3 *db = raw_open();
+    raw_exec(db, "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.text = 'poison' "
+                 "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END;");
+    sqlite3_close(db);
+}
+
 /* A row that fails inside a multi-row insert cannot be told from its
  * neighbours by the error: the retry runs row by row, drops it alone and
  * stores the rest. */
 Test(store, a_bad_row_in_a_long_batch_is_dropped_alone)
 {
     enum { N = 40 };
-    store_t *s = open_store(NULL);
-    store_close(s);
-    sqlite3 *db = raw_open();
-    raw_exec(db, "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.text = 'poison' "
-                 "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END;");
-    sqlite3_close(db);
-
+    add_poison_trigger();
     struct counter c;
     struct gate g;
     struct tw hold, t[N], b;
     counter_init(&c);
     gate_init(&g);
-    s = open_store(NULL);
+    store_t *s = open_store(NULL);
     tw_msg(&hold, &c, "h", 1, "ann", NULL, "hold");
     hold.gate = &g;
     cr_assert_eq(store_submit(s, &hold.w), 0);
@@ -1176,20 +1181,13 @@ Test(store, close_gives_up_on_a_lasting_fault_after_its_timeout)
 
 Test(store, a_row_that_can_never_be_stored_is_dropped_not_retried_forever)
 {
-    /* a trigger makes one row fail like a constraint would, every time */
-    store_t *s = open_store(NULL);
-    store_close(s);
-    sqlite3 *db = raw_open();
-    raw_exec(db, "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.text = 'poison' "
-                 "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END;");
-    sqlite3_close(db);
-
+    add_poison_trigger();
     struct counter c;
     struct gate g;
     struct tw t[5];
     counter_init(&c);
     gate_init(&g);
-    s = open_store(NULL);
+    store_t *s = open_store(NULL);
     tw_msg(&t[0], &c, "p", 1, "ann", NULL, "hold");
     t[0].gate = &g;
     cr_assert_eq(store_submit(s, &t[0].w), 0);
