@@ -1016,26 +1016,33 @@ static bool backoff_wait(store_t *s, int64_t wake_ns)
 
 /* ---------------------------------------------------------- completion */
 
-/* Writer thread: w's status is final; tell the submitter, or, when acks
- * wait for the sync thread, queue w behind the commits before it. The
- * writer stays at most queue_max completions ahead of the disk. */
-static void report_write(store_t *s, struct store_write *w)
+/* Writer thread: the statuses of writes w[0..n) are final; tell their
+ * submitters, or, when acks wait for the sync thread, queue them (one lock
+ * for the batch) behind the commits before them. The writer stays at most
+ * about queue_max completions ahead of the disk. */
+static void report_writes(store_t *s, struct store_write **w, size_t n)
 {
     if (!s->sync_thread) {
-        w->done(w); /* may free w */
+        for (size_t i = 0; i < n; i++)
+            w[i]->done(w[i]); /* may free w[i] */
         return;
     }
-    w->next = NULL;
+    if (!n)
+        return;
+    for (size_t i = 0; i + 1 < n; i++)
+        w[i]->next = w[i + 1];
+    w[n - 1]->next = NULL;
     pthread_mutex_lock(&s->sy_lock);
     while (s->sy_n >= s->o.queue_max)
         pthread_cond_wait(&s->sy_cond, &s->sy_lock);
     if (s->sy_tail)
-        s->sy_tail->next = w;
+        s->sy_tail->next = w[0];
     else
-        s->sy_head = w;
-    s->sy_tail = w;
-    if (s->sy_n++ == 0)
+        s->sy_head = w[0];
+    s->sy_tail = w[n - 1];
+    if (s->sy_n == 0)
         pthread_cond_broadcast(&s->sy_cond);
+    s->sy_n += n;
     pthread_mutex_unlock(&s->sy_lock);
 }
 
@@ -1149,7 +1156,7 @@ static size_t fail_queue(store_t *s, int status)
         w->status = status;
         w->dup_seq = 0;
         atomic_fetch_add_explicit(&s->n_failures, 1, memory_order_relaxed);
-        report_write(s, w);
+        report_writes(s, &w, 1);
         w = next;
     }
     return n;
@@ -1274,11 +1281,10 @@ static void *writer_main(void *arg)
         int rc = exec_batch(s, s->batch, n, true, &bad, cause, sizeof(cause));
         if (rc == 0) {
             for (size_t i = 0; i < n; i++) {
-                struct store_write *w = s->batch_w[i];
-                w->status = s->batch[i].status;
-                w->dup_seq = s->batch[i].dup_seq;
-                report_write(s, w);
+                s->batch_w[i]->status = s->batch[i].status;
+                s->batch_w[i]->dup_seq = s->batch[i].dup_seq;
             }
+            report_writes(s, s->batch_w, n);
             continue;
         }
 
@@ -1293,12 +1299,11 @@ static void *writer_main(void *arg)
         }
         atomic_store_explicit(&s->n_retrying, s->nretry, memory_order_relaxed);
         for (size_t i = 0; i < n; i++) {
-            struct store_write *w = s->batch_w[i];
-            w->status = rc;
-            w->dup_seq = 0;
+            s->batch_w[i]->status = rc;
+            s->batch_w[i]->dup_seq = 0;
             atomic_fetch_add_explicit(&s->n_failures, 1, memory_order_relaxed);
-            report_write(s, w);
         }
+        report_writes(s, s->batch_w, n);
         if (s->nretry && !retry_until_committed(s, rc, cause))
             break;
     }
