@@ -15,6 +15,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <openssl/rand.h>
 #include <stdio.h>
@@ -75,6 +76,47 @@ struct broker {
     unsigned idem_puts;    /* {idem_lock} sweep every so many inserts */
     int64_t idem_ttl_ms;
     _Atomic unsigned takes; /* rate-limit checks, for the amortised bucket sweep */
+    ratelimit_t *joins;     /* per user: joins and leaves (they make presence) */
+    ratelimit_t *creates;   /* per user: rooms brought into memory (--max-new-rooms) */
+};
+
+/*
+ * A connection waiting for a room to load (its seq read from storage). What
+ * it sent from the request that needs the room on waits here, in order, and
+ * its socket is not read meanwhile (loop_rx_flow); once the room is loaded
+ * the frames are handled as if they had just arrived.
+ */
+struct pframe {
+    struct pframe *next;
+    bool counted;  /* its first request was already counted and rate-checked */
+    bool url_join; /* not a frame: the room= of the query string (data = room) */
+    size_t len;
+    char data[];
+};
+
+struct park {
+    struct room *room;          /* the room being loaded (a reference) */
+    struct pframe *head, **tail;
+    size_t bytes;
+    char ref[CODEC_REF_MAX + 1]; /* the waiting request's ref, for a failed load */
+};
+
+/* A room's last seq on its way from storage: a barrier (everything queued
+ * before it, that room's messages included, is committed), then a read of
+ * the room's latest message. */
+struct room_load {
+    struct store_write w;
+    struct store_read r;
+    struct broker *b;
+    struct room *rm; /* a reference */
+};
+
+/* A load finished: resume one waiting connection on its home loop. */
+struct resume {
+    struct broker *b;
+    struct client *c;
+    const struct room *rm; /* identity only: the park holds the reference */
+    bool ok;
 };
 
 /* A storage write in flight, owned by the store until done(). */
@@ -269,17 +311,75 @@ static msg_t *enc_typing(enum codec_fmt f, void *arg)
     return codec_typing(f, a->room, a->user);
 }
 
-/* {room lock}. Send a presence event to every member but skip. */
-static void announce_locked(struct room *rm, const char *user, bool join, struct client *skip)
+/* {room lock}. Send a presence event about user to every member but
+ * user's own connections. */
+static void announce_locked(struct room *rm, const char *user, bool join)
 {
     struct fanout f = {0};
     struct presence_arg a = {rm->name, user, join};
     for (size_t i = 0; i < rm->nmembers; i++) {
         struct client *m = rm->members[i];
-        if (m != skip)
+        if (strcmp(m->user, user) != 0)
             client_push(m, fanout_get(&f, m->fmt, enc_presence, &a));
     }
     fanout_release(&f);
+}
+
+/* {room lock}. user's connections in rm changed (or a deferred change is
+ * due): announce what room_presence_locked decides. Returns true if the
+ * change waits: the caller keeps the room on c->pres_due (broker_tick). */
+static bool presence_locked(struct broker *b, struct room *rm, const char *user, bool force)
+{
+    bool present = false;
+    switch (room_presence_locked(rm, user, now_mono_ms(), force, &present)) {
+    case ROOM_PRES_ANNOUNCE:
+        announce_locked(rm, user, present);
+        return false;
+    case ROOM_PRES_DEFERRED:
+        METRIC_INC(&b->srv->metrics, presence_deferred_total);
+        return true;
+    case ROOM_PRES_NONE:
+        break;
+    }
+    return false;
+}
+
+/* {home loop}. Remember that rm owes the others a presence change of c's
+ * user; broker_tick (once a second) or the disconnect settles it. */
+static void pres_due_add(struct client *c, struct room *rm)
+{
+    for (unsigned i = 0; i < c->npres_due; i++)
+        if (c->pres_due[i] == rm)
+            return;
+    c->pres_due = xrealloc(c->pres_due, (c->npres_due + 1) * sizeof(*c->pres_due));
+    c->pres_due[c->npres_due++] = rooms_ref(rm);
+}
+
+/* {home loop}. Settle what c's rooms owe (force: whatever the budget). */
+static void pres_due_flush(struct broker *b, struct client *c, bool force)
+{
+    unsigned k = 0;
+    for (unsigned i = 0; i < c->npres_due; i++) {
+        struct room *rm = c->pres_due[i];
+        pthread_mutex_lock(&rm->lock);
+        bool still = presence_locked(b, rm, c->user, force);
+        pthread_mutex_unlock(&rm->lock);
+        if (still)
+            c->pres_due[k++] = rm;
+        else
+            rooms_release(b->rooms, &rm);
+    }
+    c->npres_due = k;
+    if (!k) {
+        free(c->pres_due);
+        c->pres_due = NULL;
+    }
+}
+
+void broker_tick(struct broker *b, struct client *c)
+{
+    if (c->npres_due)
+        pres_due_flush(b, c, false);
 }
 
 /* ------------------------------------------------------------ storage */
@@ -433,6 +533,244 @@ static void answer_range_locked(struct broker *b, struct client *c, struct room 
         loop_schedule(c->loop, c);
         read_release(pr);
     }
+}
+
+/* ---------------------------------------------- rooms loaded from storage */
+
+static void process_frame(struct broker *b, struct client *c, const char *buf, size_t len,
+                          bool counted);
+static void url_join(struct broker *b, struct client *c, const char *room, bool counted);
+
+/* A parked connection may not have sent more than this meanwhile: its
+ * socket is not read, so only what lws had already taken in arrives. */
+static size_t park_max(const struct broker *b)
+{
+    return 4 * (size_t)b->srv->cfg->max_frame + 65536;
+}
+
+/* {home loop}. Keep len bytes of input of a parked connection for later. */
+static void park_append(struct broker *b, struct client *c, const char *data, size_t len,
+                        bool counted, bool is_url_join)
+{
+    struct park *pk = c->park;
+    if (pk->bytes + len > park_max(b)) {
+        c->discard = true;
+        client_kill(c, 1008, "too much input while a room loads");
+        return;
+    }
+    struct pframe *f = xmalloc(sizeof(*f) + len + 1);
+    f->next = NULL;
+    f->counted = counted;
+    f->url_join = is_url_join;
+    f->len = len;
+    memcpy(f->data, data, len);
+    f->data[len] = '\0';
+    *pk->tail = f;
+    pk->tail = &f->next;
+    pk->bytes += len;
+}
+
+static void park_free(struct broker *b, struct park *pk)
+{
+    if (!pk)
+        return;
+    for (struct pframe *f = pk->head, *n; f; f = n) {
+        n = f->next;
+        free(f);
+    }
+    rooms_release(b->rooms, &pk->room);
+    free(pk);
+}
+
+/* {home loop}. c's current request waits for rm to load; rm's reference
+ * moves to the park. The caller (process_frame, url join) then keeps the
+ * request itself and whatever follows it. */
+static void park(struct client *c, struct room *rm, const char *ref)
+{
+    struct park *pk = xcalloc(1, sizeof(*pk));
+    pk->room = rm;
+    pk->tail = &pk->head;
+    str_lcpy(pk->ref, ref, sizeof(pk->ref));
+    c->park = pk;
+    loop_rx_flow(c->loop, c, false);
+}
+
+/* {c's home loop}. rm's load finished: handle what c sent meanwhile. */
+static void resume_job(void *arg)
+{
+    struct resume *rs = arg;
+    struct broker *b = rs->b;
+    struct client *c = rs->c;
+    struct park *pk = c->park;
+
+    /* gone (broker_disconnected freed the park) or not this room's */
+    if (!pk || pk->room != rs->rm) {
+        client_unref(&rs->c);
+        free(rs);
+        return;
+    }
+    c->park = NULL;
+    struct pframe *f = pk->head;
+    pk->head = NULL;
+    if (f && !rs->ok) {
+        /* the waiting request cannot be carried out: answer it, go on with
+         * the rest (a text frame's following lines, later frames) */
+        reply_error(c, ERR_INTERNAL, "cannot load the room from storage, try again", pk->ref);
+        const char *nl = f->url_join || c->fmt == FMT_JSON ? NULL : memchr(f->data, '\n', f->len);
+        struct pframe *next = f->next;
+        if (nl) {
+            size_t skip = (size_t)(nl + 1 - f->data);
+            memmove(f->data, nl + 1, f->len - skip);
+            f->len -= skip;
+            f->counted = false;
+        } else {
+            free(f);
+            f = next;
+        }
+    }
+    while (f) {
+        struct pframe *next = f->next;
+        if (c->park) {
+            /* parked again on another room: the rest waits behind what that
+             * request left, in order */
+            *c->park->tail = f;
+            while (f->next)
+                f = f->next;
+            c->park->tail = &f->next;
+            break;
+        }
+        if (!c->discard) {
+            if (f->url_join)
+                url_join(b, c, f->data, f->counted);
+            else
+                process_frame(b, c, f->data, f->len, f->counted);
+        }
+        free(f);
+        f = next;
+    }
+    park_free(b, pk);
+    if (!c->park)
+        loop_rx_flow(c->loop, c, true);
+    client_unref(&rs->c);
+    free(rs);
+}
+
+/* Any thread. The load of ld->rm ended: set the room's state and wake every
+ * connection that waits for it. */
+static void load_finish(struct room_load *ld, bool ok, uint64_t seq)
+{
+    struct broker *b = ld->b;
+    struct room *rm = ld->rm;
+    size_t n;
+
+    pthread_mutex_lock(&rm->lock);
+    if (ok) {
+        rm->seq = seq;
+        rm->state = ROOM_READY;
+    } else {
+        rm->state = ROOM_COLD; /* the next request tries again */
+    }
+    struct client **w = room_take_waiters_locked(rm, &n);
+    pthread_mutex_unlock(&rm->lock);
+    if (!ok)
+        log_warn("broker", "cannot load room '%s' from storage", rm->name);
+    for (size_t i = 0; i < n; i++) {
+        struct resume *rs = xmalloc(sizeof(*rs));
+        *rs = (struct resume){.b = b, .c = w[i], .rm = rm, .ok = ok};
+        if (loop_post(w[i]->loop, resume_job, rs) != 0) {
+            client_unref(&rs->c); /* the loop has stopped: nobody to resume */
+            free(rs);
+        }
+    }
+    free(w);
+    rooms_release(b->rooms, &ld->rm);
+    free(ld);
+}
+
+static void load_read_done(struct store_read *r)
+{
+    struct room_load *ld = (struct room_load *)((char *)r - offsetof(struct room_load, r));
+    bool ok = r->status == 0;
+    uint64_t seq = ok && r->n ? r->msgs[r->n - 1].seq : 0;
+    store_read_release(r);
+    load_finish(ld, ok, seq);
+}
+
+static void load_barrier_done(struct store_write *w)
+{
+    struct room_load *ld = (struct room_load *)w;
+    if (w->status != 0) {
+        load_finish(ld, false, 0);
+        return;
+    }
+    /* everything written before the barrier is committed and readable */
+    str_lcpy(ld->r.room, ld->rm->name, sizeof(ld->r.room));
+    ld->r.mode = SR_LATEST;
+    ld->r.limit = 1;
+    ld->r.done = load_read_done;
+    if (store_read_submit(ld->b->srv->store, &ld->r) != 0)
+        load_finish(ld, false, 0);
+}
+
+/* Read rm's last seq from storage (takes its own reference). */
+static void room_load(struct broker *b, struct room *rm)
+{
+    struct room_load *ld = xcalloc(1, sizeof(*ld));
+    ld->b = b;
+    ld->rm = rooms_ref(rm);
+    ld->w.kind = SW_BARRIER;
+    ld->w.done = load_barrier_done;
+    METRIC_INC(&b->srv->metrics, room_loads_total);
+    if (store_submit(b->srv->store, &ld->w) != 0)
+        load_finish(ld, false, 0);
+}
+
+/* Per user: may c bring another room into memory? Answers rate_limited if
+ * not. */
+static bool create_ok(struct broker *b, struct client *c, const char *ref)
+{
+    int64_t retry_ms;
+    char msg[96];
+    if (ratelimit_take(b->creates, c->user, now_mono_ns(), &retry_ms, NULL))
+        return true;
+    METRIC_INC(&b->srv->metrics, rooms_refused_total);
+    METRIC_INC(&b->srv->metrics, rate_limited_total);
+    METRIC_INC(&b->srv->metrics, protocol_errors_total);
+    snprintf(msg, sizeof(msg), "too many new rooms: %.0f an hour at most",
+             b->srv->cfg->max_new_rooms);
+    reply(c, codec_error(c->fmt, ERR_RATE_LIMITED, msg, ref, retry_ms));
+    return false;
+}
+
+/*
+ * {home loop}. Room `name` with its seq known, with a reference, for a
+ * request that needs the seq (join, dm, history). NULL when the request was
+ * answered (over --max-new-rooms) or parked: the room is not in memory, or
+ * not yet loaded, and the request runs again once it is.
+ */
+static struct room *room_for(struct broker *b, struct client *c, const char *name,
+                             const char *ref)
+{
+    struct room *rm = rooms_acquire(b->rooms, name, false);
+    if (!rm) {
+        if (!create_ok(b, c, ref))
+            return NULL;
+        rm = rooms_acquire(b->rooms, name, true);
+    }
+    pthread_mutex_lock(&rm->lock);
+    if (rm->state == ROOM_READY) {
+        pthread_mutex_unlock(&rm->lock);
+        return rm;
+    }
+    bool start = rm->state == ROOM_COLD;
+    if (start)
+        rm->state = ROOM_LOADING;
+    room_add_waiter_locked(rm, c);
+    pthread_mutex_unlock(&rm->lock);
+    park(c, rm, ref);
+    if (start)
+        room_load(b, rm);
+    return NULL;
 }
 
 /* ------------------------------------------------------------- requests */
@@ -663,7 +1001,9 @@ static void do_join(struct broker *b, struct client *c, const struct req *r)
         reply_error(c, ERR_BAD_REQUEST, "too many rooms joined on this connection", r->ref);
         return;
     }
-    struct room *rm = rooms_acquire(b->rooms, r->room, true);
+    struct room *rm = room_for(b, c, r->room, r->ref);
+    if (!rm)
+        return;
     pthread_mutex_lock(&rm->lock);
     if ((long)rm->nmembers >= cfg->max_room_members && !room_has_member_locked(rm, c)) {
         pthread_mutex_unlock(&rm->lock);
@@ -671,10 +1011,9 @@ static void do_join(struct broker *b, struct client *c, const struct req *r)
         reply_error(c, ERR_FORBIDDEN, "the room is full", r->ref);
         return;
     }
-    bool added = room_add_member_locked(rm, c);
+    bool added = room_add_member_locked(rm, c), due = false;
     if (added) {
-        if (room_user_conns_locked(rm, c->user) == 1)
-            announce_locked(rm, c->user, true, c);
+        due = presence_locked(b, rm, c->user, false);
         c->joined = xrealloc(c->joined, (c->njoined + 1) * sizeof(*c->joined));
         c->joined[c->njoined++].room = rm; /* the membership keeps our reference */
     }
@@ -689,6 +1028,8 @@ static void do_join(struct broker *b, struct client *c, const struct req *r)
     }
     answer_range_locked(b, c, rm, READ_JOINED, a, z, false, r->ref);
     pthread_mutex_unlock(&rm->lock);
+    if (due)
+        pres_due_add(c, rm);
     c->current = joined_find(c, r->room);
     if (!added)
         rooms_release(b->rooms, &rm);
@@ -697,10 +1038,13 @@ static void do_join(struct broker *b, struct client *c, const struct req *r)
 /* {home loop}. Leave one room: membership, presence, reference. */
 static void leave_room(struct broker *b, struct client *c, struct room *rm)
 {
+    bool due = false;
     pthread_mutex_lock(&rm->lock);
-    if (room_remove_member_locked(rm, c) && room_user_conns_locked(rm, c->user) == 0)
-        announce_locked(rm, c->user, false, NULL);
+    if (room_remove_member_locked(rm, c))
+        due = presence_locked(b, rm, c->user, false);
     pthread_mutex_unlock(&rm->lock);
+    if (due)
+        pres_due_add(c, rm);
     joined_remove(c, rm);
     if (c->current == rm)
         c->current = c->njoined ? c->joined[c->njoined - 1].room : NULL;
@@ -843,7 +1187,9 @@ static void do_dm(struct broker *b, struct client *c, const struct req *r)
         return;
     }
     codec_dm_room(c->user, r->to, room);
-    struct room *rm = rooms_acquire(b->rooms, room, true);
+    struct room *rm = room_for(b, c, room, r->ref);
+    if (!rm)
+        return;
     publish(b, c, rm, r->to, r);
     rooms_release(b->rooms, &rm);
 }
@@ -855,11 +1201,10 @@ static void do_history(struct broker *b, struct client *c, const struct req *r)
                     r->ref);
         return;
     }
-    struct room *rm = rooms_acquire(b->rooms, r->room, false);
-    if (!rm) {
-        reply(c, codec_history(c->fmt, r->room, NULL, 0, false, r->ref));
+    /* a room not in memory may still have history in storage */
+    struct room *rm = room_for(b, c, r->room, r->ref);
+    if (!rm)
         return;
-    }
     uint64_t limit = (uint64_t)r->limit;
     pthread_mutex_lock(&rm->lock);
     uint64_t hi = rm->seq;
@@ -929,20 +1274,25 @@ static void do_typing(struct broker *b, struct client *c, const struct req *r)
     fanout_release(&f);
 }
 
-/* Token bucket per user on send, dm and typing. False after answering
- * rate_limited (or closing 4029 for sustained abuse). */
-static bool rate_ok(struct broker *b, struct client *c, const struct req *r)
+/* Token bucket per user: rl is the messages bucket (send, dm, typing) or
+ * the joins bucket (join, leave). False after answering rate_limited (or
+ * closing 4029 for sustained abuse). */
+static bool rate_ok(struct broker *b, struct client *c, const struct req *r, ratelimit_t *rl)
 {
     int64_t retry_ms;
     unsigned strikes;
     char msg[96];
 
     int64_t now = now_mono_ns();
-    /* reclaim buckets idle for 10 minutes, a sweep every 64k checks: no
+    /* reclaim buckets idle for 10 minutes (an hour for new rooms: their
+     * bucket takes that long to refill), a sweep every 64k checks: no
      * timer thread, and the sweep is memory-only */
-    if ((atomic_fetch_add_explicit(&b->takes, 1, memory_order_relaxed) & 0xffff) == 0xffff)
+    if ((atomic_fetch_add_explicit(&b->takes, 1, memory_order_relaxed) & 0xffff) == 0xffff) {
         ratelimit_sweep(b->srv->ratelimit, now, (int64_t)600 * 1000000000);
-    if (ratelimit_take(b->srv->ratelimit, c->user, now, &retry_ms, &strikes))
+        ratelimit_sweep(b->joins, now, (int64_t)600 * 1000000000);
+        ratelimit_sweep(b->creates, now, (int64_t)3600 * 1000000000);
+    }
+    if (ratelimit_take(rl, c->user, now, &retry_ms, &strikes))
         return true;
     METRIC_INC(&b->srv->metrics, rate_limited_total);
     if ((long)strikes >= b->srv->cfg->abuse_strikes) {
@@ -951,21 +1301,30 @@ static bool rate_ok(struct broker *b, struct client *c, const struct req *r)
         client_kill(c, 4029, "rate limit abuse");
         return false;
     }
-    snprintf(msg, sizeof(msg), "slow down: %.0f messages per second at most",
-             b->srv->cfg->rate);
+    if (rl == b->joins)
+        snprintf(msg, sizeof(msg), "slow down: %g joins and leaves per second at most",
+                 b->srv->cfg->join_rate);
+    else
+        snprintf(msg, sizeof(msg), "slow down: %.0f messages per second at most",
+                 b->srv->cfg->rate);
     METRIC_INC(&b->srv->metrics, protocol_errors_total);
     reply(c, codec_error(c->fmt, ERR_RATE_LIMITED, msg, r->ref, retry_ms));
     return false;
 }
 
-static void handle(struct broker *b, struct client *c, const struct req *r)
+/* counted: a request replayed after its room loaded, already rate-checked */
+static void handle(struct broker *b, struct client *c, const struct req *r, bool counted)
 {
     if (!c->authed && r->type != REQ_HELLO && r->type != REQ_PING && r->type != REQ_HELP &&
         r->type != REQ_QUIT) {
         reply_error(c, ERR_AUTH_REQUIRED, "say hello first", r->ref);
         return;
     }
-    if ((r->type == REQ_SEND || r->type == REQ_DM || r->type == REQ_TYPING) && !rate_ok(b, c, r))
+    if (!counted && (r->type == REQ_SEND || r->type == REQ_DM || r->type == REQ_TYPING) &&
+        !rate_ok(b, c, r, b->srv->ratelimit))
+        return;
+    /* joins and leaves make presence events for everyone in the room */
+    if (!counted && (r->type == REQ_JOIN || r->type == REQ_LEAVE) && !rate_ok(b, c, r, b->joins))
         return;
     switch (r->type) {
     case REQ_HELLO:
@@ -1009,33 +1368,42 @@ static void handle(struct broker *b, struct client *c, const struct req *r)
 
 /* ------------------------------------------------------------- entry points */
 
-static void handle_one(struct broker *b, struct client *c, const char *buf, size_t len)
+static void handle_one(struct broker *b, struct client *c, const char *buf, size_t len,
+                       bool counted)
 {
     struct req r;
     char msg[160];
     enum err_code e;
 
     memset(&r, 0, sizeof(r));
-    /* every request frame of a signed-in user counts, malformed or not */
-    if (c->authed)
+    /* every request frame of a signed-in user counts, malformed or not
+     * (once: not again when it is replayed after a room loaded) */
+    if (c->authed && !counted)
         counters_inc(b->srv->counters, c->user);
     if (c->fmt == FMT_TEXT)
         e = codec_decode_text(buf, len, c->current ? c->current->name : "", &b->lim, &r, msg,
                               sizeof(msg));
     else
         e = codec_decode_json(buf, len, &b->lim, &r, msg, sizeof(msg));
-    METRIC_INC(&b->srv->metrics, requests_total);
+    if (!counted)
+        METRIC_INC(&b->srv->metrics, requests_total);
     if (e != ERR_NONE)
         reply_error(c, e, msg, r.ref);
     else
-        handle(b, c, &r);
+        handle(b, c, &r, counted);
     req_release(&r);
 }
 
-void broker_frame(struct broker *b, struct client *c, const char *buf, size_t len)
+/* {home loop}, c not parked. counted: the first request was handled before
+ * (it parked), do not count or rate-check it again. A request that parks c
+ * keeps itself and the rest of the frame in the park. */
+static void process_frame(struct broker *b, struct client *c, const char *buf, size_t len,
+                          bool counted)
 {
     if (c->fmt == FMT_JSON) {
-        handle_one(b, c, buf, len);
+        handle_one(b, c, buf, len, counted);
+        if (c->park)
+            park_append(b, c, buf, len, true, false);
         return;
     }
     /* text mode: one command per line; a frame may carry several */
@@ -1045,10 +1413,42 @@ void broker_frame(struct broker *b, struct client *c, const char *buf, size_t le
         size_t n = (size_t)((nl ? nl : end) - p);
         if (n && p[n - 1] == '\r')
             n--;
-        if (n)
-            handle_one(b, c, p, n);
+        if (n) {
+            handle_one(b, c, p, n, counted);
+            counted = false;
+            if (c->park) {
+                park_append(b, c, p, (size_t)(end - p), true, false);
+                return;
+            }
+        }
         p = nl ? nl + 1 : end;
     }
+}
+
+void broker_frame(struct broker *b, struct client *c, const char *buf, size_t len)
+{
+    if (c->park) {
+        /* waiting for a room: keep it, in order (the socket is not read
+         * meanwhile, so this is only what lws had already taken in) */
+        park_append(b, c, buf, len, false, false);
+        return;
+    }
+    process_frame(b, c, buf, len, false);
+}
+
+/* {home loop}. The room= of the query string: a join. */
+static void url_join(struct broker *b, struct client *c, const char *room, bool counted)
+{
+    struct req r;
+    memset(&r, 0, sizeof(r));
+    r.type = REQ_JOIN;
+    str_lcpy(r.room, room, sizeof(r.room));
+    r.limit = CODEC_LIMIT_DEFAULT;
+    if (!counted && !rate_ok(b, c, &r, b->joins))
+        return;
+    do_join(b, c, &r);
+    if (c->park)
+        park_append(b, c, room, strlen(room), true, true);
 }
 
 void broker_connected(struct broker *b, struct client *c, const char *user, const char *token,
@@ -1084,17 +1484,19 @@ void broker_connected(struct broker *b, struct client *c, const char *user, cons
             reply_error(c, ERR_AUTH_REQUIRED, "say hello first (room= needs user=)", "");
             return;
         }
-        r.type = REQ_JOIN;
-        str_lcpy(r.room, room, sizeof(r.room));
-        r.limit = CODEC_LIMIT_DEFAULT;
-        do_join(b, c, &r);
+        url_join(b, c, room, false);
     }
 }
 
 void broker_disconnected(struct broker *b, struct client *c)
 {
+    park_free(b, c->park);
+    c->park = NULL;
     while (c->njoined)
         leave_room(b, c, c->joined[c->njoined - 1].room);
+    /* nobody will tick for this connection again: what its rooms owe the
+     * others is announced now */
+    pres_due_flush(b, c, true);
     if (c->authed) {
         pthread_mutex_lock(&b->users_lock);
         struct user *u = user_get_locked(b, c->user, false);
@@ -1114,12 +1516,17 @@ size_t broker_active_rooms(struct broker *b)
     return rooms_active(b->rooms);
 }
 
-/* ------------------------------------------------------------- lifecycle */
-
-static void load_room(void *arg, const char *room, uint64_t seq)
+void broker_room_stats(struct broker *b, struct broker_room_stats *out)
 {
-    rooms_preload(((struct broker *)arg)->rooms, room, seq);
+    struct rooms_stats st;
+    rooms_stats(b->rooms, &st);
+    out->active = st.active;
+    out->held = st.held;
+    out->idle = st.idle;
+    out->reclaimed = st.reclaimed;
 }
+
+/* ------------------------------------------------------------- lifecycle */
 
 static void load_user(void *arg, const char *name, const char *email)
 {
@@ -1143,7 +1550,9 @@ struct broker *broker_new(struct server *srv, char *err, size_t errsz)
 {
     struct broker *b = xcalloc(1, sizeof(*b));
     b->srv = srv;
-    b->rooms = rooms_new(HISTORY_WINDOW);
+    b->rooms = rooms_new(HISTORY_WINDOW, (size_t)srv->cfg->room_cache);
+    b->joins = ratelimit_new(srv->cfg->join_rate, srv->cfg->join_burst);
+    b->creates = ratelimit_new(srv->cfg->max_new_rooms / 3600.0, srv->cfg->max_new_rooms);
     b->lim.max_text = (size_t)srv->cfg->max_text;
     b->idem_ttl_ms = srv->cfg->idempotency_ttl * 1000;
     pthread_mutex_init(&b->users_lock, NULL);
@@ -1151,11 +1560,16 @@ struct broker *broker_new(struct server *srv, char *err, size_t errsz)
     b->users = strmap_new();
     b->idem = strmap_new();
 
-    /* single-threaded here: the I/O threads have not started */
-    if (store_load_rooms(srv->store, load_room, b) != 0 ||
-        store_load_users(srv->store, load_user, b) != 0 ||
+    /* single-threaded here: the I/O threads have not started. Rooms are
+     * not loaded: each is read from storage when first needed (room_for). */
+    if (!b->joins || !b->creates) {
+        snprintf(err, errsz, "invalid --join-rate, --join-burst or --max-new-rooms");
+        broker_free(b);
+        return NULL;
+    }
+    if (store_load_users(srv->store, load_user, b) != 0 ||
         store_load_ids(srv->store, now_wall_ms() - b->idem_ttl_ms, load_id, b) != 0) {
-        snprintf(err, errsz, "cannot load rooms, users and recent ids from storage");
+        snprintf(err, errsz, "cannot load users and recent ids from storage");
         broker_free(b);
         return NULL;
     }
@@ -1172,6 +1586,8 @@ void broker_free(struct broker *b)
     if (!b)
         return;
     rooms_free(b->rooms);
+    ratelimit_free(b->joins);
+    ratelimit_free(b->creates);
     strmap_free(b->users, user_free);
     strmap_free(b->idem, free_ptr);
     pthread_mutex_destroy(&b->users_lock);

@@ -21,8 +21,9 @@ struct server;
 struct client;
 struct broker;
 
-/* Thread: main. Builds the in-memory state from storage (rooms and their
- * seqs, users seen, recent client ids). NULL with err on failure. */
+/* Thread: main. Builds the in-memory state from storage (users seen,
+ * recent client ids; rooms are read when first needed). NULL with err on
+ * failure. */
 struct broker *broker_new(struct server *srv, char *err, size_t errsz);
 void broker_free(struct broker *b);
 
@@ -36,6 +37,10 @@ void broker_frame(struct broker *b, struct client *c, const char *buf, size_t le
  * the user's claim, announce presence. */
 void broker_disconnected(struct broker *b, struct client *c);
 
+/* Thread: home loop of c, about once a second: announce the presence
+ * changes of c's user that waited for their budget (see room.h). */
+void broker_tick(struct broker *b, struct client *c);
+
 /* Thread: any. A new account exists (for no_such_user). */
 void broker_user_added(struct broker *b, const char *name, const char *email);
 
@@ -45,5 +50,13 @@ int broker_reload_users(struct broker *b);
 
 /* Thread: any. Rooms that currently have members. */
 size_t broker_active_rooms(struct broker *b);
+/* Thread: any. The room registry's size (O(1)), for /metrics. */
+struct broker_room_stats {
+    size_t active;      /* rooms with members */
+    size_t held;        /* rooms in memory: with members, idle or loading */
+    size_t idle;        /* rooms in memory that nobody is in */
+    unsigned long long reclaimed; /* rooms removed from memory since start */
+};
+void broker_room_stats(struct broker *b, struct broker_room_stats *out);
 
 #endif

@@ -23,6 +23,7 @@
 struct loop;
 struct server;
 struct joined;
+struct park;
 struct room;
 
 /* Fields are grouped by who may touch them and ordered to pack: every
@@ -43,9 +44,12 @@ struct client {
     struct client *loop_prev, *loop_next; /* the loop's list of live clients */
     struct room *current;          /* text mode: the room joined last (one of joined) */
     struct joined *joined;         /* rooms this connection has joined */
+    struct park *park;             /* waiting for a room to load (broker.c), or NULL */
+    struct room **pres_due;        /* rooms owing others a presence change of ours */
     unsigned char *rx;             /* reassembly of a fragmented message */
     uint32_t rx_len, rx_cap;
     unsigned njoined;
+    unsigned npres_due;
     uint32_t seen_s;               /* loop tick of the last frame from the peer */
     enum codec_fmt fmt;
     char user[CODEC_USER_MAX + 1];

@@ -37,6 +37,10 @@ struct config {
     double rate;                /* --rate messages/s per user, default 20 */
     double burst;               /* --burst, default 40 */
     long abuse_strikes;         /* --abuse-strikes refusals in a row before close 4029 */
+    double join_rate;           /* --join-rate joins and leaves/s per user, default 5 */
+    double join_burst;          /* --join-burst, default 64 */
+    double max_new_rooms;       /* --max-new-rooms rooms a user may open per hour, default 100 */
+    long room_cache;            /* --room-cache idle rooms kept in memory, default 10000 */
     long idempotency_ttl;       /* --idempotency-ttl seconds, default 600 */
     long max_connections;       /* --max-connections, default 10000 */
     long max_connections_per_ip; /* --max-connections-per-ip, default 1000 */

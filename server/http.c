@@ -112,7 +112,11 @@ static void sample_metrics(struct server *srv, struct store_stats *ss)
     METRIC_SET(m, storage_queue_depth, (int64_t)ss->queued);
     METRIC_SET(m, storage_writes_total, (int64_t)ss->writes);
     METRIC_SET(m, storage_failures_total, (int64_t)ss->failures);
-    METRIC_SET(m, rooms, (int64_t)broker_active_rooms(srv->broker));
+    struct broker_room_stats rs;
+    broker_room_stats(srv->broker, &rs);
+    METRIC_SET(m, rooms, (int64_t)rs.active);
+    METRIC_SET(m, rooms_held, (int64_t)rs.held);
+    METRIC_SET(m, rooms_reclaimed_total, (int64_t)rs.reclaimed);
     if (srv->notify) {
         struct notify_stats ns;
         notify_stats(srv->notify, &ns);

@@ -242,6 +242,24 @@ static void read_more(struct loop *l)
     drop_hot(l); /* still busy after the last round: the next poll sees it */
 }
 
+void loop_rx_flow(struct loop *l, struct client *c, bool on)
+{
+    struct lws *wsi = c->wsi;
+    if (!wsi)
+        return;
+    /* inside a callback lws applies this when the callback returns, and
+     * keeps the unparsed rest of what it read for later */
+    lws_rx_flow_control(wsi, on ? 1 : 0);
+    if (on && !c->discard) {
+        /* what lws kept is in its own buffer, not the socket: no poll would
+         * report it, so service the connection now, as read_more does */
+        struct lws_pollfd pfd = {.fd = lws_get_socket_fd(wsi), .events = POLLIN,
+                                 .revents = POLLIN};
+        if (pfd.fd >= 0)
+            lws_service_fd(l->ctx, &pfd);
+    }
+}
+
 /* The last look at what other threads handed over before lws may sleep in
  * poll: whatever arrives after this wakes the loop through the pipe, what
  * arrived before (typically storage acks and pushes from other loops while

@@ -51,6 +51,13 @@ int loop_post(struct loop *l, void (*fn)(void *arg), void *arg);
  * false if it should stay on loop 0. */
 bool loop_dispatch_fd(struct loop *l0, int fd);
 
+/* Thread: c's home loop. Stop (false) or restart (true) reading from c's
+ * socket: the broker stops a connection while a room it needs is read from
+ * storage, so what the peer sends meanwhile waits in the socket buffer.
+ * Restarting (outside any lws callback) takes in at once what lws had
+ * already read. */
+void loop_rx_flow(struct loop *l, struct client *c, bool on);
+
 /* Thread: any. Ask the loop to close every connection with 1001 and exit
  * within the drain timeout. */
 void loop_stop(struct loop *l);

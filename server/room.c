@@ -1,6 +1,10 @@
 /*
  * room — see room.h. The registry is a chained hash table under a rwlock;
- * each room has its own mutex. Lock order: registry -> room -> client.
+ * each room has its own mutex. Two short mutexes of the registry guard its
+ * lists: the idle list (rooms nobody references, least recently used
+ * first) and the active list (rooms with members). Lock order: registry ->
+ * idle; room -> active; room -> client. Neither list lock is ever held
+ * while another lock is taken.
  */
 #include "room.h"
 
@@ -13,11 +17,32 @@
 #include "strmap.h"
 #include "util.h"
 
+/* What a room remembers about one user: a member (conns > 0), or a former
+ * member on the room's former list. */
+struct room_user {
+    struct room_user *prev, *next; /* the former list, while conns == 0 */
+    unsigned conns;
+    bool announced;   /* the members were last told: present */
+    bool deferred;    /* a change waits for the presence budget */
+    int64_t tat_ms;   /* the presence budget (GCRA theoretical arrival time) */
+    char name[CODEC_USER_MAX + 1];
+};
+
 struct rooms {
     pthread_rwlock_t lock;
     struct room **buckets; /* {lock} */
     size_t nbuckets, count; /* {lock} */
     size_t window;
+    size_t idle_max;
+
+    pthread_mutex_t idle_lock;
+    struct room *idle_head, *idle_tail; /* {idle_lock} oldest first */
+    size_t nidle, idle_names;           /* {idle_lock} */
+    uint64_t reclaimed;                 /* {idle_lock} */
+
+    pthread_mutex_t act_lock;
+    struct room *act_head; /* {act_lock} */
+    size_t nactive;        /* {act_lock} */
 };
 
 struct hist *hist_new(const char *room, uint64_t seq, const char *from, const char *text,
@@ -75,13 +100,16 @@ static size_t hash_name(const char *s)
     return (size_t)h;
 }
 
-rooms_t *rooms_new(size_t window)
+rooms_t *rooms_new(size_t window, size_t idle_max)
 {
     rooms_t *r = xcalloc(1, sizeof(*r));
     pthread_rwlock_init(&r->lock, NULL);
+    pthread_mutex_init(&r->idle_lock, NULL);
+    pthread_mutex_init(&r->act_lock, NULL);
     r->nbuckets = 64;
     r->buckets = xcalloc(r->nbuckets, sizeof(*r->buckets));
     r->window = window ? window : 1;
+    r->idle_max = idle_max;
     return r;
 }
 
@@ -99,8 +127,11 @@ static void room_free(struct room *rm)
     for (size_t i = 0; i < rm->nmembers; i++)
         client_unref(&rm->members[i]);
     free(rm->members);
+    for (size_t i = 0; i < rm->nwaiters; i++)
+        client_unref(&rm->waiters[i]);
+    free(rm->waiters);
     window_release(rm);
-    strmap_free(rm->joined_ever, NULL);
+    strmap_free(rm->users, free);
     pthread_mutex_destroy(&rm->lock);
     free(rm);
 }
@@ -116,6 +147,8 @@ void rooms_free(rooms_t *r)
         }
     }
     free(r->buckets);
+    pthread_mutex_destroy(&r->act_lock);
+    pthread_mutex_destroy(&r->idle_lock);
     pthread_rwlock_destroy(&r->lock);
     free(r);
 }
@@ -150,6 +183,8 @@ static struct room *create_locked(rooms_t *r, const char *name)
     struct room *rm = xcalloc(1, sizeof(*rm));
     str_lcpy(rm->name, name, sizeof(rm->name));
     rm->is_dm = strncmp(name, "dm:", 3) == 0;
+    rm->reg = r;
+    rm->state = ROOM_COLD;
     atomic_init(&rm->refs, 0);
     pthread_mutex_init(&rm->lock, NULL);
     rm->wcap = r->window;
@@ -162,14 +197,87 @@ static struct room *create_locked(rooms_t *r, const char *name)
     return rm;
 }
 
+static void unlink_locked(rooms_t *r, struct room *rm)
+{
+    struct room **pp = &r->buckets[hash_name(rm->name) & (r->nbuckets - 1)];
+    while (*pp != rm)
+        pp = &(*pp)->hnext;
+    *pp = rm->hnext;
+    r->count--;
+}
+
+/* {idle_lock}. Take rm off the idle list: it is referenced again. */
+static void idle_unlink_locked(rooms_t *r, struct room *rm)
+{
+    if (!rm->on_idle)
+        return;
+    if (rm->idle_prev)
+        rm->idle_prev->idle_next = rm->idle_next;
+    else
+        r->idle_head = rm->idle_next;
+    if (rm->idle_next)
+        rm->idle_next->idle_prev = rm->idle_prev;
+    else
+        r->idle_tail = rm->idle_prev;
+    rm->idle_prev = rm->idle_next = NULL;
+    rm->on_idle = false;
+    r->nidle--;
+    r->idle_names -= rm->idle_names;
+    rm->idle_names = 0;
+}
+
+/* {write lock} + {idle_lock}. Reclaim the oldest idle rooms while the idle
+ * list is over its bounds. Under the write lock nobody can take a reference,
+ * so every idle room has none. */
+static void idle_trim_locked(rooms_t *r)
+{
+    size_t max_names = r->idle_max * ROOM_IDLE_NAMES;
+    while (r->idle_head && (r->nidle > r->idle_max || r->idle_names > max_names)) {
+        struct room *rm = r->idle_head;
+        idle_unlink_locked(r, rm);
+        unlink_locked(r, rm);
+        room_free(rm);
+        r->reclaimed++;
+    }
+}
+
 void rooms_preload(rooms_t *r, const char *name, uint64_t seq)
 {
     pthread_rwlock_wrlock(&r->lock);
     struct room *rm = find_locked(r, name);
-    if (!rm)
+    bool fresh = !rm;
+    if (fresh)
         rm = create_locked(r, name);
+    pthread_mutex_lock(&rm->lock);
     rm->seq = seq;
+    rm->state = ROOM_READY;
+    pthread_mutex_unlock(&rm->lock);
+    if (fresh) {
+        /* unreferenced: idle from the start, most recent last */
+        pthread_mutex_lock(&r->idle_lock);
+        rm->on_idle = true;
+        rm->idle_prev = r->idle_tail;
+        if (r->idle_tail)
+            r->idle_tail->idle_next = rm;
+        else
+            r->idle_head = rm;
+        r->idle_tail = rm;
+        r->nidle++;
+        idle_trim_locked(r);
+        pthread_mutex_unlock(&r->idle_lock);
+    }
     pthread_rwlock_unlock(&r->lock);
+}
+
+/* {registry lock, read or write}. Take a reference; the first one takes the
+ * room off the idle list. */
+static void take_ref_locked(rooms_t *r, struct room *rm)
+{
+    if (atomic_fetch_add_explicit(&rm->refs, 1, memory_order_relaxed) == 0) {
+        pthread_mutex_lock(&r->idle_lock);
+        idle_unlink_locked(r, rm);
+        pthread_mutex_unlock(&r->idle_lock);
+    }
 }
 
 struct room *rooms_acquire(rooms_t *r, const char *name, bool create)
@@ -179,7 +287,7 @@ struct room *rooms_acquire(rooms_t *r, const char *name, bool create)
     pthread_rwlock_rdlock(&r->lock);
     rm = find_locked(r, name);
     if (rm)
-        atomic_fetch_add_explicit(&rm->refs, 1, memory_order_relaxed);
+        take_ref_locked(r, rm);
     pthread_rwlock_unlock(&r->lock);
     if (rm || !create)
         return rm;
@@ -188,18 +296,16 @@ struct room *rooms_acquire(rooms_t *r, const char *name, bool create)
     rm = find_locked(r, name); /* another thread may have created it meanwhile */
     if (!rm)
         rm = create_locked(r, name);
-    atomic_fetch_add_explicit(&rm->refs, 1, memory_order_relaxed);
+    take_ref_locked(r, rm);
     pthread_rwlock_unlock(&r->lock);
     return rm;
 }
 
-static void unlink_locked(rooms_t *r, struct room *rm)
+struct room *rooms_ref(struct room *rm)
 {
-    struct room **pp = &r->buckets[hash_name(rm->name) & (r->nbuckets - 1)];
-    while (*pp != rm)
-        pp = &(*pp)->hnext;
-    *pp = rm->hnext;
-    r->count--;
+    /* never from zero: the caller's reference keeps it off the idle list */
+    atomic_fetch_add_explicit(&rm->refs, 1, memory_order_relaxed);
+    return rm;
 }
 
 void rooms_release(rooms_t *r, struct room **rp)
@@ -219,60 +325,174 @@ void rooms_release(rooms_t *r, struct room **rp)
     pthread_rwlock_wrlock(&r->lock);
     if (atomic_fetch_sub_explicit(&rm->refs, 1, memory_order_acq_rel) == 1) {
         pthread_mutex_lock(&rm->lock);
+        /* The broker's memberships and waiters hold references, so the room
+         * is empty here (only a caller that adds members without a
+         * reference, as unit tests do, gets a room kept as it is). Its
+         * window goes (a re-join reads history from storage); it keeps its
+         * seq and who joined, for as long as it stays idle. */
         bool empty = rm->nmembers == 0;
-        /* a room nobody ever joined and nobody wrote to leaves no trace;
-         * one that was joined keeps who joined, for @mentions */
-        bool unused = empty && rm->seq == 0 && !rm->joined_ever;
-        if (empty && !unused) {
+        if (empty) {
             window_release(rm);
             free(rm->members);
             rm->members = NULL;
             rm->mcap = 0;
         }
+        /* a room nobody joined and nobody wrote to, or one whose seq never
+         * loaded, is not worth a place on the idle list */
+        bool unused = rm->state != ROOM_READY || (rm->seq == 0 && !rm->nformer);
+        size_t names = rm->nformer;
         pthread_mutex_unlock(&rm->lock);
-        if (unused) {
+        pthread_mutex_lock(&r->idle_lock);
+        if (!empty) {
+            /* kept, off the idle list: never reclaimed with members */
+        } else if (unused) {
             unlink_locked(r, rm);
             room_free(rm);
+            r->reclaimed++;
+        } else {
+            rm->on_idle = true;
+            rm->idle_names = names;
+            rm->idle_prev = r->idle_tail;
+            rm->idle_next = NULL;
+            if (r->idle_tail)
+                r->idle_tail->idle_next = rm;
+            else
+                r->idle_head = rm;
+            r->idle_tail = rm;
+            r->nidle++;
+            r->idle_names += names;
+            idle_trim_locked(r);
         }
+        pthread_mutex_unlock(&r->idle_lock);
     }
     pthread_rwlock_unlock(&r->lock);
 }
 
 size_t rooms_list(rooms_t *r, struct room_snapshot *out, size_t max)
 {
-    size_t n = 0;
-    pthread_rwlock_rdlock(&r->lock);
-    for (size_t i = 0; i < r->nbuckets && n < max; i++) {
-        for (struct room *rm = r->buckets[i]; rm && n < max; rm = rm->hnext) {
-            if (rm->is_dm)
-                continue;
-            pthread_mutex_lock(&rm->lock);
-            if (rm->nmembers) {
-                str_lcpy(out[n].name, rm->name, sizeof(out[n].name));
-                out[n].members = (unsigned)room_member_names_locked(rm, NULL, SIZE_MAX);
-                out[n].seq = rm->seq;
-                n++;
-            }
-            pthread_mutex_unlock(&rm->lock);
-        }
+    struct room **held = xmalloc((max + 1) * sizeof(*held));
+    size_t k = 0, n = 0;
+
+    /* A room on the active list has a member, and the member's reference is
+     * dropped only after the room leaves the list (under act_lock): so the
+     * count is above zero here and a reference may be taken without the
+     * registry lock. Room locks are taken after act_lock is let go. */
+    pthread_mutex_lock(&r->act_lock);
+    for (struct room *rm = r->act_head; rm && k < max; rm = rm->act_next) {
+        if (rm->is_dm)
+            continue;
+        atomic_fetch_add_explicit(&rm->refs, 1, memory_order_relaxed);
+        held[k++] = rm;
     }
-    pthread_rwlock_unlock(&r->lock);
+    pthread_mutex_unlock(&r->act_lock);
+    for (size_t i = 0; i < k; i++) {
+        struct room *rm = held[i];
+        pthread_mutex_lock(&rm->lock);
+        if (rm->nmembers) {
+            str_lcpy(out[n].name, rm->name, sizeof(out[n].name));
+            out[n].members = (unsigned)room_member_names_locked(rm, NULL, SIZE_MAX);
+            out[n].seq = rm->seq;
+            n++;
+        }
+        pthread_mutex_unlock(&rm->lock);
+        rooms_release(r, &held[i]);
+    }
+    free(held);
     return n;
 }
 
 size_t rooms_active(rooms_t *r)
 {
-    size_t n = 0;
-    pthread_rwlock_rdlock(&r->lock);
-    for (size_t i = 0; i < r->nbuckets; i++) {
-        for (struct room *rm = r->buckets[i]; rm; rm = rm->hnext) {
-            pthread_mutex_lock(&rm->lock);
-            n += rm->nmembers > 0;
-            pthread_mutex_unlock(&rm->lock);
-        }
-    }
-    pthread_rwlock_unlock(&r->lock);
+    pthread_mutex_lock(&r->act_lock);
+    size_t n = r->nactive;
+    pthread_mutex_unlock(&r->act_lock);
     return n;
+}
+
+void rooms_stats(rooms_t *r, struct rooms_stats *out)
+{
+    pthread_rwlock_rdlock(&r->lock);
+    out->held = r->count;
+    pthread_mutex_lock(&r->idle_lock);
+    out->idle = r->nidle;
+    out->reclaimed = r->reclaimed;
+    pthread_mutex_unlock(&r->idle_lock);
+    pthread_rwlock_unlock(&r->lock);
+    out->active = rooms_active(r);
+}
+
+/* ------------------------------------------------------- per-user records */
+
+static struct room_user *user_get(const struct room *rm, const char *user)
+{
+    return rm->users ? strmap_get(rm->users, user) : NULL;
+}
+
+static void former_unlink(struct room *rm, struct room_user *u)
+{
+    if (u->prev)
+        u->prev->next = u->next;
+    else
+        rm->former = u->next;
+    if (u->next)
+        u->next->prev = u->prev;
+    else
+        rm->former_tail = u->prev;
+    u->prev = u->next = NULL;
+    rm->nformer--;
+}
+
+/* Keep at most ROOM_FORMER_MAX former members: forget the oldest. A record
+ * whose change still waits to be announced is kept (it is owed to the
+ * members); those are few, each needs a presence change over budget. */
+static void former_trim(struct room *rm)
+{
+    struct room_user *u = rm->former;
+    while (u && rm->nformer > ROOM_FORMER_MAX) {
+        struct room_user *next = u->next;
+        if (!u->deferred) {
+            former_unlink(rm, u);
+            free(strmap_del(rm->users, u->name));
+        }
+        u = next;
+    }
+}
+
+static void active_link(struct room *rm)
+{
+    rooms_t *r = rm->reg;
+    pthread_mutex_lock(&r->act_lock);
+    rm->act_prev = NULL;
+    rm->act_next = r->act_head;
+    if (r->act_head)
+        r->act_head->act_prev = rm;
+    r->act_head = rm;
+    r->nactive++;
+    pthread_mutex_unlock(&r->act_lock);
+}
+
+static void active_unlink(struct room *rm)
+{
+    rooms_t *r = rm->reg;
+    pthread_mutex_lock(&r->act_lock);
+    if (rm->act_prev)
+        rm->act_prev->act_next = rm->act_next;
+    else
+        r->act_head = rm->act_next;
+    if (rm->act_next)
+        rm->act_next->act_prev = rm->act_prev;
+    rm->act_prev = rm->act_next = NULL;
+    r->nactive--;
+    pthread_mutex_unlock(&r->act_lock);
+}
+
+static bool forget_announcements(const char *key, void *val, void *arg)
+{
+    (void)key;
+    (void)arg;
+    struct room_user *u = val;
+    u->announced = u->deferred = false;
+    return false;
 }
 
 bool room_has_member_locked(const struct room *rm, const struct client *c)
@@ -292,9 +512,20 @@ bool room_add_member_locked(struct room *rm, struct client *c)
         rm->members = xrealloc(rm->members, rm->mcap * sizeof(*rm->members));
     }
     rm->members[rm->nmembers++] = client_ref(c);
-    if (!rm->joined_ever)
-        rm->joined_ever = strmap_new();
-    strmap_put(rm->joined_ever, c->user, rm);
+    if (rm->nmembers == 1 && rm->reg)
+        active_link(rm);
+    if (!rm->users)
+        rm->users = strmap_new();
+    struct room_user *u = strmap_get(rm->users, c->user);
+    if (!u) {
+        u = xcalloc(1, sizeof(*u));
+        str_lcpy(u->name, c->user, sizeof(u->name));
+        u->tat_ms = INT64_MIN;
+        strmap_put(rm->users, c->user, u);
+    } else if (u->conns == 0) {
+        former_unlink(rm, u);
+    }
+    u->conns++;
     return true;
 }
 
@@ -304,6 +535,24 @@ bool room_remove_member_locked(struct room *rm, struct client *c)
         if (rm->members[i] == c) {
             /* swap-remove: member order carries no meaning */
             rm->members[i] = rm->members[--rm->nmembers];
+            struct room_user *u = user_get(rm, c->user);
+            if (u && --u->conns == 0) {
+                u->prev = rm->former_tail;
+                u->next = NULL;
+                if (rm->former_tail)
+                    rm->former_tail->next = u;
+                else
+                    rm->former = u;
+                rm->former_tail = u;
+                rm->nformer++;
+            }
+            if (rm->nmembers == 0) {
+                /* nobody is left to have been told anything */
+                strmap_sweep(rm->users, forget_announcements, NULL);
+                if (rm->reg)
+                    active_unlink(rm);
+            }
+            former_trim(rm);
             client_unref(&c);
             return true;
         }
@@ -313,15 +562,56 @@ bool room_remove_member_locked(struct room *rm, struct client *c)
 
 bool room_user_joined_ever_locked(const struct room *rm, const char *user)
 {
-    return rm->joined_ever && strmap_get(rm->joined_ever, user) != NULL;
+    return user_get(rm, user) != NULL;
 }
 
 unsigned room_user_conns_locked(const struct room *rm, const char *user)
 {
-    unsigned n = 0;
-    for (size_t i = 0; i < rm->nmembers; i++)
-        n += strcmp(rm->members[i]->user, user) == 0;
-    return n;
+    const struct room_user *u = user_get(rm, user);
+    return u ? u->conns : 0;
+}
+
+enum room_presence room_presence_locked(struct room *rm, const char *user, int64_t now_ms,
+                                        bool force, bool *present)
+{
+    struct room_user *u = user_get(rm, user);
+    if (!u)
+        return ROOM_PRES_NONE;
+    bool now_present = u->conns > 0;
+    if (now_present == u->announced) {
+        u->deferred = false;
+        return ROOM_PRES_NONE;
+    }
+    /* the budget, as a GCRA bucket in ms (see ratelimit.c) */
+    const int64_t t = ROOM_PRESENCE_INTERVAL_MS, tau = ROOM_PRESENCE_BURST * t;
+    int64_t next = (u->tat_ms > now_ms ? u->tat_ms : now_ms) + t;
+    if (!force && next - now_ms > tau) {
+        u->deferred = true;
+        return ROOM_PRES_DEFERRED;
+    }
+    u->tat_ms = next;
+    u->announced = now_present;
+    u->deferred = false;
+    *present = now_present;
+    return ROOM_PRES_ANNOUNCE;
+}
+
+void room_add_waiter_locked(struct room *rm, struct client *c)
+{
+    if (rm->nwaiters == rm->waitcap) {
+        rm->waitcap = rm->waitcap ? rm->waitcap * 2 : 4;
+        rm->waiters = xrealloc(rm->waiters, rm->waitcap * sizeof(*rm->waiters));
+    }
+    rm->waiters[rm->nwaiters++] = client_ref(c);
+}
+
+struct client **room_take_waiters_locked(struct room *rm, size_t *n)
+{
+    struct client **w = rm->waiters;
+    *n = rm->nwaiters;
+    rm->waiters = NULL;
+    rm->nwaiters = rm->waitcap = 0;
+    return w;
 }
 
 size_t room_member_names_locked(const struct room *rm, const char **out, size_t max)

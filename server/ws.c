@@ -308,6 +308,8 @@ void ws_idle_check(struct client *c, uint32_t now_s, uint32_t ping_s)
     struct lws *wsi = c->wsi;
     uint32_t quiet = now_s - c->seen_s;
 
+    if (c->npres_due)
+        broker_tick(c->srv->broker, c);
     if (!wsi || c->discard)
         return;
     if (quiet >= 2 * ping_s) {

@@ -193,12 +193,14 @@ class Server:
 
     @staticmethod
     def unlimited_rate_args(args):
-        """The load tests here send far faster than a person types: raise the
-        per-user rate limit out of reach (--rate/--burst, at most 1e6) unless
-        the test sets it itself."""
+        """The load tests here send, join and open rooms far faster than a
+        person does: raise the per-user limits out of reach (--rate/--burst,
+        --join-rate/--join-burst, --max-new-rooms; at most 1e6) unless the
+        test sets them itself."""
         out = []
         for name in sorted(parleyd_flags()):
-            if name in ("rate", "burst") and f"--{name}" not in args:
+            if (name in ("rate", "burst", "join-rate", "join-burst", "max-new-rooms") and
+                    f"--{name}" not in args):
                 out += [f"--{name}", "1000000"]
         return out
 
