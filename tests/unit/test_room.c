@@ -1,7 +1,9 @@
 /*
- * Unit tests for room: the registry (creation, lookup, reclaim, preload,
- * listing), the per-room history window and membership, and concurrent
- * acquire/release from many threads (run under TSan by tools/test).
+ * Unit tests for room: the registry (creation, lookup, the idle list and
+ * reclaim, preload, the active list and listing), the per-room history
+ * window, membership and former members, presence coalescing, and
+ * concurrent acquire/release from many threads (run under TSan by
+ * tools/test).
  *
  * Clients are real struct client objects on a zeroed server with no loop:
  * client_new only stores those pointers, and these tests never push (a push
@@ -57,6 +59,33 @@ static void append(struct room *rm, uint64_t seq, struct hist **keep)
         hist_unref(&h);
 }
 
+/* Acquire (creating) a room and mark its seq known, as the broker does once
+ * storage answered (a new room: seq 0). */
+static struct room *acquire_ready(rooms_t *r, const char *name)
+{
+    struct room *rm = rooms_acquire(r, name, true);
+    pthread_mutex_lock(&rm->lock);
+    rm->state = ROOM_READY;
+    pthread_mutex_unlock(&rm->lock);
+    return rm;
+}
+
+/* user joins rm on connection c and leaves again (room lock taken here). */
+static void join_leave(struct room *rm, struct client *c)
+{
+    pthread_mutex_lock(&rm->lock);
+    cr_assert(room_add_member_locked(rm, c));
+    cr_assert(room_remove_member_locked(rm, c));
+    pthread_mutex_unlock(&rm->lock);
+}
+
+static struct rooms_stats stats(rooms_t *r)
+{
+    struct rooms_stats st;
+    rooms_stats(r, &st);
+    return st;
+}
+
 Test(room, hist_new_lays_out_every_field)
 {
     struct hist *h = hist_new("lobby", 7, "bob", "a\0b", 3, 12345, "cid-1");
@@ -96,7 +125,7 @@ Test(room, hist_unref_underflow_aborts, .signal = SIGABRT)
 
 Test(room, acquire_absent_without_create)
 {
-    rooms_t *r = rooms_new(8);
+    rooms_t *r = rooms_new(8, 16);
     cr_assert_null(rooms_acquire(r, "nowhere", false));
     struct room_snapshot snap[4];
     cr_assert_eq(rooms_list(r, snap, 4), 0);
@@ -108,12 +137,13 @@ Test(room, acquire_absent_without_create)
 
 Test(room, create_lookup_and_reclaim)
 {
-    rooms_t *r = rooms_new(8);
+    rooms_t *r = rooms_new(8, 16);
     struct room *a = rooms_acquire(r, "general", true);
     cr_assert_not_null(a);
     cr_assert_str_eq(a->name, "general");
     cr_assert_not(a->is_dm);
     cr_assert_eq(a->seq, 0);
+    cr_assert_eq(a->state, ROOM_COLD, "a created room's seq is still to be read");
     cr_assert_eq(atomic_load(&a->refs), 1);
 
     struct room *b = rooms_acquire(r, "general", false);
@@ -130,14 +160,16 @@ Test(room, create_lookup_and_reclaim)
     rooms_release(r, &d);
     cr_assert_eq(atomic_load(&a->refs), 1);
     rooms_release(r, &a);
-    /* no references, no members, no messages: gone */
+    /* no references and never loaded: gone at once, idle list or not */
     cr_assert_null(rooms_acquire(r, "general", false));
+    cr_assert_eq(stats(r).held, 0);
+    cr_assert_eq(stats(r).reclaimed, 1);
     rooms_free(r);
 }
 
 Test(room, dm_rooms_are_marked)
 {
-    rooms_t *r = rooms_new(8);
+    rooms_t *r = rooms_new(8, 16);
     struct room *d = rooms_acquire(r, "dm:alice:bob", true);
     cr_assert(d->is_dm);
     struct room *g = rooms_acquire(r, "dmz", true);
@@ -151,7 +183,7 @@ Test(room, registry_grows_past_its_initial_buckets)
 {
     enum { N = 1000 };
     static struct room *held[N];
-    rooms_t *r = rooms_new(8);
+    rooms_t *r = rooms_new(8, 16);
     char name[32];
     for (int i = 0; i < N; i++) {
         snprintf(name, sizeof(name), "room-%d", i);
@@ -183,11 +215,11 @@ Test(room, registry_grows_past_its_initial_buckets)
 
 Test(room, room_with_messages_keeps_its_seq_but_not_its_window)
 {
-    rooms_t *r = rooms_new(8);
+    rooms_t *r = rooms_new(8, 16);
     struct client *c = new_client("alice");
     struct hist *h3;
 
-    struct room *rm = rooms_acquire(r, "lobby", true); /* the membership's reference */
+    struct room *rm = acquire_ready(r, "lobby"); /* the membership's reference */
     pthread_mutex_lock(&rm->lock);
     cr_assert(room_add_member_locked(rm, c));
     append(rm, 1, NULL);
@@ -202,9 +234,11 @@ Test(room, room_with_messages_keeps_its_seq_but_not_its_window)
     struct room *was = rm;
     rooms_release(r, &rm);
 
-    /* still registered, same seq, window and member array given back */
+    /* idle: still registered, same seq, window and member array given back */
+    cr_assert_eq(stats(r).idle, 1);
     rm = rooms_acquire(r, "lobby", false);
-    cr_assert_eq(rm, was, "a room with messages must stay registered");
+    cr_assert_eq(rm, was, "an idle room stays registered while the idle list has room");
+    cr_assert_eq(stats(r).idle, 0, "referenced again: off the idle list");
     pthread_mutex_lock(&rm->lock);
     cr_assert_eq(rm->seq, 3);
     cr_assert_eq(rm->wcount, 0);
@@ -233,7 +267,7 @@ Test(room, room_with_messages_keeps_its_seq_but_not_its_window)
 
 Test(room, window_evicts_the_oldest)
 {
-    rooms_t *r = rooms_new(4);
+    rooms_t *r = rooms_new(4, 16);
     struct room *rm = rooms_acquire(r, "lobby", true);
     struct hist *h[11];
     struct hist *out[16];
@@ -288,7 +322,7 @@ Test(room, window_evicts_the_oldest)
 
 Test(room, window_of_one)
 {
-    rooms_t *r = rooms_new(0); /* 0 means 1 */
+    rooms_t *r = rooms_new(0, 16); /* 0 means 1 */
     struct room *rm = rooms_acquire(r, "tiny", true);
     struct hist *out[2];
     pthread_mutex_lock(&rm->lock);
@@ -305,7 +339,7 @@ Test(room, window_of_one)
 
 Test(room, preload)
 {
-    rooms_t *r = rooms_new(8);
+    rooms_t *r = rooms_new(8, 16);
     rooms_preload(r, "archive", 42);
     struct room *rm = rooms_acquire(r, "archive", false);
     cr_assert_not_null(rm, "a preloaded room exists without create");
@@ -315,9 +349,10 @@ Test(room, preload)
     struct hist *out[2];
     cr_assert_eq(room_window_copy_locked(rm, 1, 42, out), 0, "nothing of it is in memory");
     pthread_mutex_unlock(&rm->lock);
+    cr_assert_eq(rm->state, ROOM_READY, "a preloaded room's seq is known");
     struct room *was = rm;
     rooms_release(r, &rm);
-    cr_assert_eq(rm = rooms_acquire(r, "archive", false), was, "seq > 0: never reclaimed");
+    cr_assert_eq(rm = rooms_acquire(r, "archive", false), was, "seq > 0: kept while idle");
     rooms_release(r, &rm);
 
     /* preloading a known room updates it in place */
@@ -338,8 +373,8 @@ Test(room, preload)
 
 Test(room, members_add_remove_dedupe)
 {
-    rooms_t *r = rooms_new(8);
-    struct room *rm = rooms_acquire(r, "lobby", true);
+    rooms_t *r = rooms_new(8, 16);
+    struct room *rm = acquire_ready(r, "lobby");
     struct client *a1 = new_client("alice"), *a2 = new_client("alice"), *b = new_client("bob");
 
     pthread_mutex_lock(&rm->lock);
@@ -385,7 +420,7 @@ Test(room, members_add_remove_dedupe)
 
     rooms_release(r, &rm);
     /* a room that was joined keeps its record (who joined, for @mentions),
-     * empty; only never-joined, message-free rooms leave no trace */
+     * empty, while idle; never-joined, message-free rooms leave no trace */
     cr_assert_not_null(rm = rooms_acquire(r, "lobby", false));
     cr_assert(room_user_joined_ever_locked(rm, "alice"));
     cr_assert_not(room_user_joined_ever_locked(rm, "carol"));
@@ -400,7 +435,7 @@ Test(room, members_add_remove_dedupe)
 Test(room, many_members)
 {
     enum { N = 50 };
-    rooms_t *r = rooms_new(8);
+    rooms_t *r = rooms_new(8, 16);
     struct room *rm = rooms_acquire(r, "big", true);
     struct client *c[N];
     char user[16];
@@ -443,7 +478,7 @@ static const struct room_snapshot *find_snap(const struct room_snapshot *s, size
 
 Test(room, list_and_active)
 {
-    rooms_t *r = rooms_new(8);
+    rooms_t *r = rooms_new(8, 16);
     struct client *a1 = new_client("alice"), *a2 = new_client("alice"), *b = new_client("bob");
     struct client *c = new_client("carol");
     struct room *lobby = rooms_acquire(r, "lobby", true);
@@ -504,6 +539,360 @@ Test(room, list_and_active)
     client_unref(&c);
 }
 
+/* ---- the idle list, reclaim, the active list ---- */
+
+Test(room, idle_list_reclaims_the_least_recently_used)
+{
+    rooms_t *r = rooms_new(8, 3);
+    struct client *c = new_client("alice");
+    char name[16];
+    for (int i = 0; i < 5; i++) {
+        snprintf(name, sizeof(name), "r%d", i);
+        struct room *rm = acquire_ready(r, name);
+        join_leave(rm, c); /* joined once: worth keeping for a while */
+        rooms_release(r, &rm);
+    }
+    struct rooms_stats st = stats(r);
+    cr_assert_eq(st.idle, 3, "at most idle_max idle rooms");
+    cr_assert_eq(st.held, 3);
+    cr_assert_eq(st.reclaimed, 2);
+    cr_assert_null(rooms_acquire(r, "r0", false), "the oldest went first");
+    cr_assert_null(rooms_acquire(r, "r1", false));
+
+    /* using r2 makes it the most recent: r3 goes next */
+    struct room *rm = rooms_acquire(r, "r2", false);
+    cr_assert_not_null(rm);
+    cr_assert_eq(stats(r).idle, 2);
+    rooms_release(r, &rm);
+    rm = acquire_ready(r, "r5");
+    join_leave(rm, c);
+    rooms_release(r, &rm);
+    cr_assert_null(rooms_acquire(r, "r3", false), "least recently used");
+    cr_assert_not_null(rm = rooms_acquire(r, "r2", false));
+    rooms_release(r, &rm);
+    st = stats(r);
+    cr_assert_eq(st.idle, 3);
+    cr_assert_eq(st.reclaimed, 3);
+
+    /* a room in use is never reclaimed, however many idle ones come after */
+    struct room *held = rooms_acquire(r, "r4", false);
+    cr_assert_not_null(held);
+    for (int i = 10; i < 20; i++) {
+        snprintf(name, sizeof(name), "r%d", i);
+        rm = acquire_ready(r, name);
+        join_leave(rm, c);
+        rooms_release(r, &rm);
+    }
+    cr_assert_eq(stats(r).idle, 3);
+    cr_assert_eq(stats(r).held, 4);
+    cr_assert_eq(rm = rooms_acquire(r, "r4", false), held);
+    rooms_release(r, &rm);
+    rooms_release(r, &held);
+    client_unref(&c);
+    rooms_free(r);
+}
+
+Test(room, unused_and_unloaded_rooms_leave_at_once)
+{
+    rooms_t *r = rooms_new(8, 100);
+    struct room *rm = acquire_ready(r, "never-used"); /* seq 0, nobody joined */
+    rooms_release(r, &rm);
+    cr_assert_null(rooms_acquire(r, "never-used", false));
+
+    rm = rooms_acquire(r, "cold", true); /* its seq never came */
+    pthread_mutex_lock(&rm->lock);
+    cr_assert_eq(rm->state, ROOM_COLD);
+    append(rm, 1, NULL); /* even with something in it: its seq is unknown */
+    pthread_mutex_unlock(&rm->lock);
+    rooms_release(r, &rm);
+    cr_assert_null(rooms_acquire(r, "cold", false));
+
+    rm = acquire_ready(r, "written");
+    pthread_mutex_lock(&rm->lock);
+    append(rm, 1, NULL);
+    pthread_mutex_unlock(&rm->lock);
+    rooms_release(r, &rm);
+    cr_assert_not_null(rm = rooms_acquire(r, "written", false), "a room with messages stays idle");
+    rooms_release(r, &rm);
+    struct rooms_stats st = stats(r);
+    cr_assert_eq(st.held, 1);
+    cr_assert_eq(st.idle, 1);
+    cr_assert_eq(st.reclaimed, 2);
+
+    /* with no idle list at all, every room leaves with its last reference */
+    rooms_t *r0 = rooms_new(8, 0);
+    rm = acquire_ready(r0, "written");
+    pthread_mutex_lock(&rm->lock);
+    append(rm, 1, NULL);
+    pthread_mutex_unlock(&rm->lock);
+    rooms_release(r0, &rm);
+    cr_assert_null(rooms_acquire(r0, "written", false));
+    cr_assert_eq(stats(r0).held, 0);
+    rooms_free(r0);
+    rooms_free(r);
+}
+
+Test(room, idle_rooms_former_members_are_bounded_too)
+{
+    /* idle_max 2: the idle list remembers 2 * ROOM_IDLE_NAMES names */
+    rooms_t *r = rooms_new(8, 2);
+    struct room *big = acquire_ready(r, "big");
+    char user[16];
+    for (int i = 0; i < 2 * ROOM_IDLE_NAMES + 1; i++) {
+        snprintf(user, sizeof(user), "u%d", i);
+        struct client *c = new_client(user);
+        join_leave(big, c);
+        client_unref(&c);
+    }
+    rooms_release(r, &big);
+    cr_assert_null(rooms_acquire(r, "big", false), "too many names for the idle list");
+
+    struct room *small = acquire_ready(r, "small");
+    struct client *c = new_client("solo");
+    join_leave(small, c);
+    rooms_release(r, &small);
+    cr_assert_not_null(small = rooms_acquire(r, "small", false));
+    rooms_release(r, &small);
+    client_unref(&c);
+    rooms_free(r);
+}
+
+Test(room, former_members_are_bounded)
+{
+    enum { N = ROOM_FORMER_MAX + 10 };
+    rooms_t *r = rooms_new(8, 16);
+    struct room *rm = acquire_ready(r, "busy");
+    struct client *stay = new_client("stayer");
+    char user[16];
+
+    pthread_mutex_lock(&rm->lock);
+    cr_assert(room_add_member_locked(rm, stay));
+    pthread_mutex_unlock(&rm->lock);
+    for (int i = 0; i < N; i++) {
+        snprintf(user, sizeof(user), "u%d", i);
+        struct client *c = new_client(user);
+        join_leave(rm, c);
+        client_unref(&c);
+    }
+    pthread_mutex_lock(&rm->lock);
+    cr_assert_eq(rm->nformer, ROOM_FORMER_MAX);
+    for (int i = 0; i < N; i++) {
+        snprintf(user, sizeof(user), "u%d", i);
+        cr_assert_eq(room_user_joined_ever_locked(rm, user), i >= 10, "%s", user);
+    }
+    cr_assert(room_user_joined_ever_locked(rm, "stayer"), "members are never forgotten");
+    /* a former member who comes back is a member again, not a former one */
+    struct client *back = new_client("u100");
+    cr_assert(room_add_member_locked(rm, back));
+    cr_assert_eq(rm->nformer, ROOM_FORMER_MAX - 1);
+    cr_assert_eq(room_user_conns_locked(rm, "u100"), 1);
+    cr_assert(room_remove_member_locked(rm, back));
+    cr_assert_eq(rm->nformer, ROOM_FORMER_MAX);
+    cr_assert(room_remove_member_locked(rm, stay));
+    pthread_mutex_unlock(&rm->lock);
+    rooms_release(r, &rm);
+    client_unref(&back);
+    client_unref(&stay);
+    rooms_free(r);
+}
+
+Test(room, active_list_and_stats_ignore_idle_rooms)
+{
+    enum { IDLE = 200 };
+    rooms_t *r = rooms_new(8, 1000);
+    struct client *c = new_client("alice"), *d = new_client("dave");
+    char name[16];
+    for (int i = 0; i < IDLE; i++) {
+        snprintf(name, sizeof(name), "idle%d", i);
+        struct room *rm = acquire_ready(r, name);
+        join_leave(rm, c);
+        rooms_release(r, &rm);
+    }
+    struct room *live = acquire_ready(r, "live");
+    struct room *dm = acquire_ready(r, "dm:alice:dave");
+    pthread_mutex_lock(&live->lock);
+    room_add_member_locked(live, c);
+    pthread_mutex_unlock(&live->lock);
+    pthread_mutex_lock(&dm->lock);
+    room_add_member_locked(dm, c);
+    room_add_member_locked(dm, d);
+    pthread_mutex_unlock(&dm->lock);
+
+    struct rooms_stats st = stats(r);
+    cr_assert_eq(st.held, IDLE + 2);
+    cr_assert_eq(st.idle, IDLE);
+    cr_assert_eq(st.active, 2, "DM conversations with members count as active");
+    cr_assert_eq(rooms_active(r), 2);
+    struct room_snapshot snap[8];
+    cr_assert_eq(rooms_list(r, snap, 8), 1, "the idle rooms are not even looked at");
+    cr_assert_str_eq(snap[0].name, "live");
+
+    pthread_mutex_lock(&dm->lock);
+    room_remove_member_locked(dm, c);
+    cr_assert_eq(rooms_active(r), 2, "one member left: still active");
+    room_remove_member_locked(dm, d);
+    pthread_mutex_unlock(&dm->lock);
+    cr_assert_eq(rooms_active(r), 1);
+    pthread_mutex_lock(&live->lock);
+    room_remove_member_locked(live, c);
+    pthread_mutex_unlock(&live->lock);
+    cr_assert_eq(rooms_active(r), 0);
+    cr_assert_eq(rooms_list(r, snap, 8), 0);
+    rooms_release(r, &live);
+    rooms_release(r, &dm);
+    cr_assert_eq(stats(r).idle, IDLE + 2);
+    client_unref(&c);
+    client_unref(&d);
+    rooms_free(r);
+}
+
+Test(room, waiters_are_handed_over)
+{
+    rooms_t *r = rooms_new(8, 16);
+    struct room *rm = rooms_acquire(r, "loading", true);
+    struct client *a = new_client("alice"), *b = new_client("bob");
+    size_t n;
+    pthread_mutex_lock(&rm->lock);
+    room_add_waiter_locked(rm, a);
+    room_add_waiter_locked(rm, b);
+    cr_assert_eq(client_refs(a), 2, "a waiter holds a client reference");
+    struct client **w = room_take_waiters_locked(rm, &n);
+    cr_assert_eq(n, 2);
+    cr_assert_eq(w[0], a, "in the order they came");
+    cr_assert_eq(w[1], b);
+    cr_assert_eq(rm->nwaiters, 0);
+    room_add_waiter_locked(rm, a); /* rooms_free drops what is still waiting */
+    pthread_mutex_unlock(&rm->lock);
+    for (size_t i = 0; i < n; i++)
+        client_unref(&w[i]);
+    free(w);
+    rooms_release(r, &rm); /* cold: reclaimed, its waiter's reference dropped */
+    cr_assert_eq(client_refs(a), 1);
+    client_unref(&a);
+    client_unref(&b);
+    rooms_free(r);
+}
+
+/* ---- presence coalescing ---- */
+
+/* One presence step at time t: what room_presence_locked decides for user. */
+static enum room_presence pres(struct room *rm, const char *user, int64_t t, bool force,
+                               bool *present)
+{
+    *present = !*present; /* must be set on ANNOUNCE only; poison it */
+    return room_presence_locked(rm, user, t, force, present);
+}
+
+Test(room, presence_burst_then_changes_wait_and_cancel)
+{
+    rooms_t *r = rooms_new(8, 16);
+    struct room *rm = acquire_ready(r, "lobby");
+    struct client *obs = new_client("observer"), *f = new_client("flapper");
+    bool present = false;
+    int64_t t = 1000000;
+
+    pthread_mutex_lock(&rm->lock);
+    room_add_member_locked(rm, obs);
+    cr_assert_eq(pres(rm, "observer", t, false, &present), ROOM_PRES_ANNOUNCE);
+    cr_assert(present);
+    cr_assert_eq(pres(rm, "nobody", t, false, &present), ROOM_PRES_NONE, "no record");
+    /* a burst of ROOM_PRESENCE_BURST changes goes out at once */
+    for (int i = 0; i < ROOM_PRESENCE_BURST; i++) {
+        bool join = i % 2 == 0;
+        if (join)
+            room_add_member_locked(rm, f);
+        else
+            room_remove_member_locked(rm, f);
+        cr_assert_eq(pres(rm, "flapper", t, false, &present), ROOM_PRES_ANNOUNCE, "event %d", i);
+        cr_assert_eq(present, join);
+    }
+    /* announced: absent. The next join waits... */
+    room_add_member_locked(rm, f);
+    cr_assert_eq(pres(rm, "flapper", t, false, &present), ROOM_PRES_DEFERRED);
+    /* ...and a leave before it is due cancels it: nothing to tell */
+    room_remove_member_locked(rm, f);
+    cr_assert_eq(pres(rm, "flapper", t + 1, false, &present), ROOM_PRES_NONE);
+    /* any number of pairs over budget: nothing goes out */
+    for (int i = 0; i < 1000; i++) {
+        room_add_member_locked(rm, f);
+        cr_assert_eq(pres(rm, "flapper", t + 2, false, &present), ROOM_PRES_DEFERRED);
+        room_remove_member_locked(rm, f);
+        cr_assert_eq(pres(rm, "flapper", t + 2, false, &present), ROOM_PRES_NONE);
+    }
+    /* ends present: deferred until the budget has a token again */
+    room_add_member_locked(rm, f);
+    cr_assert_eq(pres(rm, "flapper", t + 3, false, &present), ROOM_PRES_DEFERRED);
+    cr_assert_eq(pres(rm, "flapper", t + ROOM_PRESENCE_INTERVAL_MS - 1, false, &present),
+                 ROOM_PRES_DEFERRED);
+    cr_assert_eq(pres(rm, "flapper", t + ROOM_PRESENCE_INTERVAL_MS, false, &present),
+                 ROOM_PRES_ANNOUNCE, "one token back after one interval");
+    cr_assert(present, "the final state is announced");
+    cr_assert_eq(pres(rm, "flapper", t + ROOM_PRESENCE_INTERVAL_MS, false, &present),
+                 ROOM_PRES_NONE, "and only once");
+    /* force: announce whatever the budget */
+    room_remove_member_locked(rm, f);
+    cr_assert_eq(pres(rm, "flapper", t + ROOM_PRESENCE_INTERVAL_MS, false, &present),
+                 ROOM_PRES_DEFERRED);
+    cr_assert_eq(pres(rm, "flapper", t + ROOM_PRESENCE_INTERVAL_MS, true, &present),
+                 ROOM_PRES_ANNOUNCE);
+    cr_assert_not(present);
+    /* a second connection of a present user changes nothing */
+    room_add_member_locked(rm, f);
+    struct client *f2 = new_client("flapper");
+    room_add_member_locked(rm, f2);
+    cr_assert_eq(room_user_conns_locked(rm, "flapper"), 2);
+    cr_assert_eq(pres(rm, "flapper", t + 100000, false, &present), ROOM_PRES_ANNOUNCE);
+    cr_assert(present);
+    room_remove_member_locked(rm, f2);
+    cr_assert_eq(pres(rm, "flapper", t + 100000, false, &present), ROOM_PRES_NONE);
+    room_remove_member_locked(rm, f);
+    room_remove_member_locked(rm, obs);
+    pthread_mutex_unlock(&rm->lock);
+    rooms_release(r, &rm);
+    client_unref(&f2);
+    client_unref(&f);
+    client_unref(&obs);
+    rooms_free(r);
+}
+
+Test(room, presence_starts_over_when_the_room_empties)
+{
+    rooms_t *r = rooms_new(8, 16);
+    struct room *rm = acquire_ready(r, "lobby");
+    struct client *obs = new_client("observer"), *f = new_client("flapper");
+    bool present = false;
+    int64_t t = 5000;
+
+    pthread_mutex_lock(&rm->lock);
+    room_add_member_locked(rm, obs);
+    pres(rm, "observer", t, false, &present);
+    for (int i = 0; i < ROOM_PRESENCE_BURST; i++) {
+        if (i % 2 == 0)
+            room_add_member_locked(rm, f);
+        else
+            room_remove_member_locked(rm, f);
+        cr_assert_eq(pres(rm, "flapper", t, false, &present), ROOM_PRES_ANNOUNCE);
+    }
+    room_add_member_locked(rm, f);
+    cr_assert_eq(pres(rm, "flapper", t, false, &present), ROOM_PRES_DEFERRED);
+    /* everyone leaves: nobody is owed anything any more */
+    room_remove_member_locked(rm, obs);
+    room_remove_member_locked(rm, f);
+    cr_assert_eq(pres(rm, "flapper", t, false, &present), ROOM_PRES_NONE);
+    cr_assert_eq(pres(rm, "observer", t, false, &present), ROOM_PRES_NONE);
+    /* a newcomer learns the members from joined; the first join after that
+     * is announced as usual */
+    room_add_member_locked(rm, obs);
+    cr_assert_eq(pres(rm, "observer", t + 10 * ROOM_PRESENCE_INTERVAL_MS, false, &present),
+                 ROOM_PRES_ANNOUNCE);
+    room_remove_member_locked(rm, obs);
+    pthread_mutex_unlock(&rm->lock);
+    rooms_release(r, &rm);
+    client_unref(&f);
+    client_unref(&obs);
+    rooms_free(r);
+}
+
 /* ---- threads ---- */
 
 #define NTHREADS 8
@@ -541,6 +930,7 @@ static void *race_worker(void *p)
             struct room *rm = rooms_acquire(rc->r, race_names[n], true);
             rc->got[a->id][n] = rm;
             pthread_mutex_lock(&rm->lock);
+            rm->state = ROOM_READY; /* as the broker does once its seq is read */
             if (!room_add_member_locked(rm, me) || room_user_conns_locked(rm, user) != 1)
                 atomic_fetch_add(&rc->errors, 1);
             pthread_mutex_unlock(&rm->lock);
@@ -566,7 +956,7 @@ static void *race_worker(void *p)
         }
         pthread_barrier_wait(&rc->bar);
         /* every reference is gone: each room is empty and still the one
-         * room of its name (joined rooms keep their record) */
+         * room of its name (joined rooms stay on the idle list) */
         if (a->id == 0) {
             for (int n = 0; n < NNAMES; n++) {
                 struct room *rm = rooms_acquire(rc->r, race_names[n], false);
@@ -588,7 +978,7 @@ Test(room, concurrent_create_makes_one_room_per_name)
     struct race_arg args[NTHREADS];
     pthread_t th[NTHREADS];
 
-    rc.r = rooms_new(8);
+    rc.r = rooms_new(8, 16);
     atomic_init(&rc.errors, 0);
     cr_assert_eq(pthread_barrier_init(&rc.bar, NULL, NTHREADS), 0);
     for (int i = 0; i < NTHREADS; i++) {
@@ -603,40 +993,29 @@ Test(room, concurrent_create_makes_one_room_per_name)
 }
 
 /*
- * The last rooms_release of an unused room and a concurrent lookup of the
- * same room. The interleaving is forced, not hoped for: a thread listing
- * rooms holds the registry's read lock while it waits for a room lock this
- * test holds, so both releasers below get past their refcount decrement and
- * park on the registry's write lock before either can go on. Once the
- * lister finishes, the room must be reclaimed exactly once and neither
- * releaser may touch it after it is freed (ASan/TSan report that; a plain
- * build usually crashes in the second reclaim).
+ * rooms_list takes references to the rooms on the active list without the
+ * registry lock (a room there has a member, whose reference keeps the count
+ * above zero), then locks each room. Forced interleaving: the lister holds
+ * a reference to "victim" and waits for its lock, which this test holds
+ * while the last member leaves and the membership's reference is dropped.
+ * The lister's reference is then the last one: its release must put the
+ * room on the idle list exactly once (ASan/TSan report a use after free or
+ * a race; the counts below catch a double insertion).
  */
 struct parked {
     pthread_t th;
     _Atomic pid_t tid;
     _Atomic bool done;
     rooms_t *r;
-    struct room *rm;    /* the reference to release */
-    const char *lookup; /* if set: acquire this first */
+    size_t listed;
 };
 
-static void *parked_release(void *p)
+static void *parked_list(void *p)
 {
     struct parked *pk = p;
+    struct room_snapshot snap[4];
     atomic_store(&pk->tid, (pid_t)syscall(SYS_gettid));
-    if (pk->lookup)
-        pk->rm = rooms_acquire(pk->r, pk->lookup, false);
-    rooms_release(pk->r, &pk->rm);
-    atomic_store(&pk->done, true);
-    return NULL;
-}
-
-static void *parked_active(void *p)
-{
-    struct parked *pk = p;
-    atomic_store(&pk->tid, (pid_t)syscall(SYS_gettid));
-    rooms_active(pk->r);
+    pk->listed = rooms_list(pk->r, snap, 4);
     atomic_store(&pk->done, true);
     return NULL;
 }
@@ -676,31 +1055,38 @@ static void wait_parked(struct parked *pk)
         sched_yield();
 }
 
-Test(room, last_release_racing_a_lookup_reclaims_once)
+Test(room, listing_holds_a_room_while_its_last_member_leaves)
 {
-    rooms_t *r = rooms_new(8);
-    struct room *blocker = rooms_acquire(r, "blocker", true);
-    struct room *victim = rooms_acquire(r, "victim", true);
+    rooms_t *r = rooms_new(8, 16);
+    struct client *c = new_client("alice");
+    struct room *victim = acquire_ready(r, "victim"); /* the membership's reference */
     struct parked lister = {.r = r};
-    struct parked first = {.r = r, .rm = victim};
-    struct parked second = {.r = r, .lookup = "victim"};
 
-    pthread_mutex_lock(&blocker->lock);
-    cr_assert_eq(pthread_create(&lister.th, NULL, parked_active, &lister), 0);
-    wait_parked(&lister); /* holds the registry read lock, waits for blocker */
-    cr_assert_eq(pthread_create(&first.th, NULL, parked_release, &first), 0);
-    wait_parked(&first); /* refcount now 0, waits for the write lock */
-    cr_assert_eq(pthread_create(&second.th, NULL, parked_release, &second), 0);
-    wait_parked(&second); /* found it again (0 -> 1 -> 0), waits for the write lock */
-    pthread_mutex_unlock(&blocker->lock);
+    pthread_mutex_lock(&victim->lock);
+    cr_assert(room_add_member_locked(victim, c));
+    cr_assert_eq(rooms_active(r), 1);
+    cr_assert_eq(pthread_create(&lister.th, NULL, parked_list, &lister), 0);
+    wait_parked(&lister); /* holds a reference, waits for victim's lock */
+    cr_assert_not(atomic_load(&lister.done));
+    cr_assert_eq(atomic_load(&victim->refs), 2, "the lister took a reference");
+    cr_assert(room_remove_member_locked(victim, c));
+    cr_assert_eq(rooms_active(r), 0, "off the active list with its last member");
+    pthread_mutex_unlock(&victim->lock);
+    rooms_release(r, &victim); /* not the last: the lister's is */
 
     cr_assert_eq(pthread_join(lister.th, NULL), 0);
-    cr_assert_eq(pthread_join(first.th, NULL), 0);
-    cr_assert_eq(pthread_join(second.th, NULL), 0);
-    cr_assert_null(first.rm);
-    cr_assert_null(second.rm);
-    cr_assert_null(rooms_acquire(r, "victim", false), "unused room not reclaimed");
-    rooms_release(r, &blocker);
+    cr_assert_eq(lister.listed, 0, "a room that emptied meanwhile is not listed");
+    struct rooms_stats st = stats(r);
+    cr_assert_eq(st.held, 1);
+    cr_assert_eq(st.idle, 1, "the lister's release put it on the idle list, once");
+    cr_assert_eq(st.reclaimed, 0);
+    victim = rooms_acquire(r, "victim", false);
+    cr_assert_not_null(victim);
+    cr_assert(room_user_joined_ever_locked(victim, "alice"));
+    cr_assert_eq(stats(r).idle, 0);
+    rooms_release(r, &victim);
+    cr_assert_eq(stats(r).idle, 1);
+    client_unref(&c);
     rooms_free(r);
 }
 
@@ -735,6 +1121,9 @@ static void *churn_worker(void *p)
         if (strcmp(rm->name, name) != 0)
             atomic_fetch_add(a->errors, 1);
         pthread_mutex_lock(&rm->lock);
+        /* most get their seq known; some stay cold and go at once */
+        if ((x >> 8) % 8 != 0)
+            rm->state = ROOM_READY;
         if (n == 3) {
             append(rm, rm->seq + 1, NULL);
             if (room_window_lo_locked(rm) > rm->seq)
@@ -755,7 +1144,7 @@ static void *churn_worker(void *p)
 
 Test(room, concurrent_churn)
 {
-    rooms_t *r = rooms_new(16);
+    rooms_t *r = rooms_new(16, 2);
     _Atomic unsigned errors = 0;
     struct churn_arg args[NTHREADS];
     pthread_t th[NTHREADS];
@@ -770,7 +1159,7 @@ Test(room, concurrent_churn)
     for (int n = 0; n < 3; n++) {
         char name[16];
         snprintf(name, sizeof(name), "churn-%d", n);
-        /* joined rooms keep an empty record; absent only if never created */
+        /* joined rooms keep an empty record while idle (2 at most here) */
         struct room *e = rooms_acquire(r, name, false);
         if (e) {
             pthread_mutex_lock(&e->lock);
