@@ -275,6 +275,25 @@ class JoinBucket(ServerCase):
         self.assertEqual(f.get("code"), "rate_limited", f)
 
 
+    async def test_join_flood_is_closed_4029(self):
+        """Going on over the joins bucket (--abuse-strikes, 50 by default,
+        refusals in a row) closes the connection with 4029. One request at
+        a time: frames still in flight when the server closes would make
+        the kernel reset the connection before the close frame is read."""
+        c = await self.json_client(user=uniq("flapper"))
+        room = uniq("r")
+        limited = 0
+        try:
+            for i in range(100):
+                f = await c.call({"type": "join" if i % 2 == 0 else "leave", "room": room})
+                if f["type"] == "error" and f["code"] == "rate_limited":
+                    limited += 1
+        except (websockets.ConnectionClosed, AssertionError):
+            pass
+        self.assertEqual(await c.wait_closed(), 4029)
+        self.assertEqual(limited, 49, "strikes 1..49 answered, the 50th closed")
+
+
 class RoomReclaim(ServerCase):
     """One user opens tens of thousands of rooms (join, then leave). The
     idle list holds at most --room-cache of them; the rest are reclaimed.
@@ -403,6 +422,16 @@ class SeqAfterReclaim(ServerCase):
             acks.append(f["seq"])
         self.assertEqual(acks, list(range(1, n + 1)))
         await a.expect(lambda f: f.get("ref") == "p")
+        await a.call({"type": "leave", "room": room}, "left")
+        # a connection's room= parks the connection the same way
+        q = await JClient.connect(self.server, query=f"user={uniq('q')}&room={room}")
+        self.addAsyncCleanup(q.close)
+        await q.send({"type": "send", "room": room, "text": "right away", "ref": "q1"})
+        await q.expect_type("welcome")
+        j = await q.expect_type("joined", room=room)
+        self.assertEqual(j["seq"], n)
+        f = await q.expect(lambda f: f.get("ref") == "q1")
+        self.assertEqual(f, {"type": "ack", "room": room, "seq": n + 1, "ref": "q1"})
         # text mode: one frame, several lines, two rooms not in memory
         t = await self.text_client()
         r1, r2 = uniq("t"), uniq("t")
