@@ -194,11 +194,13 @@ class Server:
     @staticmethod
     def unlimited_rate_args(args):
         """The load tests here send far faster than a person types: raise the
-        per-user rate limit out of reach (--rate/--burst, at most 1e6) unless
-        the test sets it itself."""
+        per-user rate limit out of reach (--rate/--burst, at most 1e6), and
+        the per-address rate of logins and registrations (every test comes
+        from 127.0.0.1), unless the test sets it itself."""
         out = []
         for name in sorted(parleyd_flags()):
-            if name in ("rate", "burst") and f"--{name}" not in args:
+            if name in ("rate", "burst", "login-rate", "login-burst") and \
+                    f"--{name}" not in args:
                 out += [f"--{name}", "1000000"]
         return out
 
