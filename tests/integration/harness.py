@@ -745,9 +745,11 @@ class TClient(_Client):
 
 # ------------------------------------------------------------------ raw HTTP
 
-def http_get(port, path, method="GET", headers=None, timeout=5.0 * SCALE, body=None):
+def http_get(port, path, method="GET", headers=None, timeout=5.0 * SCALE, body=None, src=None):
     """One HTTP/1.1 request over a raw socket; path is sent byte for byte.
     body (bytes or str), if given, is sent with its Content-Length (a POST).
+    src, if given, is the local address to send from (127.0.0.2, ...: Linux
+    loopback answers for all of 127/8), so a test can be another client.
 
     Returns (status, headers {lowercase name: value}, body bytes); status is
     None when the server closed the connection without a response.
@@ -763,7 +765,8 @@ def http_get(port, path, method="GET", headers=None, timeout=5.0 * SCALE, body=N
     req += b"".join(f"{k}: {v}\r\n".encode() for k, v in hdrs.items()) + b"\r\n"
     if body is not None:
         req += body
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                  source_address=(src, 0) if src else None) as s:
         s.sendall(req)
         data = b""
         deadline = time.monotonic() + timeout

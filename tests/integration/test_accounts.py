@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import websockets
@@ -497,6 +498,224 @@ class Accounts(ServerCase):
         # the last tab leaving is
         await a2.call({"type": "leave", "room": room}, "left")
         await b.expect_type("presence", room=room, user=alice, event="leave")
+
+
+# ------------------------------------------------------------------ login throttling
+
+def known_flags(*pairs):
+    """The (flag, value) pairs this parleyd knows, flattened: a class can tune
+    the login pool and still run against a build that predates those options
+    (and fail on its assertions, not at start)."""
+    known = harness.parleyd_flags()
+    return tuple(x for flag, value in pairs if flag[2:] in known for x in (flag, value))
+
+
+def api_post(server, path, body, src=None, timeout=30 * SCALE):
+    """POST a JSON body, optionally from another loopback source address;
+    returns (status, headers, parsed body)."""
+    st, h, raw = harness.http_get(server.port, path, method="POST", body=json.dumps(body),
+                                  headers={"Content-Type": "application/json"},
+                                  timeout=timeout, src=src)
+    return st, h, _maybe_json(raw)
+
+
+def in_threads(fns):
+    """Run each fn on its own thread, all at once; returns their results in
+    the order they finished, each as (index, result, monotonic end time)."""
+    out, lock = [], threading.Lock()
+
+    def run(i, fn):
+        try:
+            r = fn()
+        except Exception as e:  # noqa: BLE001 - reported as the result
+            r = e
+        with lock:
+            out.append((i, r, time.monotonic()))
+
+    ts = [threading.Thread(target=run, args=(i, fn), daemon=True) for i, fn in enumerate(fns)]
+    for t in ts:
+        t.start()
+    return out, ts
+
+
+class ThrottleAsserts:
+    def assert_throttled(self, st, h, js):
+        """A 429 as PROTOCOL.md §12 has it; returns retry_after_ms."""
+        self.assertEqual(st, 429, js)
+        self.assertIsInstance(js, dict, js)
+        self.assertEqual(js.get("error"), "rate_limited", js)
+        self.assertIsInstance(js.get("message"), str, js)
+        ms = js.get("retry_after_ms")
+        self.assertTrue(isinstance(ms, int) and not isinstance(ms, bool) and ms > 0, js)
+        ra = h.get("retry-after", "")
+        self.assertRegex(ra, r"^[1-9][0-9]*$", h)
+        self.assertEqual(int(ra), -(-ms // 1000), f"Retry-After is not {ms} ms rounded up")
+        return ms
+
+
+class LoginBackoff(ThrottleAsserts, ServerCase):
+    """Failed logins for one name back off exponentially (the defaults: 5
+    failures, then 1 s, 2 s, 4 s, ...), refused with 429 before any hashing;
+    while it lasts even the right password is refused; success resets it."""
+
+    server_args = ("--auth", "accounts")
+    WRONG = "wrong password"
+
+    def until_not_429(self, user, password, longest_ms):
+        """Retry (every 50 ms, bounded) while the name is backing off; the
+        first answer that is not a 429."""
+        deadline = time.monotonic() + longest_ms / 1000 + 5 * SCALE
+        while True:
+            st, h, js = api_post(self.server, "/api/login", {"user": user, "password": password})
+            if st != 429:
+                return st, js
+            self.assert_throttled(st, h, js)
+            self.assertLessEqual(js["retry_after_ms"], longest_ms, js)
+            self.assertLess(time.monotonic(), deadline, "the backoff did not end")
+            time.sleep(0.05)
+
+    def test_wrong_passwords_back_off_longer_each_time(self):
+        user, other = uniq("bo"), uniq("bok")
+        register(self.server, user)
+        register(self.server, other)
+        before = metric(self.server, "parley_login_throttled_total")
+        for i in range(5):
+            st, _, js = api_post(self.server, "/api/login", {"user": user, "password": self.WRONG})
+            self.assertEqual(st, 401, f"failure {i + 1}: {js}")
+        waits = []
+        for step, longest in enumerate((1000, 2000)):
+            ms = self.assert_throttled(*api_post(self.server, "/api/login",
+                                                 {"user": user, "password": self.WRONG}))
+            self.assertLessEqual(ms, longest)
+            waits.append(ms)
+            if step == 0:
+                # the name backs off, not the address: another user signs in
+                login(self.server, other)
+            st, js = self.until_not_429(user, self.WRONG, longest)
+            self.assertEqual(st, 401, js)
+        # now 4 s: the right password is refused too while it lasts
+        ms = self.assert_throttled(*api_post(self.server, "/api/login",
+                                             {"user": user, "password": PASSWORD}))
+        self.assertLessEqual(ms, 4000)
+        waits.append(ms)
+        self.assertTrue(waits[0] < waits[1] < waits[2], f"Retry-After does not grow: {waits}")
+        st, js = self.until_not_429(user, PASSWORD, 4000)
+        self.assertEqual(st, 200, js)
+        self.assertEqual(claims(js["token"])["sub"], user)
+        # the success wiped the slate: one wrong password is an ordinary 401
+        st, _, js = api_post(self.server, "/api/login", {"user": user, "password": self.WRONG})
+        self.assertEqual(st, 401, js)
+        self.assertGreaterEqual(metric(self.server, "parley_login_throttled_total") - before, 3)
+
+    def test_unknown_name_backs_off_the_same(self):
+        """No telling registered names from others by the throttle."""
+        ghost = uniq("ghost")
+        for i in range(5):
+            st, _, js = api_post(self.server, "/api/login", {"user": ghost, "password": self.WRONG})
+            self.assertEqual(st, 401, f"failure {i + 1}: {js}")
+        ms = self.assert_throttled(*api_post(self.server, "/api/login",
+                                             {"user": ghost, "password": self.WRONG}))
+        self.assertLessEqual(ms, 1000)
+
+
+class LoginPool(ThrottleAsserts, ServerCase):
+    """Junk logins from one address do not hold up a login from another."""
+
+    server_args = ("--auth", "accounts") + known_flags(("--login-workers", "2"))
+
+    def test_junk_logins_do_not_delay_another_address(self):
+        user = uniq("real")
+        register(self.server, user)
+        junk = [lambda: api_post(self.server, "/api/login",
+                                 {"user": uniq("junk"), "password": "wrong password"})
+                for _ in range(20)]
+        done, threads = in_threads(junk)
+        # the server has begun answering the junk: all 20 are in by then
+        # (an answer takes a hash, or the flood is being refused)
+        harness.wait_for(lambda: done, T, what="a first answer to the junk logins")
+        st, _, js = api_post(self.server, "/api/login", {"user": user, "password": PASSWORD},
+                             src="127.0.0.2")
+        t_real = time.monotonic()
+        self.assertEqual(st, 200, js)
+        for t in threads:
+            t.join(60 * SCALE)
+        self.assertEqual(len(done), 20, "not every junk login was answered")
+        results = [r for _, r, _ in done]
+        for r in results:
+            self.assertNotIsInstance(r, Exception)
+        # structural, not a stopwatch: one worker serving in arrival order
+        # hashes all 20 junk logins before the real one; a pool that takes
+        # turns between addresses (and caps what one address may queue)
+        # answers it after at most a few
+        hashed_before = sum(1 for _, r, t in done if r[0] == 401 and t < t_real)
+        self.assertLessEqual(hashed_before, 10,
+                             f"{hashed_before} junk logins were hashed before the real one")
+        refused = [r for r in results if r[0] == 429]
+        self.assertGreaterEqual(len(refused), 5, "one address queued the whole flood")
+        for st, h, js in refused:
+            self.assert_throttled(st, h, js)
+        self.assertEqual({r[0] for r in results} - {401, 429}, set())
+
+
+class LoginQueueFull(ThrottleAsserts, ServerCase):
+    """A full queue answers 429 with Retry-After (it was 503 without one)."""
+
+    server_args = ("--auth", "accounts") + known_flags(("--login-workers", "1"),
+                                                       ("--login-queue", "2"))
+
+    def test_full_queue_is_429_with_retry_after(self):
+        before = metric(self.server, "parley_login_queue_full_total")
+        # eight addresses, one request each: the per-address share is not
+        # what refuses them, the queue is
+        reqs = [lambda i=i: api_post(self.server, "/api/login",
+                                     {"user": uniq("q"), "password": "wrong password"},
+                                     src=f"127.0.0.{i + 2}")
+                for i in range(8)]
+        done, threads = in_threads(reqs)
+        for t in threads:
+            t.join(60 * SCALE)
+        self.assertEqual(len(done), 8)
+        results = [r for _, r, _ in done]
+        for r in results:
+            self.assertNotIsInstance(r, Exception)
+        statuses = sorted(r[0] for r in results)
+        full = [r for r in results if r[0] == 429]
+        self.assertTrue(full, f"8 logins at once, one worker, a queue of 2: {statuses}")
+        for st, h, js in full:
+            self.assert_throttled(st, h, js)
+        self.assertEqual(set(statuses) - {401, 429}, set(), statuses)
+        self.assertGreaterEqual(metric(self.server, "parley_login_queue_full_total") - before,
+                                len(full))
+        # the queue drains: the next request is served
+        register(self.server, uniq("after"))
+
+
+class LoginRate(ThrottleAsserts, ServerCase):
+    """Login and register requests per client address: a token bucket
+    (here 0.5/s, burst 3), refused with 429 before any hashing; another
+    address has its own."""
+
+    server_args = ("--auth", "accounts") + known_flags(("--login-rate", "0.5"),
+                                                       ("--login-burst", "3"))
+
+    def test_requests_per_address_are_rate_limited(self):
+        before = metric(self.server, "parley_login_rate_limited_total")
+        statuses = []
+        for _ in range(5):
+            st, h, js = api_post(self.server, "/api/register",
+                                 {"user": uniq("rl"), "password": PASSWORD})
+            statuses.append(st)
+            if st == 429:
+                self.assertLessEqual(self.assert_throttled(st, h, js), 2000)
+        self.assertEqual(statuses[:3], [201] * 3, statuses)
+        self.assertIn(429, statuses[3:], statuses)
+        # another address, another bucket
+        st, _, js = api_post(self.server, "/api/register", {"user": uniq("rl"),
+                                                             "password": PASSWORD},
+                             src="127.0.0.2")
+        self.assertEqual(st, 201, js)
+        self.assertGreaterEqual(metric(self.server, "parley_login_rate_limited_total") - before,
+                                statuses.count(429))
 
 
 # ------------------------------------------------------------------ rate limits
