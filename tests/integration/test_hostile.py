@@ -775,6 +775,84 @@ class EmptyApiBody(ServerCase):
         self.assertEqual(self.server.get("/healthz")[0], 200)
 
 
+class LoginSpray(ServerCase):
+    """An attacker on one address (127.0.0.9) fires 30 password guesses at
+    once, one per user name so no single name trips its own limit: the
+    address backs off after --login-failures-per-ip (6 here) and is refused
+    with 429 whatever name it tries next, before any hashing; a user on
+    another address signs in meanwhile and the chat goes on."""
+
+    ATTACKER = "127.0.0.9"
+    server_args = ("--auth", "accounts") + tuple(
+        x for flag, v in (("--login-failures-per-ip", "6"),)
+        if flag[2:] in harness.parleyd_flags() for x in (flag, v))
+
+    def api(self, path, body, src=None):
+        st, h, raw = harness.http_get(self.server.port, path, method="POST",
+                                      body=json.dumps(body), timeout=60 * SCALE, src=src)
+        try:
+            return st, h, json.loads(raw)
+        except ValueError:
+            return st, h, raw
+
+    async def test_password_spray_from_one_address(self):
+        room, pair, users = uniq("spray"), [], []
+        for name in ("alice", "bob"):
+            user = uniq(name)
+            users.append(user)
+            body = {"user": user, "password": "correct horse"}
+            st, _, js = await in_thread(self.api, "/api/register", body)
+            self.assertEqual(st, 201, js)
+            st, _, js = await in_thread(self.api, "/api/login", body)
+            self.assertEqual(st, 200, js)
+            c = await self.json_client()
+            await c.call({"type": "hello", "token": js["token"]}, "welcome")
+            await c.call({"type": "join", "room": room}, "joined")
+            pair.append(c)
+        before = self.server.metric("parley_login_throttled_total") or 0
+
+        results = []
+
+        def guess(i):
+            results.append(self.api("/api/login", {"user": uniq(f"victim{i}"),
+                                                   "password": f"guess{i}"}, src=self.ATTACKER))
+
+        threads = [threading.Thread(target=guess, args=(i,), daemon=True) for i in range(30)]
+        for t in threads:
+            t.start()
+        # while the spray runs, a user on another address signs in
+        st, _, js = await in_thread(self.api, "/api/login",
+                                    {"user": users[0], "password": "correct horse"})
+        self.assertEqual(st, 200, js)
+        for t in threads:
+            await in_thread(t.join, 60 * SCALE)
+        statuses = sorted(st for st, _, _ in results)
+        self.assertEqual(len(statuses), 30)
+        self.assertEqual(set(statuses) - {401, 429}, set(), statuses)
+        # at most the address's free failures plus what was already in flight
+        # (its queue share, 8) were hashed
+        self.assertLessEqual(statuses.count(401), 6 + 8, statuses)
+        for st, h, js in results:
+            if st == 429:
+                self.assertEqual(js.get("error"), "rate_limited", js)
+                self.assertRegex(h.get("retry-after", ""), r"^[1-9][0-9]*$", h)
+        # the address now backs off for any name, even a real one with the
+        # right password
+        st, h, js = await in_thread(self.api, "/api/login",
+                                    {"user": users[1], "password": "correct horse"},
+                                    self.ATTACKER)
+        self.assertEqual(st, 429, js)
+        self.assertGreaterEqual(int(h.get("retry-after", "0")), 1, h)
+        self.assertGreater(self.server.metric("parley_login_throttled_total") or 0, before)
+        # and the rest of the world carries on
+        ack = await pair[0].send_msg(room, "after the spray")
+        f = await pair[1].expect(is_msg(room, seq=ack["seq"]), what="a message after the spray")
+        self.assertEqual(f["text"], "after the spray")
+        st, _, js = await in_thread(self.api, "/api/login",
+                                    {"user": users[1], "password": "correct horse"})
+        self.assertEqual(st, 200, js)
+
+
 # ------------------------------------------------------------------ SQL
 
 class SqlMetacharacters(HostileCase):
