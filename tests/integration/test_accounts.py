@@ -692,10 +692,11 @@ class LoginQueueFull(ThrottleAsserts, ServerCase):
 
 class LoginRate(ThrottleAsserts, ServerCase):
     """Login and register requests per client address: a token bucket
-    (here 0.5/s, burst 3), refused with 429 before any hashing; another
-    address has its own."""
+    (here one per 100 s, burst 3: slow enough that no token comes back
+    while the test runs, however slow the machine), refused with 429 before
+    any hashing; another address has its own."""
 
-    server_args = ("--auth", "accounts") + known_flags(("--login-rate", "0.5"),
+    server_args = ("--auth", "accounts") + known_flags(("--login-rate", "0.01"),
                                                        ("--login-burst", "3"))
 
     def test_requests_per_address_are_rate_limited(self):
@@ -706,9 +707,8 @@ class LoginRate(ThrottleAsserts, ServerCase):
                                  {"user": uniq("rl"), "password": PASSWORD})
             statuses.append(st)
             if st == 429:
-                self.assertLessEqual(self.assert_throttled(st, h, js), 2000)
-        self.assertEqual(statuses[:3], [201] * 3, statuses)
-        self.assertIn(429, statuses[3:], statuses)
+                self.assertLessEqual(self.assert_throttled(st, h, js), 100000)
+        self.assertEqual(statuses, [201] * 3 + [429] * 2)
         # another address, another bucket
         st, _, js = api_post(self.server, "/api/register", {"user": uniq("rl"),
                                                              "password": PASSWORD},
