@@ -616,6 +616,8 @@ class LoginBackoff(ThrottleAsserts, ServerCase):
         ms = self.assert_throttled(*api_post(self.server, "/api/login",
                                              {"user": ghost, "password": self.WRONG}))
         self.assertLessEqual(ms, 1000)
+        # what the throttle remembers is counted: this name and the address
+        self.assertGreaterEqual(metric(self.server, "parley_login_throttle_entries"), 2)
 
 
 class LoginPool(ThrottleAsserts, ServerCase):
@@ -688,6 +690,7 @@ class LoginQueueFull(ThrottleAsserts, ServerCase):
                                 len(full))
         # the queue drains: the next request is served
         register(self.server, uniq("after"))
+        self.assertEqual(self.server.metric("parley_login_queue_depth"), 0)
 
 
 class LoginRate(ThrottleAsserts, ServerCase):
