@@ -2,7 +2,7 @@
  * accounts — see accounts.h. One worker thread drains a bounded FIFO of
  * requests; it may block on scrypt and on the database, which is the point:
  * nothing here ever runs on an event loop except accounts_submit and the
- * token/admin checks (one HMAC, one memcmp).
+ * token checks (one HMAC).
  */
 #include "accounts.h"
 
@@ -31,8 +31,6 @@ struct accounts {
     struct server *srv;
     unsigned char key[256];
     size_t keylen;
-    char admin[256];
-    size_t adminlen;   /* 0: no admin token configured */
     /* A real hash of a random password: unknown users are "verified" against
      * it so a login costs the same whether or not the name exists. */
     char dummy_hash[256];
@@ -185,16 +183,6 @@ const char *accounts_token_error(int rc)
     return auth_jwt_strerror(rc);
 }
 
-bool accounts_admin_ok(struct accounts *a, const char *authorization)
-{
-    static const char prefix[] = "Bearer ";
-    if (!a->adminlen || !authorization || strncmp(authorization, prefix, 7) != 0)
-        return false;
-    const char *t = authorization + 7;
-    size_t n = strlen(t);
-    return n == a->adminlen && CRYPTO_memcmp(t, a->admin, n) == 0;
-}
-
 int accounts_sign(struct accounts *a, const char *user, int64_t ttl_s, char *out, size_t outsz,
                   int64_t *exp_ms)
 {
@@ -217,12 +205,6 @@ struct accounts *accounts_new(struct server *srv, char *err, size_t errsz)
     if (auth_load_or_create_secret(cfg->token_secret_file, a->key, sizeof(a->key), &a->keylen,
                                    err, errsz) != 0)
         goto fail;
-    if (cfg->admin_token_file && cfg->admin_token_file[0]) {
-        if (auth_load_token_file(cfg->admin_token_file, a->admin, sizeof(a->admin), err, errsz) !=
-            0)
-            goto fail;
-        a->adminlen = strlen(a->admin);
-    }
     RAND_bytes(rnd, sizeof(rnd));
     for (size_t i = 0; i < sizeof(rnd); i++)
         snprintf(pw + 2 * i, 3, "%02x", rnd[i]);

@@ -37,8 +37,9 @@ struct acct_req {
     struct acct_req *next;    /* private */
 };
 
-/* Thread: main. Loads (or creates) the token secret and the admin token,
- * starts the worker. NULL with err on failure. */
+/* Thread: main. Loads (or creates) the token secret, starts the worker.
+ * NULL with err on failure. (The admin token is the server's, in every
+ * mode: main loads it.) */
 struct accounts *accounts_new(struct server *srv, char *err, size_t errsz);
 /* Thread: main, after the loops stopped. Joins the worker; queued requests
  * are answered 503. NULL is fine. */
@@ -52,8 +53,6 @@ void acct_req_free(struct acct_req *r);
 /* Thread: any (one HMAC). 0 and the user name, or a negative auth error. */
 int accounts_verify_token(struct accounts *a, const char *token, char *user, size_t usersz);
 const char *accounts_token_error(int rc);
-/* Thread: any. True if header is "Bearer <admin token>" (constant time). */
-bool accounts_admin_ok(struct accounts *a, const char *authorization);
 /* Thread: any. Sign a token for user valid for ttl_s seconds (operator command). */
 int accounts_sign(struct accounts *a, const char *user, int64_t ttl_s, char *out, size_t outsz,
                   int64_t *exp_ms);
