@@ -1164,9 +1164,11 @@ void broker_disconnected(struct broker *b, struct client *c)
     while (c->njoined)
         leave_room(b, c, c->joined[c->njoined - 1].room);
     if (c->authed) {
-        counters_detach(b->srv->counters, c->user);
+        char name[CODEC_USER_MAX + 1];
+        str_lcpy(name, c->user, sizeof(name));
+        counters_detach(b->srv->counters, name);
         pthread_mutex_lock(&b->users_lock);
-        struct user *u = user_get_locked(b, c->user, false);
+        struct user *u = user_get_locked(b, name, false);
         for (size_t i = 0; u && i < u->n; i++) {
             if (u->conns[i] == c) {
                 u->conns[i] = u->conns[--u->n];
@@ -1176,7 +1178,7 @@ void broker_disconnected(struct broker *b, struct client *c)
         }
         /* open mode: a name nobody holds is nobody's, forget it */
         if (u && !u->n && !u->account && !b->srv->accounts)
-            user_free(strmap_del(b->users, c->user));
+            user_free(strmap_del(b->users, name));
         pthread_mutex_unlock(&b->users_lock);
     }
 }
