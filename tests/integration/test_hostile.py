@@ -1252,8 +1252,13 @@ class OpenModeNames(HostileCase):
         # open mode writes no row per name
         self.assertEqual(self.users_rows(), 0)
         grown = rss_kb(pid) - rss0
-        self.assertLess(grown, NAMES_RSS_SLACK_KB,
-                        f"RSS grew {grown} KiB for {OPEN_NAMES} names that are gone")
+        print(f"open-mode names RSS: {rss0} KiB after the warm-up, {grown:+d} KiB after "
+              f"{OPEN_NAMES} more names", flush=True)
+        # RSS means little under sanitizers (quarantine, shadow memory)
+        if not (os.environ.get("ASAN_OPTIONS") or os.environ.get("TSAN_OPTIONS") or
+                os.environ.get("PARLEY_TIMEOUT_SCALE")):
+            self.assertLess(grown, NAMES_RSS_SLACK_KB,
+                            f"RSS grew {grown} KiB for {OPEN_NAMES} names that are gone")
         await self.chatting("at the end")
 
     async def test_stats_users_needs_the_admin_token(self):
