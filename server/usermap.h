@@ -6,11 +6,11 @@
  * size given at creation, aligned for any type) and the one rwlock that
  * guards the map's shape. Every I/O loop thread looks up and creates
  * entries; any thread iterates (the dumper, the HTTP API) or removes (the
- * rate-limit sweep, the dumper's pruning of idle counters). A lookup of a known name takes only the read lock; a
- * miss takes the write lock and looks again before inserting, so racing
- * threads create a name once. What the value holds and how it is updated
- * under the read lock (atomics, so several readers can update one value at
- * once) is up to the user of the map.
+ * rate-limit sweep, the dumper's pruning of idle counters). A lookup of a
+ * known name takes only the read lock; a miss takes the write lock and looks
+ * again before inserting, so racing threads create a name once. What the
+ * value holds and how it is updated under the read lock (atomics, so several
+ * readers can update one value at once) is up to the user of the map.
  *
  * A value pointer is valid only inside the callback it is passed to: once
  * the callback returns, the lock is released and the entry may be removed.
