@@ -3,8 +3,7 @@
  * queue of requests (fairq: one FIFO per client address, served in turn);
  * a worker may block on scrypt and on the database, which is the point:
  * nothing here ever runs on an event loop except accounts_submit (the
- * throttles and the queue: memory only) and the token/admin checks (one
- * HMAC, one memcmp).
+ * throttles and the queue: memory only) and the token check (one HMAC).
  *
  * Throttling happens in submit, before a request costs a hash: a login
  * takes a slot in the per-name and the per-address throttle (throttle.c:
@@ -58,8 +57,6 @@ struct accounts {
     struct server *srv;
     unsigned char key[256];
     size_t keylen;
-    char admin[256];
-    size_t adminlen;   /* 0: no admin token configured */
     /* A real hash of a random password: unknown users are "verified" against
      * it so a login costs the same whether or not the name exists. */
     char dummy_hash[256];
@@ -404,16 +401,6 @@ const char *accounts_token_error(int rc)
     return auth_jwt_strerror(rc);
 }
 
-bool accounts_admin_ok(struct accounts *a, const char *authorization)
-{
-    static const char prefix[] = "Bearer ";
-    if (!a->adminlen || !authorization || strncmp(authorization, prefix, 7) != 0)
-        return false;
-    const char *t = authorization + 7;
-    size_t n = strlen(t);
-    return n == a->adminlen && CRYPTO_memcmp(t, a->admin, n) == 0;
-}
-
 int accounts_sign(struct accounts *a, const char *user, int64_t ttl_s, char *out, size_t outsz,
                   int64_t *exp_ms)
 {
@@ -459,12 +446,6 @@ struct accounts *accounts_new(struct server *srv, char *err, size_t errsz)
     if (auth_load_or_create_secret(cfg->token_secret_file, a->key, sizeof(a->key), &a->keylen,
                                    err, errsz) != 0)
         goto fail;
-    if (cfg->admin_token_file && cfg->admin_token_file[0]) {
-        if (auth_load_token_file(cfg->admin_token_file, a->admin, sizeof(a->admin), err, errsz) !=
-            0)
-            goto fail;
-        a->adminlen = strlen(a->admin);
-    }
     RAND_bytes(rnd, sizeof(rnd));
     for (size_t i = 0; i < sizeof(rnd); i++)
         snprintf(pw + 2 * i, 3, "%02x", rnd[i]);

@@ -56,8 +56,9 @@ struct accounts_stats {
     size_t throttle_entries; /* names and addresses the throttles hold */
 };
 
-/* Thread: main. Loads (or creates) the token secret and the admin token,
- * starts the workers. NULL with err on failure. */
+/* Thread: main. Loads (or creates) the token secret, starts the workers.
+ * NULL with err on failure. (The admin token is the server's, in every
+ * mode: main loads it.) */
 struct accounts *accounts_new(struct server *srv, char *err, size_t errsz);
 /* Thread: main, after the loops stopped. Joins the workers; queued requests
  * are answered 503. NULL is fine. */
@@ -75,8 +76,6 @@ void accounts_stats(struct accounts *a, struct accounts_stats *st);
 /* Thread: any (one HMAC). 0 and the user name, or a negative auth error. */
 int accounts_verify_token(struct accounts *a, const char *token, char *user, size_t usersz);
 const char *accounts_token_error(int rc);
-/* Thread: any. True if header is "Bearer <admin token>" (constant time). */
-bool accounts_admin_ok(struct accounts *a, const char *authorization);
 /* Thread: any. Sign a token for user valid for ttl_s seconds (operator command). */
 int accounts_sign(struct accounts *a, const char *user, int64_t ttl_s, char *out, size_t outsz,
                   int64_t *exp_ms);

@@ -747,3 +747,15 @@ fail:
     buf[0] = '\0';
     return -1;
 }
+
+bool auth_bearer_ok(const char *authorization, const char *token)
+{
+    static const char prefix[] = "Bearer ";
+    size_t plen = sizeof(prefix) - 1;
+
+    if (!token || !token[0] || !authorization || strncmp(authorization, prefix, plen) != 0)
+        return false;
+    const char *t = authorization + plen;
+    size_t n = strlen(t);
+    return n == strlen(token) && CRYPTO_memcmp(t, token, n) == 0;
+}

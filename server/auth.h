@@ -123,4 +123,9 @@ int auth_load_or_create_secret(const char *path, unsigned char *key, size_t keyc
  */
 int auth_load_token_file(const char *path, char *buf, size_t cap, char *err, size_t errsz);
 
+/* Thread: any. True if authorization (an Authorization header's value, may be
+ * NULL) is "Bearer <token>" with exactly token, compared in constant time
+ * for a given length. An empty or NULL token matches nothing. */
+bool auth_bearer_ok(const char *authorization, const char *token);
+
 #endif

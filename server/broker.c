@@ -68,7 +68,10 @@ struct broker {
     struct codec_limits lim;
 
     pthread_mutex_t users_lock;
-    strmap_t *users;       /* {users_lock} name -> struct user, every name ever seen */
+    /* {users_lock} name -> struct user: every name with a live connection, every
+     * account, and in accounts mode every users row (names seen with a token).
+     * Open mode forgets a name with its last connection. */
+    strmap_t *users;
 
     pthread_mutex_t idem_lock;
     strmap_t *idem;        /* {idem_lock} "room\x1fuser\x1fid" -> struct idem_entry */
@@ -508,10 +511,13 @@ static void do_hello(struct broker *b, struct client *c, const struct req *r, bo
     u->conns[u->n++] = client_ref(c);
     pthread_mutex_unlock(&b->users_lock);
 
-    if (first_seen)
+    /* open mode keeps no row per name: a name there is nobody's, and a row
+     * for every name ever tried would grow the database forever */
+    if (first_seen && b->srv->accounts)
         remember_user(b, user);
     str_lcpy(c->user, user, sizeof(c->user));
     c->authed = true;
+    counters_attach(b->srv->counters, c->user);
     unsigned char rnd[8];
     RAND_bytes(rnd, sizeof(rnd));
     for (int i = 0; i < 8; i++)
@@ -651,13 +657,12 @@ static void notify_targets(struct broker *b, const struct note_target *t, size_t
     }
 }
 
+static bool dm_join_ok(struct broker *b, struct client *c, const struct req *r);
+
 static void do_join(struct broker *b, struct client *c, const struct req *r)
 {
-    if (strncmp(r->room, "dm:", 3) == 0 && !dm_participant(r->room, c->user)) {
-        reply_error(c, ERR_FORBIDDEN, "only its two participants may read a DM conversation",
-                    r->ref);
+    if (strncmp(r->room, "dm:", 3) == 0 && !dm_join_ok(b, c, r))
         return;
-    }
     const struct config *cfg = b->srv->cfg;
     if (!joined_find(c, r->room) && (long)c->njoined >= cfg->max_rooms_per_conn) {
         reply_error(c, ERR_BAD_REQUEST, "too many rooms joined on this connection", r->ref);
@@ -687,6 +692,8 @@ static void do_join(struct broker *b, struct client *c, const struct req *r)
         a = hi >= limit ? hi - limit + 1 : 1;
         z = hi;
     }
+    if (rm->is_dm && !b->srv->accounts)
+        a = z + 1; /* open mode serves no DM history (see do_history) */
     answer_range_locked(b, c, rm, READ_JOINED, a, z, false, r->ref);
     pthread_mutex_unlock(&rm->lock);
     c->current = joined_find(c, r->room);
@@ -806,15 +813,60 @@ static void publish(struct broker *b, struct client *c, struct room *rm, const c
     METRIC_INC(&b->srv->metrics, messages_received_total);
 }
 
-/* Open mode: a name ever seen. Accounts mode: a name with an account, or
- * one signed in right now with a token minted by the operator's backend. */
+/* Who may get a DM. Open mode: a name held by a live connection now (a name
+ * there is nobody's, and its DM history is not served, so a DM to a name
+ * nobody holds would reach no one). Accounts mode: a name with an account,
+ * or one signed in right now with a token minted by the operator's backend. */
 static bool user_known(struct broker *b, const char *name)
 {
     pthread_mutex_lock(&b->users_lock);
     struct user *u = user_get_locked(b, name, false);
-    bool known = u && (!b->srv->accounts || u->account || u->n);
+    bool known = u && (u->n || (b->srv->accounts && u->account));
     pthread_mutex_unlock(&b->users_lock);
     return known;
+}
+
+/* Whose DM room may be joined. Open mode: as user_known. Accounts mode: any
+ * name the server has a record of (an account, a live connection, a users
+ * row from a token), so a conversation with a name nobody ever held is never
+ * created. */
+static bool user_exists(struct broker *b, const char *name)
+{
+    if (!b->srv->accounts)
+        return user_known(b, name);
+    pthread_mutex_lock(&b->users_lock);
+    bool exists = user_get_locked(b, name, false) != NULL;
+    pthread_mutex_unlock(&b->users_lock);
+    return exists;
+}
+
+static void reply_no_such_user(struct broker *b, struct client *c, const char *ref)
+{
+    reply_error(c, ERR_NO_SUCH_USER,
+                b->srv->accounts ? "no user by that name"
+                                 : "no user by that name is online: in open mode DMs go only "
+                                   "to users online now",
+                ref);
+}
+
+/* A DM room may be joined by its two participants only, and only while the
+ * other one exists (user_exists): a join must not make the server keep a
+ * room for a conversation with a name nobody holds. Checked before the
+ * room is looked up or created. False after answering. */
+static bool dm_join_ok(struct broker *b, struct client *c, const struct req *r)
+{
+    char a[CODEC_USER_MAX + 1], z[CODEC_USER_MAX + 1];
+
+    if (!codec_parse_dm(r->room, a, z) || (strcmp(a, c->user) != 0 && strcmp(z, c->user) != 0)) {
+        reply_error(c, ERR_FORBIDDEN, "only its two participants may read a DM conversation",
+                    r->ref);
+        return false;
+    }
+    if (!user_exists(b, strcmp(a, c->user) == 0 ? z : a)) {
+        reply_no_such_user(b, c, r->ref);
+        return false;
+    }
+    return true;
 }
 
 static void do_send(struct broker *b, struct client *c, const struct req *r)
@@ -825,10 +877,17 @@ static void do_send(struct broker *b, struct client *c, const struct req *r)
         reply_error(c, ERR_NOT_JOINED, "join the room before sending to it", r->ref);
         return;
     }
-    if (rm->is_dm && codec_parse_dm(rm->name, a, z))
-        publish(b, c, rm, strcmp(a, c->user) == 0 ? z : a, r);
-    else
+    if (rm->is_dm && codec_parse_dm(rm->name, a, z)) {
+        const char *peer = strcmp(a, c->user) == 0 ? z : a;
+        /* open mode: as for dm, only to someone online now */
+        if (!b->srv->accounts && !user_known(b, peer)) {
+            reply_no_such_user(b, c, r->ref);
+            return;
+        }
+        publish(b, c, rm, peer, r);
+    } else {
         publish(b, c, rm, NULL, r);
+    }
 }
 
 static void do_dm(struct broker *b, struct client *c, const struct req *r)
@@ -839,7 +898,7 @@ static void do_dm(struct broker *b, struct client *c, const struct req *r)
         return;
     }
     if (!user_known(b, r->to)) {
-        reply_error(c, ERR_NO_SUCH_USER, "no user by that name has ever been seen", r->ref);
+        reply_no_such_user(b, c, r->ref);
         return;
     }
     codec_dm_room(c->user, r->to, room);
@@ -852,6 +911,15 @@ static void do_history(struct broker *b, struct client *c, const struct req *r)
 {
     if (strncmp(r->room, "dm:", 3) == 0 && !dm_participant(r->room, c->user)) {
         reply_error(c, ERR_FORBIDDEN, "only its two participants may read a DM conversation",
+                    r->ref);
+        return;
+    }
+    if (strncmp(r->room, "dm:", 3) == 0 && !b->srv->accounts) {
+        /* whoever holds a name now may not be who held it when the DMs
+         * were sent: open mode never serves them back */
+        reply_error(c, ERR_FORBIDDEN,
+                    "open mode keeps no readable DM history: anyone may take a name nobody "
+                    "holds, so DMs are only delivered live",
                     r->ref);
         return;
     }
@@ -1096,8 +1164,11 @@ void broker_disconnected(struct broker *b, struct client *c)
     while (c->njoined)
         leave_room(b, c, c->joined[c->njoined - 1].room);
     if (c->authed) {
+        char name[CODEC_USER_MAX + 1];
+        str_lcpy(name, c->user, sizeof(name));
+        counters_detach(b->srv->counters, name);
         pthread_mutex_lock(&b->users_lock);
-        struct user *u = user_get_locked(b, c->user, false);
+        struct user *u = user_get_locked(b, name, false);
         for (size_t i = 0; u && i < u->n; i++) {
             if (u->conns[i] == c) {
                 u->conns[i] = u->conns[--u->n];
@@ -1105,6 +1176,9 @@ void broker_disconnected(struct broker *b, struct client *c)
                 break;
             }
         }
+        /* open mode: a name nobody holds is nobody's, forget it */
+        if (u && !u->n && !u->account && !b->srv->accounts)
+            user_free(strmap_del(b->users, name));
         pthread_mutex_unlock(&b->users_lock);
     }
 }
@@ -1124,6 +1198,10 @@ static void load_room(void *arg, const char *room, uint64_t seq)
 static void load_user(void *arg, const char *name, const char *email)
 {
     struct broker *b = arg;
+    /* open mode: a row without an account (a name seen earlier) means
+     * nothing now, since a name is known only while someone holds it */
+    if (!email && !b->srv->accounts)
+        return;
     struct user *u = user_get_locked(b, name, true);
     if (email && email[0])
         u->email = xstrdup(email);

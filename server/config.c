@@ -117,7 +117,7 @@ static const struct cfg_opt opts[] = {
      .def = "86400", .min = 60, .max = 31536000, .help = "lifetime of tokens from /api/login"},
     {.name = "admin-token-file", .type = OPT_STR, .off = OFF(admin_token_file),
      .metavar = "FILE", .min = 1,
-     .help = "bearer token for admin endpoints (accounts mode)"},
+     .help = "bearer token for GET /api/stats/users (any mode)"},
     {.name = "dump-interval", .type = OPT_DOUBLE, .off = OFF(dump_interval), .metavar = "SEC",
      .def = "60", .min = 0.01, .max = 86400, .help = "how often per-user counters are dumped"},
     {.name = "dump-file", .type = OPT_STR, .off = OFF(dump_file), .metavar = "FILE", .min = 1,

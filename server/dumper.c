@@ -58,7 +58,7 @@ out_fd:
 
 static void dump(dumper_t *d)
 {
-    char *json = counters_json(d->c, now_wall_ms());
+    char *json = counters_dump(d->c, now_wall_ms());
     size_t n = strlen(json);
 
     /* one buffer, one write(): O_APPEND keeps the line whole */

@@ -1,7 +1,9 @@
 /*
  * dumper — a worker thread that appends the per-user counters to a file, one
- * JSON line ({"ts":ms,"users":{...}}, see counters_json) every interval, on
- * demand (SIGUSR1) and once more when stopped.
+ * JSON line ({"ts":ms,"users":{...}}, see counters_dump: only the users whose
+ * count changed since the previous line) every interval, on demand (SIGUSR1)
+ * and once more when stopped. Each dump also forgets the users that were
+ * neither active nor connected since the previous one.
  *
  * The thread sleeps on a condition variable timed against CLOCK_MONOTONIC, so
  * wall-clock jumps do not shorten or stretch the interval and a stop or

@@ -137,16 +137,19 @@ static void sample_metrics(struct server *srv, struct store_stats *ss)
     }
 }
 
-/* GET /api/stats/users: the live per-user request counters. */
+/* GET /api/stats/users: the live per-user request counters. It names every
+ * user online or recently active, so it needs the admin token in every mode. */
 static int stats_users(struct lws *wsi, struct server *srv, struct http_state *st)
 {
     char auth[512];
-    if (srv->accounts) {
-        if (lws_hdr_copy(wsi, auth, sizeof(auth), WSI_TOKEN_HTTP_AUTHORIZATION) <= 0 ||
-            !accounts_admin_ok(srv->accounts, auth))
-            return respond_error(wsi, st, 401, "auth_required",
-                                 "this endpoint needs the admin token (Authorization: Bearer)");
-    }
+    if (!srv->admin_token)
+        return respond_error(wsi, st, 403, "forbidden",
+                             "no admin token is configured: start parleyd with "
+                             "--admin-token-file to use this endpoint");
+    if (lws_hdr_copy(wsi, auth, sizeof(auth), WSI_TOKEN_HTTP_AUTHORIZATION) <= 0 ||
+        !auth_bearer_ok(auth, srv->admin_token))
+        return respond_error(wsi, st, 401, "auth_required",
+                             "this endpoint needs the admin token (Authorization: Bearer)");
     char *json = counters_json(srv->counters, now_wall_ms());
     int rc = respond_json(wsi, st, 200, json);
     free(json);

@@ -20,6 +20,7 @@
 
 #include "accounts.h"
 #include "admin.h"
+#include "auth.h"
 #include "broker.h"
 #include "counters.h"
 #include "dumper.h"
@@ -228,6 +229,16 @@ int main(int argc, char **argv)
         log_error("main", "%s", err);
         goto out;
     }
+    if (cfg.admin_token_file && cfg.admin_token_file[0]) {
+        /* the admin endpoints need it in open mode too, so it is not
+         * an accounts-mode setting */
+        srv.admin_token = xmalloc(256);
+        if (auth_load_token_file(cfg.admin_token_file, srv.admin_token, 256, err,
+                                 sizeof(err)) != 0) {
+            log_error("main", "%s", err);
+            goto out;
+        }
+    }
     srv.iplimit = iplimit_new(cfg.max_connections_per_ip);
     srv.counters = counters_new();
     srv.ratelimit = ratelimit_new(cfg.rate, cfg.burst);
@@ -242,6 +253,11 @@ int main(int argc, char **argv)
             log_error("main", "%s", err);
             goto out;
         }
+    } else {
+        log_warn("main", "open mode (--auth open) is for trusted networks: anyone who can "
+                         "connect may sign in as any name no live connection holds, and then "
+                         "receives the DMs sent to that name; DMs go only to users online now "
+                         "and DM history is never served; use --auth accounts otherwise");
     }
     srv.broker = broker_new(&srv, err, sizeof(err));
     if (!srv.broker) {
@@ -316,6 +332,7 @@ out:
         loop_free(srv.loops[i]);
     free(srv.loops);
     webcache_free(srv.web);
+    free(srv.admin_token);
     if (rc == 0)
         log_info("main", "stopped cleanly");
     cfg_release(&cfg);

@@ -130,6 +130,35 @@ def metric(server, name):
     return server.metrics().get(name, {}).get("", 0.0)
 
 
+ADMIN = "admin-" + "0123456789abcdef" * 2
+
+
+def admin_token_file(tmp):
+    """Write ADMIN to a 0600 file in tmp for --admin-token-file."""
+    path = os.path.join(tmp, "admin.token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(ADMIN + "\n")
+    return path
+
+
+def stats_users(server):
+    """GET /api/stats/users with the admin token; the parsed body."""
+    st, _, raw = server.get("/api/stats/users", headers={"Authorization": "Bearer " + ADMIN})
+    if st != 200:
+        raise AssertionError(f"/api/stats/users answered {st}: {raw!r}")
+    return json.loads(raw)
+
+
+def last_count(dumps, user):
+    """The user's count in the latest dump line that lists it (a line lists
+    only the users active since the line before), or None."""
+    for d in reversed(dumps):
+        if user in d["users"]:
+            return d["users"][user]
+    return None
+
+
 # ------------------------------------------------------------------ open mode
 
 class OpenMode(ServerCase):
@@ -149,11 +178,63 @@ class OpenMode(ServerCase):
         r = await c.call({"type": "hello", "token": tok})
         self.assertEqual((r["type"], r.get("code")), ("error", "auth_failed"), r)
 
+    def test_start_warns_what_open_mode_allows(self):
+        lines = [x for x in self.server.log_text().splitlines() if "open mode" in x]
+        self.assertEqual(len(lines), 1, self.server.log_text())
+        self.assertIn(" warn ", lines[0])
+        for words in ("trusted networks", "any name", "DMs", "--auth accounts"):
+            self.assertIn(words, lines[0])
+
+    def test_stats_users_without_an_admin_token_configured_is_403(self):
+        """No --admin-token-file: the endpoint is closed, whatever is sent."""
+        for hdrs in ({}, {"Authorization": "Bearer " + ADMIN}, {"Authorization": "Bearer "}):
+            with self.subTest(hdrs=hdrs):
+                st, h, raw = self.server.get("/api/stats/users", headers=hdrs)
+                self.assertEqual(st, 403, raw)
+                js = json.loads(raw)
+                self.assertEqual(js.get("error"), "forbidden", js)
+                self.assertIn("--admin-token-file", js.get("message", ""), js)
+
 
 # ------------------------------------------------------------------ accounts mode
 
 class Accounts(ServerCase):
     server_args = ("--auth", "accounts")
+
+    def test_no_open_mode_warning(self):
+        self.assertNotIn("open mode", self.server.log_text())
+
+    async def test_dm_rooms_only_with_users_that_exist(self):
+        """A DM room can be joined with a user the server has a record of (an
+        account, a live connection, a name seen with a token), and its
+        history is the participants' to read; with a name nobody ever held
+        the join is refused before any room is made."""
+        alice, bob = uniq("xa"), uniq("xb")
+        register(self.server, alice)
+        register(self.server, bob)  # never connects
+        a = await token_client(self, login(self.server, alice))
+        ack = await a.call({"type": "dm", "to": bob, "text": "while you are away"}, "ack")
+        j = await a.call({"type": "join", "room": ack["room"]}, "joined")
+        self.assertEqual([m["text"] for m in j["history"]], ["while you are away"])
+        h = await a.call({"type": "history", "room": ack["room"]}, "history")
+        self.assertEqual([m["text"] for m in h["messages"]], ["while you are away"])
+
+        rooms_before = metric(self.server, "parley_rooms")
+        ghost = uniq("ghost")
+        e = await a.call({"type": "join", "room": "dm:" + ":".join(sorted([alice, ghost])),
+                          "ref": "g"})
+        self.assertEqual((e["type"], e.get("code"), e.get("ref")), ("error", "no_such_user", "g"))
+        self.assertEqual(metric(self.server, "parley_rooms"), rooms_before)
+
+        # a name seen once with a backend-minted token is a user from then on
+        tok_user = uniq("xt")
+        key = read_secret(self.server)
+        t = await token_client(self, mint(key, {"sub": tok_user, "iat": now_s(),
+                                                "exp": now_s() + 600}))
+        await t.close()
+        j = await a.call({"type": "join", "room": "dm:" + ":".join(sorted([alice, tok_user]))},
+                         "joined")
+        self.assertEqual(j["history"], [])
 
     def test_register_login_token(self):
         user = uniq("reg")
@@ -892,13 +973,15 @@ async def mixed_requests(r, room, rounds):
 
 
 class CountersOpen(ServerCase):
-    """--dump-interval 0.2 into a file in the test's temporary directory."""
+    """--dump-interval 0.2 into a file in the test's temporary directory; an
+    admin token for the stats API (needed in open mode too)."""
 
     @classmethod
     def make_server(cls):
         tmp = tempfile.mkdtemp(prefix="parley-it-")
         cls.dump_path = os.path.join(tmp, "c.jsonl")
-        return Server(args=["--dump-interval", "0.2", "--dump-file", cls.dump_path], tmpdir=tmp)
+        return Server(args=["--dump-interval", "0.2", "--dump-file", cls.dump_path,
+                            "--admin-token-file", admin_token_file(tmp)], tmpdir=tmp)
 
     async def test_periodic_dumps_and_stats_api(self):
         alice, bob = uniq("ca"), uniq("cb")
@@ -914,25 +997,25 @@ class CountersOpen(ServerCase):
 
         def caught_up():
             d = read_dumps(self.dump_path)
-            if d and all(d[-1]["users"].get(u) == n for u, n in want.items()):
+            if d and all(last_count(d, u) == n for u, n in want.items()):
                 return d
             return None
         dumps = harness.wait_for(caught_up, 5 * T, what=f"a dump with {want}")
-        last = dumps[-1]
         for u, n in want.items():
-            self.assertEqual(last["users"][u], n, last)
+            self.assertEqual(last_count(dumps, u), n, dumps[-1])
         # periodic: the lines keep coming, time going forward
         more = harness.wait_for(lambda: (lambda d: d if len(d) >= len(dumps) + 2 else None)(
             read_dumps(self.dump_path)), 5 * T, what="two more periodic dumps")
         self.assertGreater(len(more), lines_before)
         ts = [d["ts"] for d in more]
         self.assertEqual(ts, sorted(ts))
+        # a line lists only who was active since the line before: the two
+        # idle (still connected) users are in none of the later ones
         for u, n in want.items():
-            self.assertEqual(more[-1]["users"][u], n, "counts changed without requests")
+            self.assertNotIn(u, more[-1]["users"], "listed without requests")
+            self.assertEqual(last_count(more, u), n, "counts changed without requests")
 
-        st, _, raw = self.server.get("/api/stats/users")
-        self.assertEqual(st, 200)
-        js = json.loads(raw)
+        js = stats_users(self.server)
         self.assertIsInstance(js["ts"], int)
         for u, n in want.items():
             self.assertEqual(js["users"].get(u), n, js)
@@ -940,7 +1023,9 @@ class CountersOpen(ServerCase):
     async def test_rate_limited_requests_count(self):
         """Refused by the rate limit is still a request (the harness lifted
         the limit here, so use another server)."""
-        srv = Server(args=["--rate", "1", "--burst", "1", "--abuse-strikes", "1000"])
+        tmp = tempfile.mkdtemp(prefix="parley-it-")
+        srv = Server(args=["--rate", "1", "--burst", "1", "--abuse-strikes", "1000",
+                           "--admin-token-file", admin_token_file(tmp)], tmpdir=tmp)
         self.addCleanup(srv.cleanup)
         srv.start()
         c = await JClient.connect(srv, user=uniq("rl"), room="r")
@@ -952,8 +1037,7 @@ class CountersOpen(ServerCase):
             limited += f.get("code") == "rate_limited"
         self.assertGreaterEqual(limited, 3)
         await r.barrier()
-        st, _, raw = srv.get("/api/stats/users")
-        self.assertEqual(json.loads(raw)["users"].get(c.user), r.n + 1)  # + the join
+        self.assertEqual(stats_users(srv)["users"].get(c.user), r.n + 1)  # + the join
         await c.close()
         self.assertEqual(srv.stop(), 0)
 
@@ -968,8 +1052,7 @@ class CountersOpen(ServerCase):
             f = await r.c.expect_type("error")
             self.assertIn(f["code"], ("bad_json", "bad_request", "unknown_type"), f)
         await r.barrier()
-        st, _, raw = self.server.get("/api/stats/users")
-        self.assertEqual(json.loads(raw)["users"].get(user), r.n,
+        self.assertEqual(stats_users(self.server)["users"].get(user), r.n,
                          "malformed request frames of a signed-in user are not counted")
 
 
@@ -1008,15 +1091,12 @@ class CountersSignals(ServerCase):
 class CountersAccounts(ServerCase):
     """Accounts mode: the stats API needs the admin token."""
 
-    ADMIN = "admin-" + "0123456789abcdef" * 2
+    ADMIN = ADMIN
 
     @classmethod
     def make_server(cls):
         tmp = tempfile.mkdtemp(prefix="parley-it-")
-        tokf = os.path.join(tmp, "admin.token")
-        fd = os.open(tokf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(cls.ADMIN + "\n")
+        tokf = admin_token_file(tmp)
         cls.dump_path = os.path.join(tmp, "c.jsonl")
         return Server(args=["--auth", "accounts", "--admin-token-file", tokf,
                             "--dump-interval", "0.2", "--dump-file", cls.dump_path], tmpdir=tmp)
@@ -1041,9 +1121,9 @@ class CountersAccounts(ServerCase):
         self.assertEqual(st, 200, raw)
         self.assertEqual(json.loads(raw)["users"].get(user), r.n)
         d = harness.wait_for(
-            lambda: (lambda d: d if d and d[-1]["users"].get(user) == r.n else None)(
+            lambda: (lambda d: d if last_count(d, user) == r.n else None)(
                 read_dumps(self.dump_path)), 5 * T, what="a dump with the counts")
-        self.assertEqual(d[-1]["users"][user], r.n)
+        self.assertEqual(last_count(d, user), r.n)
 
 
 # ------------------------------------------------------------------ metrics

@@ -11,8 +11,11 @@ and receives after each attack.
 import asyncio
 import json
 import os
+import signal
 import socket
+import sqlite3
 import struct
+import tempfile
 import threading
 import time
 
@@ -1188,6 +1191,197 @@ class Timeouts(HostileCase):
             return len(w["users"]) == 3
         await harness.async_wait_for(three_left, T, 0.1, "who == alice, bob, polite")
         await self.chatting("idle")
+
+
+
+# ------------------------------------------------------------------ open mode
+
+ADMIN = "admin-" + "fedcba9876543210" * 2
+# Distinct names that come and go in the measured round (bounded by count
+# and by time), in chunks of NAMES_CHUNK with a counter dump after each
+# (a dump interval), after a warm-up round of two chunks done the same way.
+OPEN_NAMES = int(os.environ.get("PARLEY_OPEN_NAMES", "5000"))
+NAMES_CHUNK = 1000
+NAMES_SECONDS = 120 * SCALE
+NAME_WORKERS = 16
+# RSS may grow this much from the end of the warm-up round to the end of
+# the measured round (allocator slack, SQLite's page cache). Keeping every
+# name (a users-map entry, a counter, a database row) costs about 3 MiB for
+# 5000 names of 32 characters; forgetting them leaves the memory of one
+# chunk's names, which the warm-up already used.
+NAMES_RSS_SLACK_KB = 768
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/PID/status")
+
+
+def read_dump_lines(path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    return [json.loads(x) for x in data.split(b"\n")[:-1]]
+
+
+class OpenModeNames(HostileCase):
+    """Open mode hands out any free name: names that come and go must not
+    cost memory, dump lines or database rows once they are gone, the stats
+    API that lists names needs the admin token, and whoever takes a name
+    later cannot read the DMs of the one who held it."""
+
+    @classmethod
+    def make_server(cls):
+        tmp = tempfile.mkdtemp(prefix="parley-it-")
+        cls.dump_path = os.path.join(tmp, "c.jsonl")
+        tokf = os.path.join(tmp, "admin.token")
+        fd = os.open(tokf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(ADMIN + "\n")
+        return harness.Server(args=["--dump-interval", "3600", "--dump-file", cls.dump_path,
+                                    "--admin-token-file", tokf], tmpdir=tmp)
+
+    def dump_now(self):
+        """SIGUSR1, then the new dump line."""
+        before = len(read_dump_lines(self.dump_path))
+        self.server.proc.send_signal(signal.SIGUSR1)
+        lines = harness.wait_for(
+            lambda: (lambda d: d if len(d) > before else None)(read_dump_lines(self.dump_path)),
+            T, what="the SIGUSR1 dump")
+        return lines[-1]
+
+    async def visit(self, name):
+        """A name signs in, makes one request (counted), and goes."""
+        ws = await websockets.connect(self.server.ws_url(f"user={name}"), open_timeout=T,
+                                      close_timeout=T, ping_interval=None)
+        try:
+            f = json.loads(await asyncio.wait_for(ws.recv(), T))
+            if f.get("type") != "welcome":
+                raise AssertionError(f"{name}: {f}")
+            await ws.send('{"type":"ping"}')
+            f = json.loads(await asyncio.wait_for(ws.recv(), T))
+            if f.get("type") != "pong":
+                raise AssertionError(f"{name}: {f}")
+        finally:
+            await ws.close()
+
+    async def visits(self, prefix, n):
+        deadline = time.monotonic() + NAMES_SECONDS
+        errors, done = [], [0]
+
+        async def worker(w):
+            for i in range(w, n, NAME_WORKERS):
+                if time.monotonic() > deadline:
+                    return
+                try:
+                    # 32 characters, the longest name there is
+                    await self.visit(f"{prefix}_{i}".ljust(32, "x"))
+                    done[0] += 1
+                except Exception as e:  # noqa: BLE001 - collected and reported
+                    errors.append(f"{i}: {e!r}")
+        await asyncio.gather(*(worker(w) for w in range(NAME_WORKERS)))
+        self.assertEqual(errors[:5], [])
+        self.assertEqual(done[0], n, f"only {done[0]} of {n} names in {NAMES_SECONDS:.0f} s")
+
+    def users_rows(self):
+        con = sqlite3.connect(self.server.db, timeout=T)
+        try:
+            return con.execute("SELECT count(*) FROM users").fetchone()[0]
+        finally:
+            con.close()
+
+    def stats(self, headers=None):
+        st, _, raw = self.server.get("/api/stats/users", headers=headers or {})
+        return st, json.loads(raw)
+
+    async def names_round(self, prefix, n):
+        """n names in chunks, each followed by a dump that lists exactly the
+        chunk's names (one request each): only who was active since the line
+        before."""
+        for k in range(0, n, NAMES_CHUNK):
+            chunk = f"{prefix}c{k // NAMES_CHUNK}_"
+            await self.visits(chunk, min(NAMES_CHUNK, n - k))
+            line = self.dump_now()
+            mine = [u for u in line["users"] if u.startswith(prefix)]
+            self.assertEqual(len(mine), min(NAMES_CHUNK, n - k), "names of other chunks")
+            self.assertTrue(all(u.startswith(chunk) and line["users"][u] == 1 for u in mine))
+        await self.chatting(f"after {n} names")
+
+    async def test_names_that_come_and_go_leave_nothing(self):
+        pid = self.server.proc.pid
+        await self.names_round(uniq("w"), 2 * NAMES_CHUNK)
+        self.dump_now()
+        rss0 = rss_kb(pid)
+
+        await self.names_round(uniq("n"), OPEN_NAMES)
+        # the next dump lists only who was active since: the pair, if that
+        line = self.dump_now()
+        self.assertLessEqual(set(line["users"]), {self.alice.user, self.bob.user},
+                             f"{len(line['users'])} users listed without requests")
+        st, js = self.stats({"Authorization": "Bearer " + ADMIN})
+        self.assertEqual(st, 200, js)
+        self.assertLessEqual(set(js["users"]), {self.alice.user, self.bob.user},
+                             "stats still hold names that are gone")
+        # open mode writes no row per name
+        self.assertEqual(self.users_rows(), 0)
+        grown = rss_kb(pid) - rss0
+        print(f"open-mode names RSS: {rss0} KiB after the warm-up, {grown:+d} KiB after "
+              f"{OPEN_NAMES} more names", flush=True)
+        # RSS means little under sanitizers (quarantine, shadow memory)
+        if not (os.environ.get("ASAN_OPTIONS") or os.environ.get("TSAN_OPTIONS") or
+                os.environ.get("PARLEY_TIMEOUT_SCALE")):
+            self.assertLess(grown, NAMES_RSS_SLACK_KB,
+                            f"RSS grew {grown} KiB for {OPEN_NAMES} names that are gone")
+        await self.chatting("at the end")
+
+    async def test_stats_users_needs_the_admin_token(self):
+        await self.chatting("before the stats")
+        for hdrs in ({}, {"Authorization": "Bearer wrong-token-of-some-length"},
+                     {"Authorization": "Bearer " + ADMIN + "x"},
+                     {"Authorization": "Bearer " + ADMIN[:-1]},
+                     {"Authorization": "Basic " + ADMIN}, {"Authorization": ADMIN}):
+            with self.subTest(hdrs=hdrs):
+                st, js = self.stats(hdrs)
+                self.assertEqual(st, 401, str(js)[:300])
+                self.assertEqual(js.get("error"), "auth_required", js)
+                self.assertNotIn(self.alice.user, json.dumps(js))
+        st, js = self.stats({"Authorization": "Bearer " + ADMIN})
+        self.assertEqual(st, 200, js)
+        self.assertGreater(js["users"].get(self.alice.user, 0), 0, js)
+
+    async def test_impostor_cannot_read_the_dms_of_a_name_it_takes(self):
+        victim = uniq("vic")
+        v = await self.json_client(user=victim)
+        secret = f"the secret {uniq('s')}"
+        ack = await self.alice.call({"type": "dm", "to": victim, "text": secret}, "ack")
+        dm = ack["room"]
+        await v.expect(is_msg(dm, seq=ack["seq"], text=secret))
+        await v.call({"type": "dm", "to": self.alice.user, "text": secret + " (reply)"}, "ack")
+        await v.close()
+
+        imp = await self.json_client()
+        deadline = time.monotonic() + T
+        while (await imp.call({"type": "hello", "user": victim}))["type"] != "welcome":
+            self.assertLess(time.monotonic(), deadline, "the name was never freed")
+            await asyncio.sleep(0.02)
+        e = await imp.call({"type": "history", "room": dm, "ref": "h"})
+        self.assertEqual((e["type"], e.get("code"), e.get("ref")), ("error", "forbidden", "h"),
+                         e)
+        self.assertIn("open mode", e["message"])
+        for req in ({"type": "join", "room": dm},
+                    {"type": "join", "room": dm, "since": 0, "limit": 200}):
+            j = await imp.call(req, "joined")
+            self.assertEqual(j["history"], [], j)
+        # nothing of the conversation reached the impostor in any frame
+        await imp.sync()
+        for f in imp.backlog:
+            self.assertNotIn("secret", json.dumps(f), f)
+        await self.chatting("after the impostor")
 
 
 if __name__ == "__main__":

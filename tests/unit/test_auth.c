@@ -720,6 +720,23 @@ static void token_file(void)
     cr_assert_not_null(strstr(err, "cannot open"), "%s", err);
 }
 
+static void bearer_checks(void)
+{
+    const char *tok = "0123456789abcdef-admin";
+
+    cr_assert(auth_bearer_ok("Bearer 0123456789abcdef-admin", tok));
+    cr_assert_not(auth_bearer_ok("Bearer 0123456789abcdef-admi", tok));
+    cr_assert_not(auth_bearer_ok("Bearer 0123456789abcdef-adminx", tok));
+    cr_assert_not(auth_bearer_ok("bearer 0123456789abcdef-admin", tok));
+    cr_assert_not(auth_bearer_ok("Basic 0123456789abcdef-admin", tok));
+    cr_assert_not(auth_bearer_ok("0123456789abcdef-admin", tok));
+    cr_assert_not(auth_bearer_ok("Bearer ", tok));
+    cr_assert_not(auth_bearer_ok(NULL, tok));
+    /* no token configured: nothing matches, not even an empty bearer */
+    cr_assert_not(auth_bearer_ok("Bearer ", ""));
+    cr_assert_not(auth_bearer_ok("Bearer x", NULL));
+}
+
 /* ---- the tests ------------------------------------------------------ */
 
 /* Each criterion test is a process of its own, which costs about a second
@@ -810,4 +827,5 @@ Test(auth_files, secret_file)
 Test(auth_files, token_file_checks)
 {
     token_file();
+    bearer_checks();
 }
