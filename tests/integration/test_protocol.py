@@ -604,11 +604,12 @@ class Protocol(ServerCase):
                 e = await c.call(req)
                 self.assertEqual((e["type"], e["code"]), ("error", "bad_request"), e)
                 self.assertIn("reserved", e["message"])
-        rooms = await c.call({"type": "rooms"}, "rooms")
-        self.assertNotIn("dm", [r["name"] for r in rooms["rooms"]])
         for room in ("dms", "DM", "dm.general"):
             j = await c.call({"type": "join", "room": room}, "joined")
             self.assertEqual(j["room"], room)
+        names = [r["name"] for r in (await c.call({"type": "rooms"}, "rooms"))["rooms"]]
+        self.assertIn("dm.general", names)
+        self.assertNotIn("dm", names)
         # room=dm in the query string: signed in, not joined
         q = await JClient.connect(self.server, query=f"user={uniq('q')}&room=dm")
         self.addAsyncCleanup(q.close)
