@@ -94,8 +94,9 @@ static enum err_code set_room_arg(struct tdec *d, const char *w, size_t n)
     if (!word_copy(d->out->room, sizeof(d->out->room), w, n) ||
         !(codec_valid_room(d->out->room) || codec_parse_dm(d->out->room, NULL, NULL))) {
         d->out->room[0] = '\0';
-        return tfail(d, ERR_BAD_REQUEST, "invalid room name: use 1-64 of A-Z a-z 0-9 _ . - "
-                                         "(or dm:a:b; 'dm' alone is reserved)");
+        return tfail(d, ERR_BAD_REQUEST,
+                     "invalid room name: use 1-64 of A-Z a-z 0-9 _ . - "
+                     "(or dm:a:b; 'dm' alone is reserved)");
     }
     return ERR_NONE;
 }
