@@ -45,6 +45,7 @@ struct client {
     struct joined *joined;         /* rooms this connection has joined */
     unsigned char *rx;             /* reassembly of a fragmented message */
     uint32_t rx_len, rx_cap;
+    uint32_t rx_start_s;           /* loop tick of the first piece of that message */
     unsigned njoined;
     uint32_t seen_s;               /* loop tick of the last frame from the peer */
     enum codec_fmt fmt;
@@ -57,6 +58,7 @@ struct client {
     bool authed;                   /* home loop */
     bool discard;                  /* home loop: closing for bad input, ignore what arrives */
     bool rx_hot;                   /* home loop: on the loop's read-again list */
+    bool rx_open;                  /* home loop: a message has begun and not yet ended */
     bool ping_out;                 /* home loop: pinged since the last frame from the peer */
     bool ip_counted;               /* home loop: holds a slot in srv->iplimit */
 };

@@ -62,6 +62,7 @@ struct config {
     char *tls_key;              /* --tls-key PEM */
     long handshake_timeout;     /* --handshake-timeout seconds to finish the HTTP upgrade */
     long ping_interval;         /* --ping-interval seconds of idle before a ping */
+    long fragment_timeout;      /* --fragment-timeout seconds a message may take to arrive */
     long max_rooms_per_conn;    /* --max-rooms-per-conn, default 64 */
     long max_room_members;      /* --max-room-members, default 10000 */
     bool check_config;          /* --check-config: validate and exit */

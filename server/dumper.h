@@ -23,8 +23,9 @@ typedef struct dumper dumper_t;
 /*
  * Start the dumper thread for c (which must outlive it), appending to path
  * every interval_s seconds (0.001 .. 1e6). The file is opened once here
- * (O_APPEND|O_CREAT, mode 0644) so a path that cannot be written is reported
- * at start-up. Returns NULL with a message in err on failure.
+ * (O_APPEND|O_CREAT, mode 0600: user names are not for other local users)
+ * so a path that cannot be written is reported at start-up. Returns NULL
+ * with a message in err on failure.
  * Thread: any (main, at start-up).
  */
 dumper_t *dumper_start(counters_t *c, const char *path, double interval_s, char *err, size_t errsz);

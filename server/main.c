@@ -162,6 +162,14 @@ int main(int argc, char **argv)
     int rc = 1, started = 0;
     sigset_t sigs;
 
+    /* Everything parleyd creates is its data and nobody else's: the database
+     * with its -wal/-shm/-journal (SQLite creates those itself, 0644 less
+     * the umask; the -wal and -shm copy the database's mode), the counter
+     * dump, the mbox, the token secret. The umask is the one setting that
+     * reaches SQLite's files, and it is set before anything (the operator
+     * commands too) can create one. The modules that open files themselves
+     * ask for 0600 as well, so they hold without it. */
+    umask(077);
     memset(&srv, 0, sizeof(srv));
     if (admin_is_command(argc, argv))
         return admin_main(argc, argv);

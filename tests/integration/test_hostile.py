@@ -1382,6 +1382,75 @@ class OpenModeNames(HostileCase):
         for f in imp.backlog:
             self.assertNotIn("secret", json.dumps(f), f)
         await self.chatting("after the impostor")
+FRAGMENT_TIMEOUT = 1
+
+
+class FragmentTimeout(HostileCase):
+    """A message begun and never finished held up to --max-frame bytes for
+    as long as the peer stayed (answering pings was enough): now it gets
+    --fragment-timeout seconds, then the connection is closed with 1008.
+    A message that arrives in pieces within that time is served."""
+
+    server_args = ("--fragment-timeout", str(FRAGMENT_TIMEOUT))
+
+    def timeouts(self):
+        return self.server.metrics().get("parley_fragment_timeouts_total", {}).get("", 0.0)
+
+    async def closed_after(self, r, trickle=False):
+        """Seconds until the server closed r, which sent a first fragment
+        and then nothing (or, with trickle, one more byte of it every
+        0.2 s); asserts the close is 1008. Bounded: the timeout plus 5 s."""
+        def run():
+            t0 = time.monotonic()
+            r.send_frame(OP_TEXT, b'{"type":"ping","ref":"never","x":"', fin=False)
+            deadline = t0 + FRAGMENT_TIMEOUT + 5 * SCALE
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("an unfinished message was still open after "
+                                         f"{FRAGMENT_TIMEOUT + 5 * SCALE:.0f} s")
+                try:
+                    # expect_close answers pings, as a patient attacker would
+                    code, reason = r.expect_close(min(left, 0.2) if trickle else left)
+                except AssertionError:  # nothing in 0.2 s: trickle one more byte
+                    r.send_frame(OP_CONT, b"a", fin=False)
+                    continue
+                return time.monotonic() - t0, code, reason
+        dt, code, reason = await in_thread(run)
+        self.assertEqual(code, 1008, f"close {code} {reason!r} after {dt:.2f} s")
+        self.assertIn("not finished", reason)
+        return dt
+
+    async def test_unfinished_message_closed_1008(self):
+        before = self.timeouts()
+        dt = await self.closed_after(self.raw())
+        # ticks are whole seconds and the message gets at least the full time
+        self.assertGreaterEqual(dt, FRAGMENT_TIMEOUT - 0.05)
+        self.assertLess(dt, FRAGMENT_TIMEOUT + 2 + 2 * SCALE)
+        dt = await self.closed_after(self.raw(), trickle=True)
+        self.assertGreaterEqual(dt, FRAGMENT_TIMEOUT - 0.05)
+        self.assertLess(dt, FRAGMENT_TIMEOUT + 2 + 2 * SCALE)
+        harness.wait_for(lambda: self.timeouts() >= before + 2, T,
+                         what="parley_fragment_timeouts_total counted both")
+        await self.chatting("unfinished messages")
+
+    async def test_fragmented_message_in_time_is_served(self):
+        r = self.raw()
+        pieces = [b'{"type":"ping",', b'"ref":"in time",', b'"x":"abc"}']
+
+        def send():
+            for i, p in enumerate(pieces):
+                r.send_frame(OP_CONT if i else OP_TEXT, p, fin=i == len(pieces) - 1)
+                time.sleep(0.1)  # pacing the pieces, not waiting for a result
+        await in_thread(send)
+        self.assertEqual(await in_thread(self.recv_json_type, r, "pong"),
+                         {"type": "pong", "ref": "in time"})
+        # and the next message on the same connection starts its own clock
+        await asyncio.sleep(FRAGMENT_TIMEOUT + 1)
+        await in_thread(send)
+        self.assertEqual(await in_thread(self.recv_json_type, r, "pong"),
+                         {"type": "pong", "ref": "in time"})
+        await self.chatting("fragments in time")
 
 
 if __name__ == "__main__":

@@ -619,6 +619,38 @@ class Protocol(ServerCase):
             self.assertEqual(w["user"], user)
             await d.close()
 
+    async def test_room_dm_is_reserved(self):
+        # "dm" names the DM rooms (dm:a:b): it is no public room, whichever
+        # way a client asks; names that only start with dm are
+        c = await self.json_client(user=uniq("u"))
+        for req in ({"type": "join", "room": "dm"}, {"type": "leave", "room": "dm"},
+                    {"type": "send", "room": "dm", "text": "x"},
+                    {"type": "history", "room": "dm", "before": 5},
+                    {"type": "who", "room": "dm"}, {"type": "typing", "room": "dm"}):
+            with self.subTest(req=req["type"]):
+                e = await c.call(req)
+                self.assertEqual((e["type"], e["code"]), ("error", "bad_request"), e)
+                self.assertIn("reserved", e["message"])
+        for room in ("dms", "DM", "dm.general"):
+            j = await c.call({"type": "join", "room": room}, "joined")
+            self.assertEqual(j["room"], room)
+        names = [r["name"] for r in (await c.call({"type": "rooms"}, "rooms"))["rooms"]]
+        self.assertIn("dm.general", names)
+        self.assertNotIn("dm", names)
+        # room=dm in the query string: signed in, not joined
+        q = await JClient.connect(self.server, query=f"user={uniq('q')}&room=dm")
+        self.addAsyncCleanup(q.close)
+        self.assertEqual((await q.recv())["type"], "welcome")
+        e = await q.recv()
+        self.assertEqual((e["type"], e["code"]), ("error", "bad_request"), e)
+        await q.call({"type": "ping"}, "pong")
+        # text mode
+        t = await self.text_client(query="format=text")
+        await t.send(f"/nick {uniq('t')}")
+        await t.expect(r"^\* welcome ")
+        await t.send("/join dm")
+        self.assertRegex(await t.expect(r"^! "), r"^! bad_request: .*reserved")
+
 
 class CloseCodes(ServerCase):
     """Frames the server must refuse by closing, each from a raw socket;

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -189,6 +190,23 @@ Test(dumper, short_interval_dumps_repeatedly)
     for (size_t i = 1; i < n; i++)
         check_line(lines[i], 0, NULL, NULL); /* dave was idle since */
     free_lines(lines);
+    counters_free(c);
+}
+
+Test(dumper, creates_the_file_private)
+{
+    /* whatever the umask lets through, user names stay the owner's */
+    mode_t old = umask(022);
+    counters_t *c = counters_new();
+    char err[256] = "";
+    struct stat st;
+
+    dumper_t *d = dumper_start(c, path, 3600, err, sizeof(err));
+    umask(old);
+    cr_assert_not_null(d, "%s", err);
+    dumper_stop(d);
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0600, "mode %o", (unsigned)(st.st_mode & 0777));
     counters_free(c);
 }
 
