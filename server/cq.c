@@ -57,7 +57,8 @@ int cq_fill(struct cq *q, msg_t *p, msg_t *content)
 {
     /* An empty placeholder was never popped (pops stop at it), so it is
      * queued here unless the queue was released since the push. The scan
-     * is short: the loop drains up to the first empty placeholder. */
+     * is bounded by the count bound and short in practice: ahead of an
+     * empty placeholder is only what the socket has not taken yet. */
     size_t i = 0;
     while (i < q->count && q->ring[(q->head + i) & (q->cap - 1)] != p)
         i++;

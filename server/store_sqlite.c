@@ -65,7 +65,7 @@
  * and the owners with reads waiting take turns, one read each, round-robin.
  * So a user who queues many reads (one connection or many) delays anyone
  * else's by at most one read per turn, instead of by everything queued
- * before it; one owner's reads are still answered in order.
+ * before it; one owner's reads are still taken in order.
  *
  * Rooms: rooms(name, last_seq) is upserted once per room per batch by the
  * writer. Computing it with "GROUP BY room" would read every message row at
