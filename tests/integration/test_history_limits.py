@@ -50,10 +50,11 @@ def rss_bytes(pid):
     raise AssertionError("no VmRSS in /proc/PID/status")
 
 
-async def populate(server, room, n=MESSAGES, size=TEXT, window=64):
+async def populate(server, room, n=MESSAGES, size=TEXT, window=64, client=None):
     """Send n messages of size characters to room (acks awaited in windows
-    of `window`); returns the last seq."""
-    c = await JClient.connect(server, user=uniq("filler"), room=room)
+    of `window`) from client (signed in and joined to room), or from a new
+    open-mode client that leaves afterwards; returns the last seq."""
+    c = client or await JClient.connect(server, user=uniq("filler"), room=room)
     try:
         last = 0
         for start in range(0, n, window):
@@ -72,7 +73,8 @@ async def populate(server, room, n=MESSAGES, size=TEXT, window=64):
                     raise AssertionError(f"populating {room}: {f}")
         return last
     finally:
-        await c.close()
+        if client is None:
+            await c.close()
 
 
 def masked_text(text):
@@ -285,22 +287,10 @@ class FairReads(ServerCase):
     async def test_one_users_flood_does_not_starve_another(self):
         srv = self.server
         room = uniq("fair")
-        filler = uniq("filler")
-        c = await self.signed_in(filler)
+        c = await self.signed_in(uniq("filler"))
         await c.call({"type": "join", "room": room}, "joined")
-        sent = 0
-        while sent < MESSAGES:
-            n = min(64, MESSAGES - sent)
-            for i in range(n):
-                await c.send({"type": "send", "room": room, "ref": f"p{sent + i}",
-                              "text": f"{sent + i:05d} " + "m" * (TEXT - 6)})
-            acks = 0
-            while acks < n:
-                f = await c.recv(30 * SCALE)
-                self.assertNotEqual(f["type"], "error", f)
-                acks += f["type"] == "ack"
-            sent += n
-        top = MESSAGES
+        top = await populate(srv, room, client=c)
+        self.assertEqual(top, MESSAGES)
 
         attacker = uniq("greedy")
         floods = [await self.signed_in(attacker) for _ in range(self.CONNS)]
