@@ -38,6 +38,15 @@
 
 #define HISTORY_WINDOW 256
 #define MAX_LIST 1024
+/* History reads one connection may have waiting for storage at once; a
+ * join or history that needs one more is refused with rate_limited. The
+ * replies count against the client's queue bytes when they arrive, so this
+ * bounds what is held before that: a few slots keep a client paging
+ * through history (one request at a time) and rejoining rooms busy, while
+ * a flood cannot hide megabytes of replies in flight. */
+#define HISTORY_READS_PER_CONN 4
+/* The retry_after_ms of that refusal: about the time a read takes. */
+#define HISTORY_RETRY_MS 100
 
 struct joined {
     struct room *room; /* holds a room reference */
@@ -340,9 +349,23 @@ static void read_release(struct pending_read *pr)
         free(pr->members[i]);
     free(pr->members);
     msg_unref(&pr->placeholder);
+    client_read_end(pr->c);
     client_unref(&pr->c);
     store_read_release(&pr->r);
     free(pr);
+}
+
+/* Fill the read's placeholder with content (taken), charged to the
+ * client's queue; a reply that could never fit there is replaced by an
+ * error that says so. */
+static void read_answer(struct pending_read *pr, msg_t *content)
+{
+    if (client_fill(pr->c, pr->placeholder, content) == -EMSGSIZE)
+        client_fill(pr->c, pr->placeholder,
+                    codec_error(pr->fmt, ERR_TOO_LARGE,
+                                "the history asked for is larger than this connection may "
+                                "queue: ask for fewer messages",
+                                pr->ref, -1));
 }
 
 static msg_t *encode_read(struct pending_read *pr, const struct chat_msg *msgs, size_t n)
@@ -372,9 +395,32 @@ static void read_done(struct store_read *r)
         content = encode_read(pr, all, n);
         free(all);
     }
-    msg_fill(pr->placeholder, content);
-    loop_schedule(pr->c->loop, pr->c);
+    read_answer(pr, content);
     read_release(pr);
+}
+
+/* {rm->lock} Whether the answer for seqs [a, z] needs a storage read: part
+ * of the range is older than the window. */
+static bool range_needs_read_locked(const struct room *rm, uint64_t a, uint64_t z)
+{
+    return a <= z && a < room_window_lo_locked(rm);
+}
+
+/* Take one of c's history-read slots for a request that needs a storage
+ * read. False after answering rate_limited: the connection has
+ * HISTORY_READS_PER_CONN reads in flight. */
+static bool take_read_slot(struct broker *b, struct client *c, const char *ref)
+{
+    char msg[96];
+    if (client_read_begin(c, HISTORY_READS_PER_CONN))
+        return true;
+    METRIC_INC(&b->srv->metrics, history_reads_refused_total);
+    METRIC_INC(&b->srv->metrics, rate_limited_total);
+    METRIC_INC(&b->srv->metrics, protocol_errors_total);
+    snprintf(msg, sizeof(msg), "slow down: at most %d history reads at a time on one connection",
+             HISTORY_READS_PER_CONN);
+    reply(c, codec_error(c->fmt, ERR_RATE_LIMITED, msg, ref, HISTORY_RETRY_MS));
+    return false;
 }
 
 /*
@@ -382,6 +428,8 @@ static void read_done(struct store_read *r)
  * called with rm->lock held so the reply is queued before any later event
  * of the room. The window serves what it holds; anything older is read from
  * storage off the loop and the reply waits in the queue as a placeholder.
+ * When range_needs_read_locked, the caller has taken a read slot of c
+ * (take_read_slot), which the read gives back when it is answered.
  */
 static void answer_range_locked(struct broker *b, struct client *c, struct room *rm,
                                 enum read_kind kind, uint64_t a, uint64_t z, bool more,
@@ -415,6 +463,9 @@ static void answer_range_locked(struct broker *b, struct client *c, struct room 
     pr->r.key = a - 1;
     pr->r.limit = (int)((z < lo ? z : lo - 1) - a + 1);
     pr->r.done = read_done;
+    /* reads are served in turn per user, so one user's flood cannot
+     * starve the others' (store.h) */
+    str_lcpy(pr->r.owner, c->user, sizeof(pr->r.owner));
     pr->kind = kind;
     pr->c = client_ref(c);
     pr->fmt = c->fmt;
@@ -428,12 +479,15 @@ static void answer_range_locked(struct broker *b, struct client *c, struct room 
         pr->members[i] = xstrdup(names[i]);
     pr->nmembers = nn;
     pr->placeholder = msg_new_placeholder();
-    if (client_push(c, msg_ref(pr->placeholder)) != 0 ||
-        store_read_submit(b->srv->store, &pr->r) != 0) {
-        /* queue it anyway so the client is not stuck behind an empty slot */
-        msg_fill(pr->placeholder,
-                 codec_error(c->fmt, ERR_INTERNAL, "cannot read history, try again", ref, -1));
-        loop_schedule(c->loop, c);
+    if (client_push(c, msg_ref(pr->placeholder)) != 0) {
+        read_release(pr); /* c is closed: nobody waits for the answer */
+        return;
+    }
+    METRIC_INC(&b->srv->metrics, history_reads_total);
+    if (store_read_submit(b->srv->store, &pr->r) != 0) {
+        /* answer anyway so the client is not stuck behind an empty slot */
+        read_answer(pr, codec_error(c->fmt, ERR_INTERNAL, "cannot read history, try again", ref,
+                                    -1));
         read_release(pr);
     }
 }
@@ -676,13 +730,6 @@ static void do_join(struct broker *b, struct client *c, const struct req *r)
         reply_error(c, ERR_FORBIDDEN, "the room is full", r->ref);
         return;
     }
-    bool added = room_add_member_locked(rm, c);
-    if (added) {
-        if (room_user_conns_locked(rm, c->user) == 1)
-            announce_locked(rm, c->user, true, c);
-        c->joined = xrealloc(c->joined, (c->njoined + 1) * sizeof(*c->joined));
-        c->joined[c->njoined++].room = rm; /* the membership keeps our reference */
-    }
     uint64_t hi = rm->seq, a, z;
     uint64_t limit = (uint64_t)r->limit;
     if (r->has_since) {
@@ -694,6 +741,20 @@ static void do_join(struct broker *b, struct client *c, const struct req *r)
     }
     if (rm->is_dm && !b->srv->accounts)
         a = z + 1; /* open mode serves no DM history (see do_history) */
+    /* refused before anything changes: a join either happens with its
+     * history or not at all, and the client simply retries it */
+    if (range_needs_read_locked(rm, a, z) && !take_read_slot(b, c, r->ref)) {
+        pthread_mutex_unlock(&rm->lock);
+        rooms_release(b->rooms, &rm);
+        return;
+    }
+    bool added = room_add_member_locked(rm, c);
+    if (added) {
+        if (room_user_conns_locked(rm, c->user) == 1)
+            announce_locked(rm, c->user, true, c);
+        c->joined = xrealloc(c->joined, (c->njoined + 1) * sizeof(*c->joined));
+        c->joined[c->njoined++].room = rm; /* the membership keeps our reference */
+    }
     answer_range_locked(b, c, rm, READ_JOINED, a, z, false, r->ref);
     pthread_mutex_unlock(&rm->lock);
     c->current = joined_find(c, r->room);
@@ -935,7 +996,8 @@ static void do_history(struct broker *b, struct client *c, const struct req *r)
     if (end > hi)
         end = hi;
     uint64_t a = end >= limit ? end - limit + 1 : 1;
-    answer_range_locked(b, c, rm, READ_HISTORY, a, end, end > 0 && a > 1, r->ref);
+    if (!range_needs_read_locked(rm, a, end) || take_read_slot(b, c, r->ref))
+        answer_range_locked(b, c, rm, READ_HISTORY, a, end, end > 0 && a > 1, r->ref);
     pthread_mutex_unlock(&rm->lock);
     rooms_release(b->rooms, &rm);
 }

@@ -156,6 +156,11 @@ enum store_read_mode {
 
 struct store_read {
     char room[CODEC_ROOMID_MAX + 1];
+    /* Who asked (the user name; "" is one owner too). The engine takes
+     * one owner's reads in order, and the owners with reads waiting in
+     * turn, one read each, so a user who queues many reads delays another
+     * user's by one of theirs per turn, not by all of them. */
+    char owner[CODEC_USER_MAX + 1];
     enum store_read_mode mode;
     uint64_t key;
     int limit;

@@ -61,6 +61,12 @@
  * between commits, and the WAL restarts. That stall is rare (every
  * CKPT_HARD_BYTES of WAL) instead of every few MB.
  *
+ * Reads: history reads wait in one queue per owner (the user who asked),
+ * and the owners with reads waiting take turns, one read each, round-robin.
+ * So a user who queues many reads (one connection or many) delays anyone
+ * else's by at most one read per turn, instead of by everything queued
+ * before it; one owner's reads are still taken in order.
+ *
  * Rooms: rooms(name, last_seq) is upserted once per room per batch by the
  * writer. Computing it with "GROUP BY room" would read every message row at
  * start-up (SQLite cannot skip-scan max(seq) per group), while the upsert
@@ -86,6 +92,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "strmap.h"
 #include "util.h"
 
 #define MOD "store"
@@ -167,6 +174,12 @@ struct row {
     char *owned;
 };
 
+/* One owner's reads waiting for a reader, and its place in the turn. */
+struct rowner {
+    struct store_read *head, *tail;
+    struct rowner *next; /* whose turn comes after this owner's */
+};
+
 struct reader {
     store_t *s;
     sqlite3 *db;
@@ -212,8 +225,9 @@ struct store {
 
     pthread_mutex_t rlock;
     pthread_cond_t rcond;
-    struct store_read *rhead, *rtail; /* {rlock} */
-    size_t rn;                        /* {rlock} */
+    strmap_t *rowners;                /* {rlock} owner -> struct rowner with reads waiting */
+    struct rowner *rturn, *rlast;     /* {rlock} owners in turn, rturn's read next */
+    size_t rn;                        /* {rlock} reads waiting */
     bool rclosing;                    /* {rlock} */
 
     pthread_t writer;
@@ -1494,6 +1508,33 @@ fail:
     return errno_from_sqlite(rc);
 }
 
+/* {rlock} The next read: the first of the owner whose turn it is; that
+ * owner goes to the back of the turn, or away once it has none left. */
+static struct store_read *next_read_locked(store_t *s)
+{
+    struct rowner *o = s->rturn;
+    if (!o)
+        return NULL;
+    struct store_read *r = o->head;
+    o->head = r->next;
+    s->rturn = o->next;
+    o->next = NULL;
+    if (o->head) {
+        if (s->rturn)
+            s->rlast->next = o;
+        else
+            s->rturn = o;
+        s->rlast = o;
+    } else {
+        if (!s->rturn)
+            s->rlast = NULL;
+        strmap_del(s->rowners, r->owner);
+        free(o);
+    }
+    s->rn--;
+    return r;
+}
+
 static void *reader_main(void *arg)
 {
     struct reader *rd = arg;
@@ -1501,15 +1542,9 @@ static void *reader_main(void *arg)
 
     for (;;) {
         pthread_mutex_lock(&s->rlock);
-        while (!s->rhead && !s->rclosing)
+        while (!s->rturn && !s->rclosing)
             pthread_cond_wait(&s->rcond, &s->rlock);
-        struct store_read *r = s->rhead;
-        if (r) {
-            s->rhead = r->next;
-            if (!s->rhead)
-                s->rtail = NULL;
-            s->rn--;
-        }
+        struct store_read *r = next_read_locked(s);
         pthread_mutex_unlock(&s->rlock);
         if (!r)
             break;
@@ -1637,6 +1672,8 @@ static void store_destroy(store_t *s)
     destroy_pair(&s->sy_lock, &s->sy_cond);
     destroy_pair(&s->ck_lock, &s->ck_cond);
     pthread_mutex_destroy(&s->ckpt_run);
+    /* the readers answered every queued read before they exited */
+    strmap_free(s->rowners, NULL);
     destroy_pair(&s->rlock, &s->rcond);
     destroy_pair(&s->lock, &s->wcond);
     free(s->wal_path);
@@ -1674,6 +1711,7 @@ store_t *store_open(const struct store_opts *o, char *err, size_t errsz)
         goto fail_early;
     if (init_pair(&s->rlock, &s->rcond, false, err, errsz) != 0)
         goto fail_w;
+    s->rowners = strmap_new();
     if ((rc = pthread_mutex_init(&s->ckpt_run, NULL)) != 0) {
         snprintf(err, errsz, "cannot create a mutex: %s", strerror(rc));
         goto fail_r;
@@ -1765,6 +1803,7 @@ fail_ck:
 fail_ckpt_run:
     pthread_mutex_destroy(&s->ckpt_run);
 fail_r:
+    strmap_free(s->rowners, NULL);
     destroy_pair(&s->rlock, &s->rcond);
 fail_w:
     destroy_pair(&s->lock, &s->wcond);
@@ -1843,6 +1882,7 @@ int store_read_submit(store_t *s, struct store_read *r)
         (r->mode != SR_LATEST && r->mode != SR_SINCE && r->mode != SR_BEFORE))
         return -EINVAL;
     r->next = NULL;
+    r->owner[sizeof(r->owner) - 1] = '\0';
     r->msgs = NULL;
     r->priv = NULL;
     r->n = 0;
@@ -1858,11 +1898,21 @@ int store_read_submit(store_t *s, struct store_read *r)
         pthread_mutex_unlock(&s->rlock);
         return -EAGAIN;
     }
-    if (s->rtail)
-        s->rtail->next = r;
+    struct rowner *o = strmap_get(s->rowners, r->owner);
+    if (!o) {
+        o = xcalloc(1, sizeof(*o));
+        strmap_put(s->rowners, r->owner, o);
+        if (s->rlast)
+            s->rlast->next = o;
+        else
+            s->rturn = o;
+        s->rlast = o;
+    }
+    if (o->tail)
+        o->tail->next = r;
     else
-        s->rhead = r;
-    s->rtail = r;
+        o->head = r;
+    o->tail = r;
     s->rn++;
     pthread_cond_signal(&s->rcond);
     pthread_mutex_unlock(&s->rlock);

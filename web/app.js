@@ -454,7 +454,7 @@ async function joinRoom(name, { since, activate = true, rejoin = false } = {}) {
         req.limit = 200;
     }
     try {
-        const j = await S.conn.request(req);
+        const j = await S.conn.requestRetrying(req);
         c.joined = true;
         if (Array.isArray(j.members)) {
             c.members = new Set(j.members.filter((u) => typeof u === 'string'));
@@ -529,7 +529,7 @@ async function leaveRoom(c) {
 /* DMs need no join: show the latest page of the conversation. */
 async function loadLatest(c) {
     try {
-        const r = await S.conn.request({ type: 'history', room: c.name, limit: PAGE });
+        const r = await S.conn.requestRetrying({ type: 'history', room: c.name, limit: PAGE });
         const hadAny = c.msgs.length > 0;
         c.merge(r.messages, S.me);
         if (!hadAny) {
@@ -572,7 +572,7 @@ async function loadOlder(c) {
         req.before = before;
     }
     try {
-        const r = await S.conn.request(req);
+        const r = await S.conn.requestRetrying(req);
         const added = c.merge(r.messages, S.me);
         /* `added` guards against a server saying more:true with nothing new. */
         c.more = !!r.more && added > 0 && c.oldestSeq() > 1;
@@ -603,7 +603,7 @@ async function fillGaps(c) {
     }
     c.gapBusy = true;
     try {
-        const r = await S.conn.request({ type: 'history', room: c.name, before: g.before,
+        const r = await S.conn.requestRetrying({ type: 'history', room: c.name, before: g.before,
             limit: g.limit });
         const added = c.merge(r.messages, S.me);
         if (!added) {

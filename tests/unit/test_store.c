@@ -1028,6 +1028,97 @@ static void expect_range(store_t *s, enum store_read_mode mode, uint64_t key, in
     cr_assert_null(t.r.msgs);
 }
 
+/* Reads that record the order their done() runs in; read 0's done holds
+ * the only reader until the test opens the gate, so the others queue up. */
+struct ord {
+    struct store_read r;
+    int id;
+};
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool first_in, gate_open;
+    int seq[16];
+    int n;
+} ord = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, false, {0}, 0};
+
+static void ord_wait_locked(bool *flag)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += WAIT_LIMIT_S;
+    while (!*flag && pthread_cond_timedwait(&ord.cond, &ord.lock, &ts) != ETIMEDOUT)
+        ;
+}
+
+static void ord_done(struct store_read *r)
+{
+    struct ord *o = (struct ord *)r;
+    pthread_mutex_lock(&ord.lock);
+    if (o->id == 0) {
+        ord.first_in = true;
+        pthread_cond_broadcast(&ord.cond);
+        ord_wait_locked(&ord.gate_open);
+    }
+    if (ord.n < (int)(sizeof(ord.seq) / sizeof(ord.seq[0])))
+        ord.seq[ord.n++] = o->id;
+    pthread_cond_broadcast(&ord.cond);
+    pthread_mutex_unlock(&ord.lock);
+}
+
+static void ord_submit(store_t *s, struct ord *o, int id, const char *owner)
+{
+    memset(o, 0, sizeof(*o));
+    o->id = id;
+    snprintf(o->r.room, sizeof(o->r.room), "r%d", id);
+    snprintf(o->r.owner, sizeof(o->r.owner), "%s", owner);
+    o->r.mode = SR_LATEST;
+    o->r.limit = 10;
+    o->r.done = ord_done;
+    cr_assert_eq(store_read_submit(s, &o->r), 0);
+}
+
+/* Owners with reads waiting take turns, one read each; one owner's reads
+ * keep their order. Without turns, "a"'s six reads would all go first. */
+Test(store, reads_are_served_in_turn_per_owner)
+{
+    static const char *const owners[10] = {"a", "a", "a", "a", "a", "a", "a", "b", "c", "b"};
+    static const int want[10] = {0, 1, 7, 8, 2, 9, 3, 4, 5, 6};
+    struct ord o[10];
+    store_t *s = open_store(&(struct store_opts){.readers = 1});
+
+    ord_submit(s, &o[0], 0, owners[0]);
+    pthread_mutex_lock(&ord.lock);
+    ord_wait_locked(&ord.first_in);
+    bool in = ord.first_in;
+    pthread_mutex_unlock(&ord.lock);
+    cr_assert(in, "the reader did not take the first read");
+    for (int i = 1; i < 10; i++)
+        ord_submit(s, &o[i], i, owners[i]);
+    pthread_mutex_lock(&ord.lock);
+    ord.gate_open = true;
+    pthread_cond_broadcast(&ord.cond);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += WAIT_LIMIT_S;
+    while (ord.n < 10 && pthread_cond_timedwait(&ord.cond, &ord.lock, &ts) != ETIMEDOUT)
+        ;
+    int n = ord.n;
+    int got[10];
+    memcpy(got, ord.seq, sizeof(got));
+    pthread_mutex_unlock(&ord.lock);
+    cr_assert_eq(n, 10, "answered %d of 10 reads", n);
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(got[i], want[i], "position %d: read %d, want %d (owner %s)", i, got[i],
+                     want[i], owners[want[i]]);
+    for (int i = 0; i < 10; i++) {
+        cr_assert_eq(o[i].r.status, 0);
+        store_read_release(&o[i].r);
+    }
+    store_close(s);
+}
+
 Test(store, history_reads_page_correctly)
 {
     struct counter c;
