@@ -583,8 +583,8 @@ static void apply_user(void *arg, const struct store_user *su)
     u->tokens_after_ms = su->tokens_after_ms;
     for (size_t i = 0; revoke && b->srv->accounts && i < u->n; i++) {
         if (revoked_locked(u, u->iat_ms[i])) {
-            client_kill(u->conns[i], 1008, "credentials revoked");
             METRIC_INC(&b->srv->metrics, auth_revoked_total);
+            client_kill(u->conns[i], 1008, "credentials revoked");
         }
     }
     pthread_mutex_unlock(&b->users_lock);
