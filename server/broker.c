@@ -1192,7 +1192,6 @@ static void load_room(void *arg, const char *room, uint64_t seq)
     rooms_preload(((struct broker *)arg)->rooms, room, seq);
 }
 
-
 static void load_id(void *arg, const char *room, const char *from, const char *id, uint64_t seq,
                     int64_t ts)
 {

@@ -75,6 +75,7 @@ int store_users_gen(store_t *s, uint64_t *gen);
  * the commit, so a login that read the old password cannot date its token
  * after the change. A login dates its token after tokens_after instead. */
 #define STORE_REVOKE_MARGIN_MS 1000
+
 /* Client message ids used since since_ms (for the idempotency map). */
 int store_load_ids(store_t *s, int64_t since_ms,
                    void (*cb)(void *arg, const char *room, const char *from, const char *id,
@@ -85,8 +86,8 @@ enum store_write_kind {
     SW_MESSAGE, /* insert msg */
     SW_USER,    /* remember that user name has been seen (insert or ignore) */
     SW_BARRIER, /* no row: completes once every earlier write is committed */
-    SW_ACCOUNT_ADD,    /* a new name with a password (status -EEXIST if the name has
-                          ever been used; with adopt see there) */
+    SW_ACCOUNT_ADD,    /* a new name with a password (status -EEXIST if the name was
+                          ever used; but see adopt) */
     SW_ACCOUNT_PASSWD, /* change the password and revoke older tokens (status -ENOENT
                           if no account) */
     SW_ACCOUNT_DEL,    /* delete: no password, no e-mail, every token revoked, the name

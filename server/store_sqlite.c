@@ -6,7 +6,8 @@
  *   - the write connection, used by the main thread while store_open
  *     migrates the schema and afterwards only by the writer thread;
  *   - one read-only connection per reader thread (history reads);
- *   - one read-only connection for the main thread's start-up loads;
+ *   - one read-only connection for the main thread's start-up loads and its
+ *     once-a-second look for account changes (store_users_gen);
  *   - the checkpointer thread's connection (it writes only the database
  *     file, copying committed pages back from the WAL).
  * With durability_full the sync thread also holds a descriptor of the WAL
@@ -184,7 +185,7 @@ struct row {
     bool adopt;
     int attempts;
     int64_t next_at_ms;
-    int status; /* per-row outcome in a committed batch (-EEXIST, -ENOENT) */
+    int status; /* per-row outcome in a committed batch (-EEXIST, -EACCES, -ENOENT) */
     char *owned;
 };
 
@@ -207,9 +208,9 @@ struct store {
         *st_user, *st_find_seq;
     sqlite3_stmt *st_chunk[NCHUNK]; /* INSERT OR IGNORE of chunk_rows[i] messages */
     sqlite3 *mdb; /* main thread: start-up loads, store_users_gen */
-    int mdb_version;       /* main thread: PRAGMA data_version at the last store_users_gen */
-    uint64_t mdb_gen;      /* main thread: what that call found */
-    bool mdb_gen_valid;    /* main thread */
+    int mdb_version;     /* main thread: PRAGMA data_version at the last store_users_gen */
+    uint64_t mdb_gen;    /* main thread: the account generation that call found */
+    bool mdb_gen_valid;  /* main thread */
     sqlite3 *cdb; /* checkpointer thread */
 
     /* checkpoints: the background thread's and the writer's hard-cap one
@@ -792,7 +793,7 @@ static int run_rare(store_t *s, struct row *r)
      * hands it over. Only the operator (adopt, ?14) may give a password to
      * a name seen without one (a token-only user), never to a deleted one.
      * A new password and a deletion revoke the tokens issued before them:
-     * tokens_after is set REVOKE_MARGIN_MS past the write, beyond its
+     * tokens_after is set STORE_REVOKE_MARGIN_MS past the write, beyond its
      * commit, so a login that read the old row before the commit cannot
      * date its token after it (logins date theirs past tokens_after). */
     static const char *const sql[] = {

@@ -1480,7 +1480,7 @@ static int64_t user_int(const char *name, const char *column)
     return file_int(sql);
 }
 
-Test(store, a_name_ever_used_is_never_registered_again)
+static void a_name_ever_used_is_never_registered_again(void)
 {
     store_t *s = open_store(NULL);
     /* seen only (a token-only user): registration refuses it */
@@ -1526,7 +1526,7 @@ Test(store, a_name_ever_used_is_never_registered_again)
     store_close(s);
 }
 
-Test(store, a_password_change_revokes_older_tokens)
+static void a_password_change_revokes_older_tokens(void)
 {
     store_t *s = open_store(NULL);
     cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "bob", "h1", NULL, false), 0);
@@ -1585,7 +1585,7 @@ static const struct store_user *find_user(const struct seen_users *v, const char
 /* What a running server's main thread does each second: notice changes
  * made through another connection (`parleyd user ...` in another process)
  * and read only the names that changed. */
-Test(store, account_changes_by_another_writer_are_found_by_generation)
+static void account_changes_by_another_writer_are_found_by_generation(void)
 {
     store_t *s = open_store(NULL);
     uint64_t g0 = 99, g;
@@ -1634,6 +1634,19 @@ Test(store, account_changes_by_another_writer_are_found_by_generation)
     cr_assert_null(find_user(&v, "seen")->email);
     cr_assert_not(find_user(&v, "seen")->deleted);
     store_close(s);
+}
+
+/* One process for the three: each criterion test costs seconds under
+ * valgrind (tools/vgwrap). */
+Test(store, accounts_reserve_names_and_revoke_tokens)
+{
+    a_name_ever_used_is_never_registered_again();
+    teardown();
+    setup();
+    a_password_change_revokes_older_tokens();
+    teardown();
+    setup();
+    account_changes_by_another_writer_are_found_by_generation();
 }
 
 /* --------------------------------------------------------- concurrency */
