@@ -625,11 +625,11 @@ class Identities(ServerCase):
         b = await token_client(self, login(self.server, bob))
         before = metric(self.server, "parley_auth_revoked_total")
 
-        t0 = time.monotonic()
         p = run_admin(self.server, ["user", "del", dave])
         self.assertEqual(p.returncode, 0, p.stderr)
-        # no SIGHUP: the server notices by itself. The bound: one poll
-        # period (1 s) plus scheduling slack.
+        # committed now; no SIGHUP: the server notices by itself. The bound:
+        # one poll period (1 s) plus scheduling slack.
+        t0 = time.monotonic()
         bound = 1.0 + 2.0 * SCALE
         for c in (d1, d2, d3):
             self.assertEqual(await c.wait_closed(timeout=bound), 1008)
@@ -1048,6 +1048,7 @@ REQUIRED_METRICS = {
     "parley_notify_sent_total": "counter",
     "parley_notify_failed_total": "counter",
     "parley_auth_failures_total": "counter",
+    "parley_auth_revoked_total": "counter",
 }
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
