@@ -122,9 +122,14 @@ static void do_login(struct accounts *a, struct acct_req *r)
 {
     char hash[256], token[AUTH_JWT_MAX];
     const struct credentials *c = &r->cred;
-    int64_t exp_ms;
+    int64_t exp_ms, tokens_after = 0;
+    /* the token is dated from before the read, and after the tokens the
+     * row revoked: a password change that commits after this read revokes
+     * it (see STORE_REVOKE_MARGIN_MS) */
+    int64_t iat_ms = now_wall_ms();
 
-    int rc = store_account_get(a->srv->store, c->user, hash, sizeof(hash), NULL, 0);
+    int rc = store_account_get(a->srv->store, c->user, hash, sizeof(hash), NULL, 0,
+                               &tokens_after);
     bool ok;
     if (rc == 0 && hash[0]) {
         ok = auth_verify_password(c->password, strlen(c->password), hash);
@@ -141,7 +146,10 @@ static void do_login(struct accounts *a, struct acct_req *r)
         answer(r, 401, "{\"error\":\"auth_failed\",\"message\":\"wrong user or password\"}");
         return;
     }
-    if (accounts_sign(a, c->user, a->srv->cfg->token_ttl, token, sizeof(token), &exp_ms) != 0) {
+    if (iat_ms <= tokens_after)
+        iat_ms = tokens_after + 1;
+    if (accounts_sign(a, c->user, iat_ms, a->srv->cfg->token_ttl, token, sizeof(token),
+                      &exp_ms) != 0) {
         answer(r, 500, "{\"error\":\"internal\",\"message\":\"cannot sign a token\"}");
         return;
     }
@@ -390,10 +398,12 @@ void accounts_stats(struct accounts *a, struct accounts_stats *st)
         throttle_count(a->names) + throttle_count(a->addrs) + ratelimit_count(a->rate);
 }
 
-int accounts_verify_token(struct accounts *a, const char *token, char *user, size_t usersz)
+int accounts_verify_token(struct accounts *a, const char *token, char *user, size_t usersz,
+                          int64_t *iat_ms)
 {
     int64_t exp;
-    return auth_jwt_verify(a->key, a->keylen, token, now_wall_ms() / 1000, user, usersz, &exp);
+    return auth_jwt_verify(a->key, a->keylen, token, now_wall_ms() / 1000, user, usersz, &exp,
+                           iat_ms);
 }
 
 const char *accounts_token_error(int rc)
@@ -401,12 +411,12 @@ const char *accounts_token_error(int rc)
     return auth_jwt_strerror(rc);
 }
 
-int accounts_sign(struct accounts *a, const char *user, int64_t ttl_s, char *out, size_t outsz,
-                  int64_t *exp_ms)
+int accounts_sign(struct accounts *a, const char *user, int64_t iat_ms, int64_t ttl_s, char *out,
+                  size_t outsz, int64_t *exp_ms)
 {
     int64_t now = now_wall_ms() / 1000;
     *exp_ms = (now + ttl_s) * 1000;
-    return auth_jwt_sign(a->key, a->keylen, user, now, now + ttl_s, out, outsz);
+    return auth_jwt_sign(a->key, a->keylen, user, iat_ms, now + ttl_s, out, outsz);
 }
 
 struct accounts *accounts_new(struct server *srv, char *err, size_t errsz)

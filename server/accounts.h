@@ -73,11 +73,14 @@ void acct_req_free(struct acct_req *r);
 /* Thread: any. The queue and the throttles, for /metrics. */
 void accounts_stats(struct accounts *a, struct accounts_stats *st);
 
-/* Thread: any (one HMAC). 0 and the user name, or a negative auth error. */
-int accounts_verify_token(struct accounts *a, const char *token, char *user, size_t usersz);
+/* Thread: any (one HMAC). 0, the user name and the token's issue time in ms
+ * (-1: unknown; see auth_jwt_verify), or a negative auth error. */
+int accounts_verify_token(struct accounts *a, const char *token, char *user, size_t usersz,
+                          int64_t *iat_ms);
 const char *accounts_token_error(int rc);
-/* Thread: any. Sign a token for user valid for ttl_s seconds (operator command). */
-int accounts_sign(struct accounts *a, const char *user, int64_t ttl_s, char *out, size_t outsz,
-                  int64_t *exp_ms);
+/* Thread: any. Sign a token for user issued at iat_ms (ms since the epoch),
+ * valid for ttl_s seconds from now. */
+int accounts_sign(struct accounts *a, const char *user, int64_t iat_ms, int64_t ttl_s, char *out,
+                  size_t outsz, int64_t *exp_ms);
 
 #endif

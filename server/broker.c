@@ -54,9 +54,13 @@ struct joined {
 
 struct user {
     struct client **conns; /* {users_lock} each holds a client reference */
+    int64_t *iat_ms;       /* {users_lock} conns[i] signed in with a token issued then
+                              (ms; -1: unknown), to close it if that token is revoked */
     size_t n, cap;
     char *email;           /* {users_lock} account address for notifications, or NULL */
+    int64_t tokens_after_ms; /* {users_lock} tokens issued at or before this are refused */
     bool account;          /* {users_lock} has an account (accounts mode) */
+    bool deleted;          /* {users_lock} `parleyd user del`: no token is accepted */
 };
 
 /* Someone to e-mail about a message, found under the locks, notified after. */
@@ -78,9 +82,10 @@ struct broker {
 
     pthread_mutex_t users_lock;
     /* {users_lock} name -> struct user: every name with a live connection, every
-     * account, and in accounts mode every users row (names seen with a token).
-     * Open mode forgets a name with its last connection. */
+     * account, and in accounts mode every users row (names seen with a token,
+     * deleted names). Open mode forgets a name with its last connection. */
     strmap_t *users;
+    uint64_t users_gen;    /* main thread: the newest account generation applied */
 
     pthread_mutex_t idem_lock;
     strmap_t *idem;        /* {idem_lock} "room\x1fuser\x1fid" -> struct idem_entry */
@@ -217,6 +222,7 @@ static void user_free(void *p)
     for (size_t i = 0; i < u->n; i++)
         client_unref(&u->conns[i]);
     free(u->conns);
+    free(u->iat_ms);
     free(u->email);
     free(u);
 }
@@ -500,19 +506,32 @@ static bool dm_participant(const char *room, const char *user)
     return codec_parse_dm(room, a, z) && (strcmp(a, user) == 0 || strcmp(z, user) == 0);
 }
 
+/* Answer a failed sign-in: auth_failed, and close 1008 at connect. */
+static void refuse_auth(struct broker *b, struct client *c, const char *why, const char *ref,
+                        bool at_connect)
+{
+    METRIC_INC(&b->srv->metrics, auth_failures_total);
+    reply_error(c, ERR_AUTH_FAILED, why, ref);
+    if (at_connect)
+        client_kill(c, 1008, "authentication failed");
+}
+
 /* Resolve who the hello speaks for: open mode takes the name, accounts
- * mode a valid token. Returns false after answering with auth_failed. */
+ * mode a valid token (and *iat_ms its issue time, -1 if unknown). Returns
+ * false after answering with auth_failed. */
 static bool hello_identity(struct broker *b, struct client *c, const struct req *r,
-                           char user[CODEC_USER_MAX + 1], bool at_connect)
+                           char user[CODEC_USER_MAX + 1], int64_t *iat_ms, bool at_connect)
 {
     const char *why = NULL;
     char msg[160];
 
+    *iat_ms = -1;
     if (b->srv->accounts) {
         if (!r->token) {
             why = "this server requires a token: log in with POST /api/login";
         } else {
-            int rc = accounts_verify_token(b->srv->accounts, r->token, user, CODEC_USER_MAX + 1);
+            int rc = accounts_verify_token(b->srv->accounts, r->token, user, CODEC_USER_MAX + 1,
+                                           iat_ms);
             if (rc != 0) {
                 snprintf(msg, sizeof(msg), "invalid token: %s", accounts_token_error(rc));
                 why = msg;
@@ -525,27 +544,44 @@ static bool hello_identity(struct broker *b, struct client *c, const struct req 
     }
     if (!why)
         return true;
-    METRIC_INC(&b->srv->metrics, auth_failures_total);
-    reply_error(c, ERR_AUTH_FAILED, why, r->ref);
-    if (at_connect)
-        client_kill(c, 1008, "authentication failed");
+    refuse_auth(b, c, why, r->ref, at_connect);
     return false;
+}
+
+/* {users_lock}. Why a token of u issued at iat_ms is no longer accepted, or
+ * NULL. Memory only: the poll on the main thread keeps u up to date. */
+static const char *revoked_locked(const struct user *u, int64_t iat_ms)
+{
+    if (u->deleted)
+        return "invalid token: this user was deleted";
+    if (u->tokens_after_ms > 0 && iat_ms <= u->tokens_after_ms)
+        return "invalid token: revoked (issued before the user's password changed)";
+    return NULL;
 }
 
 static void do_hello(struct broker *b, struct client *c, const struct req *r, bool at_connect)
 {
     const struct config *cfg = b->srv->cfg;
     char user[CODEC_USER_MAX + 1];
+    int64_t iat_ms;
     bool first_seen = false;
 
     if (c->authed) {
         reply_error(c, ERR_BAD_REQUEST, "already signed in on this connection", r->ref);
         return;
     }
-    if (!hello_identity(b, c, r, user, at_connect))
+    if (!hello_identity(b, c, r, user, &iat_ms, at_connect))
         return;
     pthread_mutex_lock(&b->users_lock);
     struct user *u = user_get_locked(b, user, false);
+    /* checked under the same lock as the sign-in below, so a revocation
+     * applied meanwhile either refuses this hello or finds its connection */
+    const char *revoked = u && b->srv->accounts ? revoked_locked(u, iat_ms) : NULL;
+    if (revoked) {
+        pthread_mutex_unlock(&b->users_lock);
+        refuse_auth(b, c, revoked, r->ref, at_connect);
+        return;
+    }
     /* open mode: a name belongs to one live connection; accounts mode: a
      * user may have many (tabs), presence counts users */
     if (u && u->n && !b->srv->accounts) {
@@ -561,7 +597,9 @@ static void do_hello(struct broker *b, struct client *c, const struct req *r, bo
     if (u->n == u->cap) {
         u->cap = u->cap ? u->cap * 2 : 2;
         u->conns = xrealloc(u->conns, u->cap * sizeof(*u->conns));
+        u->iat_ms = xrealloc(u->iat_ms, u->cap * sizeof(*u->iat_ms));
     }
+    u->iat_ms[u->n] = iat_ms;
     u->conns[u->n++] = client_ref(c);
     pthread_mutex_unlock(&b->users_lock);
 
@@ -590,14 +628,49 @@ void broker_user_added(struct broker *b, const char *name, const char *email)
     pthread_mutex_unlock(&b->users_lock);
 }
 
-static void reload_user(void *arg, const char *name, const char *email)
+/* Thread: main. Take a users row into the map; when it revokes tokens,
+ * close the connections signed in with them (1008, from their home loops). */
+static void apply_user(void *arg, const struct store_user *su)
 {
-    broker_user_added(arg, name, email);
+    struct broker *b = arg;
+    if (su->gen > b->users_gen)
+        b->users_gen = su->gen;
+    /* open mode: a row without an account (a name seen earlier) means
+     * nothing now, since a name is known only while someone holds it */
+    if (!su->email && !b->srv->accounts)
+        return;
+    pthread_mutex_lock(&b->users_lock);
+    struct user *u = user_get_locked(b, su->name, true);
+    free(u->email);
+    u->email = su->email && su->email[0] ? xstrdup(su->email) : NULL;
+    u->account = su->email != NULL;
+    bool revoke = (su->deleted && !u->deleted) || su->tokens_after_ms > u->tokens_after_ms;
+    u->deleted = su->deleted;
+    u->tokens_after_ms = su->tokens_after_ms;
+    for (size_t i = 0; revoke && b->srv->accounts && i < u->n; i++) {
+        if (revoked_locked(u, u->iat_ms[i])) {
+            METRIC_INC(&b->srv->metrics, auth_revoked_total);
+            client_kill(u->conns[i], 1008, "credentials revoked");
+        }
+    }
+    pthread_mutex_unlock(&b->users_lock);
 }
 
 int broker_reload_users(struct broker *b)
 {
-    return store_load_users(b->srv->store, reload_user, b);
+    return store_load_users(b->srv->store, 0, apply_user, b);
+}
+
+int broker_poll_users(struct broker *b)
+{
+    uint64_t gen;
+    if (store_users_gen(b->srv->store, &gen) != 0)
+        return -1;
+    if (gen <= b->users_gen)
+        return 0;
+    if (store_load_users(b->srv->store, b->users_gen, apply_user, b) != 0)
+        return -1;
+    return 1;
 }
 
 /* ------------------------------------------------------- notifications */
@@ -1233,7 +1306,9 @@ void broker_disconnected(struct broker *b, struct client *c)
         struct user *u = user_get_locked(b, name, false);
         for (size_t i = 0; u && i < u->n; i++) {
             if (u->conns[i] == c) {
-                u->conns[i] = u->conns[--u->n];
+                u->n--;
+                u->conns[i] = u->conns[u->n];
+                u->iat_ms[i] = u->iat_ms[u->n];
                 client_unref(&c);
                 break;
             }
@@ -1255,19 +1330,6 @@ size_t broker_active_rooms(struct broker *b)
 static void load_room(void *arg, const char *room, uint64_t seq)
 {
     rooms_preload(((struct broker *)arg)->rooms, room, seq);
-}
-
-static void load_user(void *arg, const char *name, const char *email)
-{
-    struct broker *b = arg;
-    /* open mode: a row without an account (a name seen earlier) means
-     * nothing now, since a name is known only while someone holds it */
-    if (!email && !b->srv->accounts)
-        return;
-    struct user *u = user_get_locked(b, name, true);
-    if (email && email[0])
-        u->email = xstrdup(email);
-    u->account = email != NULL;
 }
 
 static void load_id(void *arg, const char *room, const char *from, const char *id, uint64_t seq,
@@ -1293,7 +1355,7 @@ struct broker *broker_new(struct server *srv, char *err, size_t errsz)
 
     /* single-threaded here: the I/O threads have not started */
     if (store_load_rooms(srv->store, load_room, b) != 0 ||
-        store_load_users(srv->store, load_user, b) != 0 ||
+        store_load_users(srv->store, 0, apply_user, b) != 0 ||
         store_load_ids(srv->store, now_wall_ms() - b->idem_ttl_ms, load_id, b) != 0) {
         snprintf(err, errsz, "cannot load rooms, users and recent ids from storage");
         broker_free(b);

@@ -36,6 +36,9 @@
 #include "util.h"
 #include "webcache.h"
 
+/* How often main looks for account changes made by another process. */
+#define USERS_POLL_NS ((int64_t)1000000000)
+
 static void lws_log_emit(int level, const char *line)
 {
     enum log_level l = level & LLL_ERR ? LOG_ERROR : level & LLL_WARN ? LOG_WARN : LOG_DEBUG;
@@ -293,10 +296,28 @@ int main(int argc, char **argv)
              PARLEY_VERSION, cfg.tls_cert ? "https" : "http", cfg.listen_host, cfg.listen_port,
              srv.nloops, cfg.db_path);
 
+    /* Accounts mode: main also takes in account changes made by `parleyd
+     * user ...` (another process) once a second, so a deleted user or a
+     * revoked token is shut out without a SIGHUP; the loops only ever read
+     * the in-memory user map. */
+    int64_t next_poll = now_mono_ns() + USERS_POLL_NS;
     for (;;) {
         int sig = 0;
-        if (sigwait(&sigs, &sig) != 0)
+        if (srv.accounts) {
+            int64_t now = now_mono_ns();
+            if (now >= next_poll) {
+                if (broker_poll_users(srv.broker) > 0)
+                    log_info("main", "account changes taken in");
+                next_poll = now + USERS_POLL_NS;
+            }
+            int64_t left = next_poll - now < USERS_POLL_NS ? next_poll - now : USERS_POLL_NS;
+            struct timespec wait = {.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};
+            sig = sigtimedwait(&sigs, NULL, &wait);
+            if (sig < 0)
+                continue;
+        } else if (sigwait(&sigs, &sig) != 0) {
             continue;
+        }
         if (sig == SIGHUP) {
             reload_tls(&srv);
             if (broker_reload_users(srv.broker) == 0)

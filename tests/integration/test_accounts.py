@@ -505,8 +505,8 @@ class Accounts(ServerCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         st, _, _ = post(self.server, "/api/login", {"user": name, "password": "second password"})
         self.assertEqual(st, 401)
-        # the name can be registered again over HTTP now
-        register(self.server, name)
+        # a deleted name stays reserved (Identities has the details)
+        register(self.server, name, expect=409)
 
     async def test_operator_accounts_seen_by_the_running_server(self):
         """An account added with `parleyd user add` while the server runs is
@@ -800,6 +800,212 @@ class LoginRate(ThrottleAsserts, ServerCase):
         self.assertEqual(st, 201, js)
         self.assertGreaterEqual(metric(self.server, "parley_login_rate_limited_total") - before,
                                 statuses.count(429))
+# ------------------------------------------------------------------ identities
+
+class Identities(ServerCase):
+    """A name belongs to whoever used it first: registration never takes
+    over a name that signed in before (a backend-minted token) or that the
+    operator deleted; a password change or a deletion revokes the tokens
+    issued before it, at connect, on hello and on live connections, which
+    the running server notices by itself (no SIGHUP) within a second or
+    so. Passwords and deletions are made with the real `parleyd user`
+    binary on the server's database, as an operator would."""
+
+    server_args = ("--auth", "accounts")
+
+    def minted(self, user, iat=None, ttl=600):
+        iat = now_s() if iat is None else iat
+        return mint(read_secret(self.server), {"sub": user, "iat": iat, "exp": now_s() + ttl})
+
+    async def refused_at_connect(self, token):
+        """Connect with ?token=: auth_failed then close 1008."""
+        c = await JClient.connect(self.server, query=f"token={token}")
+        try:
+            e = await c.expect_error("auth_failed")
+            self.assertEqual(await c.wait_closed(), 1008)
+            return e
+        finally:
+            await c.close()
+
+    async def test_registering_a_token_only_name_is_409(self):
+        bob, sso = uniq("ib"), uniq("sso")
+        register(self.server, bob)
+        b = await token_client(self, login(self.server, bob))
+        # sso only ever signs in with tokens its backend mints
+        s1 = await token_client(self, self.minted(sso))
+        ack = await b.call({"type": "dm", "to": sso, "text": "the launch code is 1234"}, "ack")
+        await s1.expect_type("message", room=ack["room"], seq=ack["seq"])
+        await s1.close()
+
+        # an attacker registers the name: refused, and nothing is changed
+        st, js = register(self.server, sso, password="attacker password",
+                          email="attacker@example.org", expect=None)
+        self.assertEqual((st, js.get("error")), (409, "taken"), js)
+        st, _, _ = post(self.server, "/api/login", {"user": sso, "password": "attacker password"})
+        self.assertEqual(st, 401, "a refused registration must not leave a password behind")
+        # with no token for the name, the DM history stays out of reach
+        a = await self.json_client()
+        r = await a.call({"type": "hello", "user": sso})
+        self.assertEqual((r["type"], r.get("code")), ("error", "auth_failed"), r)
+        r = await a.call({"type": "history", "room": ack["room"]})
+        self.assertEqual((r["type"], r.get("code")), ("error", "auth_required"), r)
+
+        # the real sso user still signs in with its backend's tokens, and
+        # reads its own DMs
+        s2 = await token_client(self, self.minted(sso))
+        h = await s2.call({"type": "history", "room": ack["room"]}, "history")
+        self.assertEqual([m["text"] for m in h["messages"]], ["the launch code is 1234"])
+
+        # the operator may give the name a password (the same person, who
+        # now also logs in with one): a trusted, deliberate act
+        p = run_admin(self.server, ["user", "add", sso], PASSWORD + "\n")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        login(self.server, sso)
+        await s2.sync()
+
+    async def test_user_del_reserves_the_name(self):
+        bob, alice = uniq("db"), uniq("da")
+        register(self.server, bob)
+        register(self.server, alice, email=f"{alice}@example.org")
+        b = await token_client(self, login(self.server, bob))
+        ack = await b.call({"type": "dm", "to": alice, "text": "for alice only"}, "ack")
+
+        p = run_admin(self.server, ["user", "del", alice])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        st, js = register(self.server, alice, password="attacker password", expect=None)
+        self.assertEqual((st, js.get("error")), (409, "taken"), js)
+        st, _, _ = post(self.server, "/api/login", {"user": alice, "password": PASSWORD})
+        self.assertEqual(st, 401)
+        st, _, _ = post(self.server, "/api/login", {"user": alice, "password": "attacker password"})
+        self.assertEqual(st, 401)
+        # nor does the operator hand it out again by mistake
+        p = run_admin(self.server, ["user", "add", alice], "operator password\n")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("reserved", p.stderr)
+        # deleting again is fine; a name never seen is an error
+        p = run_admin(self.server, ["user", "del", alice])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        p = run_admin(self.server, ["user", "del", uniq("never")])
+        self.assertNotEqual(p.returncode, 0)
+        # a token minted for it now (by a backend that did not hear of the
+        # deletion) does not open its DMs either
+        e = await self.refused_once_polled(self.minted(alice))
+        self.assertIn("deleted", e["message"])
+        # the DM is still there for bob
+        h = await b.call({"type": "history", "room": ack["room"]}, "history")
+        self.assertEqual([m["text"] for m in h["messages"]], ["for alice only"])
+
+    async def refused_once_polled(self, token):
+        """The server takes in `parleyd user` changes within about a second:
+        connect with token until refused (bounded by T); returns the error."""
+        deadline = time.monotonic() + T
+        while True:
+            c = await JClient.connect(self.server, query=f"token={token}")
+            try:
+                f = await c.recv()
+                if f["type"] == "error" or time.monotonic() > deadline:
+                    self.assertEqual((f["type"], f.get("code")), ("error", "auth_failed"), f)
+                    self.assertEqual(await c.wait_closed(), 1008)
+                    return f
+            finally:
+                await c.close()
+            await asyncio.sleep(0.05)
+
+    async def test_user_del_closes_live_connections_and_revokes_tokens(self):
+        dave, bob = uniq("dd"), uniq("dbb")
+        register(self.server, dave)
+        register(self.server, bob)
+        tok = login(self.server, dave)
+        backend_tok = self.minted(dave)
+        room = uniq("droom")
+        d1 = await token_client(self, tok, room)
+        d2 = await JClient.connect(self.server, query=f"token={tok}&room={room}")
+        self.addAsyncCleanup(d2.close)
+        await d2.expect_type("welcome")
+        d3 = await token_client(self, backend_tok)
+        b = await token_client(self, login(self.server, bob))
+        before = metric(self.server, "parley_auth_revoked_total")
+
+        p = run_admin(self.server, ["user", "del", dave])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        # committed now; no SIGHUP: the server notices by itself. The bound:
+        # one poll period (1 s) plus scheduling slack.
+        t0 = time.monotonic()
+        bound = 1.0 + 2.0 * SCALE
+        for c in (d1, d2, d3):
+            self.assertEqual(await c.wait_closed(timeout=bound), 1008)
+        elapsed = time.monotonic() - t0
+        self.assertLess(elapsed, bound + 1.0, f"closed only after {elapsed:.2f} s")
+        self.assertGreaterEqual(metric(self.server, "parley_auth_revoked_total"), before + 3)
+
+        # every token of dave is refused, on connect and on hello, old or new
+        for t in (tok, backend_tok, self.minted(dave, iat=now_s() + 1)):
+            e = await self.refused_at_connect(t)
+            self.assertIn("deleted", e["message"])
+        c = await self.json_client()
+        r = await c.call({"type": "hello", "token": tok})
+        self.assertEqual((r["type"], r.get("code")), ("error", "auth_failed"), r)
+        # the connection stays usable for someone else
+        await c.call({"type": "hello", "token": login(self.server, bob)}, "welcome")
+        # and dave is no longer someone to DM
+        r = await b.call({"type": "dm", "to": dave, "text": "still there?"})
+        self.assertEqual((r["type"], r.get("code")), ("error", "no_such_user"), r)
+
+    async def test_passwd_revokes_older_tokens_not_newer_ones(self):
+        carol = uniq("pc")
+        register(self.server, carol)
+        old_tok = login(self.server, carol)
+        old_backend = self.minted(carol)
+        c1 = await token_client(self, old_tok)
+        before = metric(self.server, "parley_auth_revoked_total")
+
+        p = run_admin(self.server, ["user", "passwd", carol], "a new password\n")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        # a login right away, in the same second, gets a token that works
+        # now and after the server has taken the change in
+        new_tok = login(self.server, carol, "a new password")
+        c2 = await token_client(self, new_tok)
+        st, _, _ = post(self.server, "/api/login", {"user": carol, "password": PASSWORD})
+        self.assertEqual(st, 401)
+
+        # the connection on the old token is closed without SIGHUP
+        self.assertEqual(await c1.wait_closed(timeout=1.0 + 2.0 * SCALE), 1008)
+        self.assertEqual(metric(self.server, "parley_auth_revoked_total"), before + 1)
+        # old tokens: refused on connect and on hello
+        for t in (old_tok, old_backend):
+            e = await self.refused_at_connect(t)
+            self.assertIn("revoked", e["message"])
+        c = await self.json_client()
+        r = await c.call({"type": "hello", "token": old_tok})
+        self.assertEqual((r["type"], r.get("code")), ("error", "auth_failed"), r)
+        # newer tokens work: the login's, a later login's, a backend's minted
+        # after the change, on hello and at connect
+        await c2.sync()
+        w = await c.call({"type": "hello", "token": new_tok}, "welcome")
+        self.assertEqual(w["user"], carol)
+        later = self.minted(carol, iat=now_s() + 2)
+        for t in (login(self.server, carol, "a new password"), later):
+            q = await JClient.connect(self.server, query=f"token={t}")
+            self.addAsyncCleanup(q.close)
+            self.assertEqual((await q.expect_type("welcome"))["user"], carol)
+        await c2.sync()
+
+    async def test_operator_accounts_appear_without_sighup(self):
+        """(SIGHUP still reloads: Accounts.test_operator_accounts_seen_by_the_running_server.)"""
+        alice = uniq("ha")
+        register(self.server, alice)
+        a = await token_client(self, login(self.server, alice))
+        name = uniq("hc")
+        p = run_admin(self.server, ["user", "add", name], PASSWORD + "\n")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        # a DM to it is accepted once the server has polled (about 1 s)
+        deadline = time.monotonic() + 1.0 + 2.0 * SCALE
+        while True:
+            r = await a.call({"type": "dm", "to": name, "text": "welcome aboard"})
+            if r["type"] == "ack" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        self.assertEqual(r["type"], "ack", r)
 
 
 # ------------------------------------------------------------------ rate limits
@@ -1142,6 +1348,7 @@ REQUIRED_METRICS = {
     "parley_notify_sent_total": "counter",
     "parley_notify_failed_total": "counter",
     "parley_auth_failures_total": "counter",
+    "parley_auth_revoked_total": "counter",
 }
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
