@@ -650,7 +650,7 @@ static void apply_user(void *arg, const struct store_user *su)
     for (size_t i = 0; revoke && b->srv->accounts && i < u->n; i++) {
         if (revoked_locked(u, u->iat_ms[i])) {
             METRIC_INC(&b->srv->metrics, auth_revoked_total);
-            client_kill(u->conns[i], 1008, "credentials revoked");
+            client_kill(u->conns[i], 4003, "credentials revoked");
         }
     }
     pthread_mutex_unlock(&b->users_lock);
