@@ -1,11 +1,18 @@
 /*
  * accounts — accounts mode (--auth accounts): the JWT secret, token checks,
- * and a worker thread for the slow parts (password hashing, account reads
- * and writes), so an event loop never hashes or touches the disk.
+ * and a small pool of worker threads (--login-workers) for the slow parts
+ * (password hashing, account reads and writes), so an event loop never
+ * hashes or touches the disk.
  *
- * An HTTP request becomes a struct acct_req that the loop submits; the
- * worker fills in the HTTP status and JSON body and hands the request back
- * to the loop it came from with loop_post, where done() answers it.
+ * An HTTP request becomes a struct acct_req that the loop submits. Before
+ * anything is hashed, submit throttles it on the loop: a client address or
+ * user name backing off after failed logins, an address over its request
+ * rate (--login-rate/--login-burst), an address holding its share of the
+ * queue (--login-queue-per-ip) or a full queue (--login-queue) is refused
+ * with 429 and the time to wait. The queue takes turns between addresses.
+ * A worker fills in the HTTP status and JSON body, records a login's
+ * outcome with the throttle, and hands the request back to the loop it
+ * came from with loop_post, where done() answers it.
  */
 #ifndef PARLEY_ACCOUNTS_H
 #define PARLEY_ACCOUNTS_H
@@ -17,6 +24,7 @@
 
 #include "auth.h"
 #include "codec.h"
+#include "fairq.h"
 
 struct server;
 struct loop;
@@ -30,32 +38,49 @@ struct acct_req {
     struct loop *loop;        /* where done() runs */
     void (*done)(struct acct_req *r); /* frees r (acct_req_free) */
     void *arg;
+    char addr[64];            /* the client's address as text (set by the submitter) */
     _Atomic bool cancelled;   /* the asker went away: done() only frees */
-    /* result, set by the worker */
+    /* result, set by the worker (or by a refused submit) */
     int http_status;
+    int64_t retry_after_ms;   /* > 0 on a 429: when to try again */
     char body[AUTH_JWT_MAX + 128];
-    struct acct_req *next;    /* private */
+    /* private */
+    struct fairq_item qi;
+    char addr_key[64];         /* what the address is throttled and queued under */
+    bool name_held, addr_held; /* slots taken in the throttles */
 };
 
-/* Thread: main. Loads (or creates) the token secret and the admin token,
- * starts the worker. NULL with err on failure. */
+struct accounts_stats {
+    size_t queued;           /* waiting for a worker */
+    size_t running;          /* being worked on */
+    size_t throttle_entries; /* names and addresses the throttles hold */
+};
+
+/* Thread: main. Loads (or creates) the token secret, starts the workers.
+ * NULL with err on failure. (The admin token is the server's, in every
+ * mode: main loads it.) */
 struct accounts *accounts_new(struct server *srv, char *err, size_t errsz);
-/* Thread: main, after the loops stopped. Joins the worker; queued requests
+/* Thread: main, after the loops stopped. Joins the workers; queued requests
  * are answered 503. NULL is fine. */
 void accounts_free(struct accounts *a);
 
-/* Thread: any. Queue a request; 0, or -1 when the queue is full or stopping
- * (the caller keeps r and answers 503 itself). */
+/* Thread: a loop (memory only: no hashing, no disk). Queue a request; 0,
+ * or a negative errno when it is refused: -EAGAIN throttled or the queue
+ * full (r holds 429, its JSON body and retry_after_ms), -ESHUTDOWN stopping
+ * (503). On refusal the caller keeps r and answers from it. */
 int accounts_submit(struct accounts *a, struct acct_req *r);
 void acct_req_free(struct acct_req *r);
+/* Thread: any. The queue and the throttles, for /metrics. */
+void accounts_stats(struct accounts *a, struct accounts_stats *st);
 
-/* Thread: any (one HMAC). 0 and the user name, or a negative auth error. */
-int accounts_verify_token(struct accounts *a, const char *token, char *user, size_t usersz);
+/* Thread: any (one HMAC). 0, the user name and the token's issue time in ms
+ * (-1: unknown; see auth_jwt_verify), or a negative auth error. */
+int accounts_verify_token(struct accounts *a, const char *token, char *user, size_t usersz,
+                          int64_t *iat_ms);
 const char *accounts_token_error(int rc);
-/* Thread: any. True if header is "Bearer <admin token>" (constant time). */
-bool accounts_admin_ok(struct accounts *a, const char *authorization);
-/* Thread: any. Sign a token for user valid for ttl_s seconds (operator command). */
-int accounts_sign(struct accounts *a, const char *user, int64_t ttl_s, char *out, size_t outsz,
-                  int64_t *exp_ms);
+/* Thread: any. Sign a token for user issued at iat_ms (ms since the epoch),
+ * valid for ttl_s seconds from now. */
+int accounts_sign(struct accounts *a, const char *user, int64_t iat_ms, int64_t ttl_s, char *out,
+                  size_t outsz, int64_t *exp_ms);
 
 #endif

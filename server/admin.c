@@ -77,8 +77,8 @@ static int cmd_token(struct config *cfg, const char *user, long ttl)
         fprintf(stderr, "parleyd token: %s\n", err);
         return 1;
     }
-    int64_t now = now_wall_ms() / 1000;
-    if (auth_jwt_sign(key, keylen, user, now, now + ttl, token, sizeof(token)) != 0) {
+    int64_t now_ms = now_wall_ms();
+    if (auth_jwt_sign(key, keylen, user, now_ms, now_ms / 1000 + ttl, token, sizeof(token)) != 0) {
         fprintf(stderr, "parleyd token: cannot sign\n");
         return 1;
     }
@@ -123,6 +123,10 @@ static int cmd_user(struct config *cfg, const char *op, const char *user, const 
         }
         w.password_hash = hash;
         w.email = email;
+        /* the operator may give a password to a name that signed in with
+         * backend tokens only (the same identity, now with a password too);
+         * registration over HTTP never may */
+        w.adopt = true;
     }
     st = store_open(&so, err, sizeof(err));
     if (!st) {
@@ -135,8 +139,11 @@ static int cmd_user(struct config *cfg, const char *op, const char *user, const 
         rc = 0;
     } else if (s == -EEXIST) {
         fprintf(stderr, "parleyd user: '%s' already has an account\n", user);
+    } else if (s == -EACCES) {
+        fprintf(stderr, "parleyd user: '%s' was deleted; a deleted name stays reserved\n", user);
     } else if (s == -ENOENT) {
-        fprintf(stderr, "parleyd user: no account '%s'\n", user);
+        fprintf(stderr, "parleyd user: %s '%s'\n",
+                w.kind == SW_ACCOUNT_DEL ? "no user has ever been called" : "no account", user);
     } else {
         fprintf(stderr, "parleyd user: cannot update the database (%s)\n", strerror(-s));
     }

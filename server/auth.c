@@ -335,21 +335,25 @@ static int hmac_sha256(const unsigned char *key, size_t keylen, const char *data
     return 0;
 }
 
-int auth_jwt_sign(const unsigned char *key, size_t keylen, const char *sub, int64_t iat,
+int auth_jwt_sign(const unsigned char *key, size_t keylen, const char *sub, int64_t iat_ms,
                   int64_t exp, char *out, size_t outsz)
 {
     static const char header[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
-    char payload[128], buf[AUTH_JWT_MAX];
+    char payload[160], buf[AUTH_JWT_MAX];
     unsigned char mac[JWT_HMAC_LEN];
     size_t n;
 
     if (outsz)
         out[0] = '\0';
-    if (!key || keylen == 0 || !auth_user_name_ok(sub))
+    if (!key || keylen == 0 || !auth_user_name_ok(sub) || iat_ms < 0)
         return -EINVAL;
-    /* sub is a validated user name, so it needs no JSON escaping */
+    /* sub is a validated user name, so it needs no JSON escaping. iat_ms
+     * says within which millisecond of iat the token was made, so it can be
+     * told apart from a revocation in the same second (see auth.h) */
     int plen = snprintf(payload, sizeof(payload),
-                        "{\"sub\":\"%s\",\"iat\":%" PRId64 ",\"exp\":%" PRId64 "}", sub, iat, exp);
+                        "{\"sub\":\"%s\",\"iat\":%" PRId64 ",\"iat_ms\":%" PRId64
+                        ",\"exp\":%" PRId64 "}",
+                        sub, iat_ms / 1000, iat_ms, exp);
     if (plen < 0 || (size_t)plen >= sizeof(payload))
         return -EINVAL;
 
@@ -436,8 +440,33 @@ static bool time_claim_ok(json_t *payload, const char *name, int64_t now)
     return now > INT64_MAX - JWT_SKEW_S || t <= now + JWT_SKEW_S;
 }
 
-static int check_claims(json_t *pl, int64_t now, char *sub, size_t subsz, int64_t *exp_out)
+/* The issue time in ms: iat_ms if present (it must agree with iat), else
+ * the first millisecond of iat's second, else -1 (unknown). Returns false
+ * for an iat_ms that is not an integer or disagrees with iat. */
+static bool issued_ms(json_t *pl, int64_t *out)
 {
+    json_t *iat = json_object_get(pl, "iat"), *ms = json_object_get(pl, "iat_ms");
+
+    *out = -1;
+    if (ms) {
+        if (!json_is_integer(ms) || !iat || json_integer_value(ms) < 0 ||
+            json_integer_value(ms) / 1000 != json_integer_value(iat))
+            return false;
+        *out = json_integer_value(ms);
+    } else if (iat) {
+        json_int_t t = json_integer_value(iat);
+        /* before the epoch is before every revocation; the upper end is
+         * bounded by the skew check */
+        *out = t <= 0 ? 0 : t * 1000;
+    }
+    return true;
+}
+
+static int check_claims(json_t *pl, int64_t now, char *sub, size_t subsz, int64_t *exp_out,
+                        int64_t *iat_ms_out)
+{
+    int64_t iat_ms;
+
     json_t *exp = json_object_get(pl, "exp"), *jsub = json_object_get(pl, "sub");
 
     if (!exp)
@@ -446,7 +475,8 @@ static int check_claims(json_t *pl, int64_t now, char *sub, size_t subsz, int64_
         return AUTH_ECLAIMS;
     if (json_integer_value(exp) <= now)
         return AUTH_EEXPIRED;
-    if (!time_claim_ok(pl, "iat", now) || !time_claim_ok(pl, "nbf", now))
+    if (!time_claim_ok(pl, "iat", now) || !time_claim_ok(pl, "nbf", now) ||
+        !issued_ms(pl, &iat_ms))
         return AUTH_ECLAIMS;
     if (!json_is_string(jsub) || json_string_length(jsub) >= subsz ||
         !auth_user_name_ok(json_string_value(jsub)) ||
@@ -455,11 +485,13 @@ static int check_claims(json_t *pl, int64_t now, char *sub, size_t subsz, int64_
     memcpy(sub, json_string_value(jsub), json_string_length(jsub) + 1);
     if (exp_out)
         *exp_out = json_integer_value(exp);
+    if (iat_ms_out)
+        *iat_ms_out = iat_ms;
     return 0;
 }
 
 int auth_jwt_verify(const unsigned char *key, size_t keylen, const char *token, int64_t now,
-                    char *sub, size_t subsz, int64_t *exp_out)
+                    char *sub, size_t subsz, int64_t *exp_out, int64_t *iat_ms_out)
 {
     /* each part of a token of at most AUTH_JWT_MAX characters decodes to
      * at most 3/4 of that */
@@ -504,7 +536,7 @@ int auth_jwt_verify(const unsigned char *key, size_t keylen, const char *token, 
     payload = jwt_json(praw, pn);
     if (!payload)
         goto out_header;
-    rc = check_claims(payload, now, sub, subsz, exp_out);
+    rc = check_claims(payload, now, sub, subsz, exp_out, iat_ms_out);
 
     json_decref(payload);
 out_header:
@@ -746,4 +778,16 @@ fail:
     OPENSSL_cleanse(buf, cap);
     buf[0] = '\0';
     return -1;
+}
+
+bool auth_bearer_ok(const char *authorization, const char *token)
+{
+    static const char prefix[] = "Bearer ";
+    size_t plen = sizeof(prefix) - 1;
+
+    if (!token || !token[0] || !authorization || strncmp(authorization, prefix, plen) != 0)
+        return false;
+    const char *t = authorization + plen;
+    size_t n = strlen(t);
+    return n == strlen(token) && CRYPTO_memcmp(t, token, n) == 0;
 }

@@ -77,12 +77,14 @@ bool auth_user_name_ok(const char *name);
 
 /*
  * Sign an HS256 JWT: header {"alg":"HS256","typ":"JWT"}, payload
- * {"sub":...,"iat":...,"exp":...} (times in seconds since the epoch). sub
- * must be a valid user name. Writes the NUL-terminated token to out
+ * {"sub":...,"iat":...,"iat_ms":...,"exp":...}: iat and exp in seconds since
+ * the epoch, iat_ms the issue time in milliseconds (iat is iat_ms / 1000),
+ * so a token can be told apart from a revocation made in the same second.
+ * sub must be a valid user name. Writes the NUL-terminated token to out
  * (AUTH_JWT_MAX is always enough). Returns 0, -EINVAL (empty key, invalid
- * sub) or -ENOSPC. Thread: any.
+ * sub, negative iat_ms) or -ENOSPC. Thread: any.
  */
-int auth_jwt_sign(const unsigned char *key, size_t keylen, const char *sub, int64_t iat,
+int auth_jwt_sign(const unsigned char *key, size_t keylen, const char *sub, int64_t iat_ms,
                   int64_t exp, char *out, size_t outsz);
 
 /*
@@ -91,13 +93,17 @@ int auth_jwt_sign(const unsigned char *key, size_t keylen, const char *sub, int6
  * duplicate keys), then the header's alg, then the signature (constant-time)
  * and only then the claims: exp (required integer, > now, no leeway), sub
  * (required valid user name), iat and nbf (optional integers, at most 60 s in
- * the future, for clock skew). Other claims are ignored. On success copies
- * sub into sub (subsz >= AUTH_SUB_MAX), stores exp in *exp_out (may be NULL)
- * and returns 0; otherwise returns an enum auth_jwt_err and leaves sub empty.
+ * the future, for clock skew), iat_ms (optional integer >= 0; needs iat and
+ * must lie in iat's second). Other claims are ignored. On success copies
+ * sub into sub (subsz >= AUTH_SUB_MAX), stores exp in *exp_out and the issue
+ * time in ms in *iat_ms_out (iat_ms; without it the first millisecond of
+ * iat's second, the earliest the token can have been made; -1 without iat;
+ * either pointer may be NULL) and returns 0; otherwise returns an enum
+ * auth_jwt_err and leaves sub empty.
  * Thread: any.
  */
 int auth_jwt_verify(const unsigned char *key, size_t keylen, const char *token, int64_t now,
-                    char *sub, size_t subsz, int64_t *exp_out);
+                    char *sub, size_t subsz, int64_t *exp_out, int64_t *iat_ms_out);
 
 /* Thread: any. Static text for 0 or an enum auth_jwt_err value. */
 const char *auth_jwt_strerror(int rc);
@@ -122,5 +128,10 @@ int auth_load_or_create_secret(const char *path, unsigned char *key, size_t keyc
  * -1 with a message in err. Thread: any (start-up).
  */
 int auth_load_token_file(const char *path, char *buf, size_t cap, char *err, size_t errsz);
+
+/* Thread: any. True if authorization (an Authorization header's value, may be
+ * NULL) is "Bearer <token>" with exactly token, compared in constant time
+ * for a given length. An empty or NULL token matches nothing. */
+bool auth_bearer_ok(const char *authorization, const char *token);
 
 #endif

@@ -39,6 +39,15 @@
 
 #define HISTORY_WINDOW 256
 #define MAX_LIST 1024
+/* History reads one connection may have waiting for storage at once; a
+ * join or history that needs one more is refused with rate_limited. The
+ * replies count against the client's queue bytes when they arrive, so this
+ * bounds what is held before that: a few slots keep a client paging
+ * through history (one request at a time) and rejoining rooms busy, while
+ * a flood cannot hide megabytes of replies in flight. */
+#define HISTORY_READS_PER_CONN 4
+/* The retry_after_ms of that refusal: about the time a read takes. */
+#define HISTORY_RETRY_MS 100
 
 struct joined {
     struct room *room; /* holds a room reference */
@@ -46,9 +55,13 @@ struct joined {
 
 struct user {
     struct client **conns; /* {users_lock} each holds a client reference */
+    int64_t *iat_ms;       /* {users_lock} conns[i] signed in with a token issued then
+                              (ms; -1: unknown), to close it if that token is revoked */
     size_t n, cap;
     char *email;           /* {users_lock} account address for notifications, or NULL */
+    int64_t tokens_after_ms; /* {users_lock} tokens issued at or before this are refused */
     bool account;          /* {users_lock} has an account (accounts mode) */
+    bool deleted;          /* {users_lock} `parleyd user del`: no token is accepted */
 };
 
 /* Someone to e-mail about a message, found under the locks, notified after. */
@@ -69,7 +82,11 @@ struct broker {
     struct codec_limits lim;
 
     pthread_mutex_t users_lock;
-    strmap_t *users;       /* {users_lock} name -> struct user, every name ever seen */
+    /* {users_lock} name -> struct user: every name with a live connection, every
+     * account, and in accounts mode every users row (names seen with a token,
+     * deleted names). Open mode forgets a name with its last connection. */
+    strmap_t *users;
+    uint64_t users_gen;    /* main thread: the newest account generation applied */
 
     pthread_mutex_t idem_lock;
     strmap_t *idem;        /* {idem_lock} "room\x1fuser\x1fid" -> struct idem_entry */
@@ -247,6 +264,7 @@ static void user_free(void *p)
     for (size_t i = 0; i < u->n; i++)
         client_unref(&u->conns[i]);
     free(u->conns);
+    free(u->iat_ms);
     free(u->email);
     free(u);
 }
@@ -437,9 +455,23 @@ static void read_release(struct pending_read *pr)
         free(pr->members[i]);
     free(pr->members);
     msg_unref(&pr->placeholder);
+    client_read_end(pr->c);
     client_unref(&pr->c);
     store_read_release(&pr->r);
     free(pr);
+}
+
+/* Fill the read's placeholder with content (taken), charged to the
+ * client's queue; a reply that could never fit there is replaced by an
+ * error that says so. */
+static void read_answer(struct pending_read *pr, msg_t *content)
+{
+    if (client_fill(pr->c, pr->placeholder, content) == -EMSGSIZE)
+        client_fill(pr->c, pr->placeholder,
+                    codec_error(pr->fmt, ERR_TOO_LARGE,
+                                "the history asked for is larger than this connection may "
+                                "queue: ask for fewer messages",
+                                pr->ref, -1));
 }
 
 static msg_t *encode_read(struct pending_read *pr, const struct chat_msg *msgs, size_t n)
@@ -469,9 +501,32 @@ static void read_done(struct store_read *r)
         content = encode_read(pr, all, n);
         free(all);
     }
-    msg_fill(pr->placeholder, content);
-    loop_schedule(pr->c->loop, pr->c);
+    read_answer(pr, content);
     read_release(pr);
+}
+
+/* {rm->lock} Whether the answer for seqs [a, z] needs a storage read: part
+ * of the range is older than the window. */
+static bool range_needs_read_locked(const struct room *rm, uint64_t a, uint64_t z)
+{
+    return a <= z && a < room_window_lo_locked(rm);
+}
+
+/* Take one of c's history-read slots for a request that needs a storage
+ * read. False after answering rate_limited: the connection has
+ * HISTORY_READS_PER_CONN reads in flight. */
+static bool take_read_slot(struct broker *b, struct client *c, const char *ref)
+{
+    char msg[96];
+    if (client_read_begin(c, HISTORY_READS_PER_CONN))
+        return true;
+    METRIC_INC(&b->srv->metrics, history_reads_refused_total);
+    METRIC_INC(&b->srv->metrics, rate_limited_total);
+    METRIC_INC(&b->srv->metrics, protocol_errors_total);
+    snprintf(msg, sizeof(msg), "slow down: at most %d history reads at a time on one connection",
+             HISTORY_READS_PER_CONN);
+    reply(c, codec_error(c->fmt, ERR_RATE_LIMITED, msg, ref, HISTORY_RETRY_MS));
+    return false;
 }
 
 /*
@@ -479,6 +534,8 @@ static void read_done(struct store_read *r)
  * called with rm->lock held so the reply is queued before any later event
  * of the room. The window serves what it holds; anything older is read from
  * storage off the loop and the reply waits in the queue as a placeholder.
+ * When range_needs_read_locked, the caller has taken a read slot of c
+ * (take_read_slot), which the read gives back when it is answered.
  */
 static void answer_range_locked(struct broker *b, struct client *c, struct room *rm,
                                 enum read_kind kind, uint64_t a, uint64_t z, bool more,
@@ -512,6 +569,9 @@ static void answer_range_locked(struct broker *b, struct client *c, struct room 
     pr->r.key = a - 1;
     pr->r.limit = (int)((z < lo ? z : lo - 1) - a + 1);
     pr->r.done = read_done;
+    /* reads are served in turn per user, so one user's flood cannot
+     * starve the others' (store.h) */
+    str_lcpy(pr->r.owner, c->user, sizeof(pr->r.owner));
     pr->kind = kind;
     pr->c = client_ref(c);
     pr->fmt = c->fmt;
@@ -525,12 +585,15 @@ static void answer_range_locked(struct broker *b, struct client *c, struct room 
         pr->members[i] = xstrdup(names[i]);
     pr->nmembers = nn;
     pr->placeholder = msg_new_placeholder();
-    if (client_push(c, msg_ref(pr->placeholder)) != 0 ||
-        store_read_submit(b->srv->store, &pr->r) != 0) {
-        /* queue it anyway so the client is not stuck behind an empty slot */
-        msg_fill(pr->placeholder,
-                 codec_error(c->fmt, ERR_INTERNAL, "cannot read history, try again", ref, -1));
-        loop_schedule(c->loop, c);
+    if (client_push(c, msg_ref(pr->placeholder)) != 0) {
+        read_release(pr); /* c is closed: nobody waits for the answer */
+        return;
+    }
+    METRIC_INC(&b->srv->metrics, history_reads_total);
+    if (store_read_submit(b->srv->store, &pr->r) != 0) {
+        /* answer anyway so the client is not stuck behind an empty slot */
+        read_answer(pr, codec_error(c->fmt, ERR_INTERNAL, "cannot read history, try again", ref,
+                                    -1));
         read_release(pr);
     }
 }
@@ -781,19 +844,32 @@ static bool dm_participant(const char *room, const char *user)
     return codec_parse_dm(room, a, z) && (strcmp(a, user) == 0 || strcmp(z, user) == 0);
 }
 
+/* Answer a failed sign-in: auth_failed, and close 1008 at connect. */
+static void refuse_auth(struct broker *b, struct client *c, const char *why, const char *ref,
+                        bool at_connect)
+{
+    METRIC_INC(&b->srv->metrics, auth_failures_total);
+    reply_error(c, ERR_AUTH_FAILED, why, ref);
+    if (at_connect)
+        client_kill(c, 1008, "authentication failed");
+}
+
 /* Resolve who the hello speaks for: open mode takes the name, accounts
- * mode a valid token. Returns false after answering with auth_failed. */
+ * mode a valid token (and *iat_ms its issue time, -1 if unknown). Returns
+ * false after answering with auth_failed. */
 static bool hello_identity(struct broker *b, struct client *c, const struct req *r,
-                           char user[CODEC_USER_MAX + 1], bool at_connect)
+                           char user[CODEC_USER_MAX + 1], int64_t *iat_ms, bool at_connect)
 {
     const char *why = NULL;
     char msg[160];
 
+    *iat_ms = -1;
     if (b->srv->accounts) {
         if (!r->token) {
             why = "this server requires a token: log in with POST /api/login";
         } else {
-            int rc = accounts_verify_token(b->srv->accounts, r->token, user, CODEC_USER_MAX + 1);
+            int rc = accounts_verify_token(b->srv->accounts, r->token, user, CODEC_USER_MAX + 1,
+                                           iat_ms);
             if (rc != 0) {
                 snprintf(msg, sizeof(msg), "invalid token: %s", accounts_token_error(rc));
                 why = msg;
@@ -806,27 +882,44 @@ static bool hello_identity(struct broker *b, struct client *c, const struct req 
     }
     if (!why)
         return true;
-    METRIC_INC(&b->srv->metrics, auth_failures_total);
-    reply_error(c, ERR_AUTH_FAILED, why, r->ref);
-    if (at_connect)
-        client_kill(c, 1008, "authentication failed");
+    refuse_auth(b, c, why, r->ref, at_connect);
     return false;
+}
+
+/* {users_lock}. Why a token of u issued at iat_ms is no longer accepted, or
+ * NULL. Memory only: the poll on the main thread keeps u up to date. */
+static const char *revoked_locked(const struct user *u, int64_t iat_ms)
+{
+    if (u->deleted)
+        return "invalid token: this user was deleted";
+    if (u->tokens_after_ms > 0 && iat_ms <= u->tokens_after_ms)
+        return "invalid token: revoked (issued before the user's password changed)";
+    return NULL;
 }
 
 static void do_hello(struct broker *b, struct client *c, const struct req *r, bool at_connect)
 {
     const struct config *cfg = b->srv->cfg;
     char user[CODEC_USER_MAX + 1];
+    int64_t iat_ms;
     bool first_seen = false;
 
     if (c->authed) {
         reply_error(c, ERR_BAD_REQUEST, "already signed in on this connection", r->ref);
         return;
     }
-    if (!hello_identity(b, c, r, user, at_connect))
+    if (!hello_identity(b, c, r, user, &iat_ms, at_connect))
         return;
     pthread_mutex_lock(&b->users_lock);
     struct user *u = user_get_locked(b, user, false);
+    /* checked under the same lock as the sign-in below, so a revocation
+     * applied meanwhile either refuses this hello or finds its connection */
+    const char *revoked = u && b->srv->accounts ? revoked_locked(u, iat_ms) : NULL;
+    if (revoked) {
+        pthread_mutex_unlock(&b->users_lock);
+        refuse_auth(b, c, revoked, r->ref, at_connect);
+        return;
+    }
     /* open mode: a name belongs to one live connection; accounts mode: a
      * user may have many (tabs), presence counts users */
     if (u && u->n && !b->srv->accounts) {
@@ -842,14 +935,19 @@ static void do_hello(struct broker *b, struct client *c, const struct req *r, bo
     if (u->n == u->cap) {
         u->cap = u->cap ? u->cap * 2 : 2;
         u->conns = xrealloc(u->conns, u->cap * sizeof(*u->conns));
+        u->iat_ms = xrealloc(u->iat_ms, u->cap * sizeof(*u->iat_ms));
     }
+    u->iat_ms[u->n] = iat_ms;
     u->conns[u->n++] = client_ref(c);
     pthread_mutex_unlock(&b->users_lock);
 
-    if (first_seen)
+    /* open mode keeps no row per name: a name there is nobody's, and a row
+     * for every name ever tried would grow the database forever */
+    if (first_seen && b->srv->accounts)
         remember_user(b, user);
     str_lcpy(c->user, user, sizeof(c->user));
     c->authed = true;
+    counters_attach(b->srv->counters, c->user);
     unsigned char rnd[8];
     RAND_bytes(rnd, sizeof(rnd));
     for (int i = 0; i < 8; i++)
@@ -868,14 +966,49 @@ void broker_user_added(struct broker *b, const char *name, const char *email)
     pthread_mutex_unlock(&b->users_lock);
 }
 
-static void reload_user(void *arg, const char *name, const char *email)
+/* Thread: main. Take a users row into the map; when it revokes tokens,
+ * close the connections signed in with them (1008, from their home loops). */
+static void apply_user(void *arg, const struct store_user *su)
 {
-    broker_user_added(arg, name, email);
+    struct broker *b = arg;
+    if (su->gen > b->users_gen)
+        b->users_gen = su->gen;
+    /* open mode: a row without an account (a name seen earlier) means
+     * nothing now, since a name is known only while someone holds it */
+    if (!su->email && !b->srv->accounts)
+        return;
+    pthread_mutex_lock(&b->users_lock);
+    struct user *u = user_get_locked(b, su->name, true);
+    free(u->email);
+    u->email = su->email && su->email[0] ? xstrdup(su->email) : NULL;
+    u->account = su->email != NULL;
+    bool revoke = (su->deleted && !u->deleted) || su->tokens_after_ms > u->tokens_after_ms;
+    u->deleted = su->deleted;
+    u->tokens_after_ms = su->tokens_after_ms;
+    for (size_t i = 0; revoke && b->srv->accounts && i < u->n; i++) {
+        if (revoked_locked(u, u->iat_ms[i])) {
+            METRIC_INC(&b->srv->metrics, auth_revoked_total);
+            client_kill(u->conns[i], 4003, "credentials revoked");
+        }
+    }
+    pthread_mutex_unlock(&b->users_lock);
 }
 
 int broker_reload_users(struct broker *b)
 {
-    return store_load_users(b->srv->store, reload_user, b);
+    return store_load_users(b->srv->store, 0, apply_user, b);
+}
+
+int broker_poll_users(struct broker *b)
+{
+    uint64_t gen;
+    if (store_users_gen(b->srv->store, &gen) != 0)
+        return -1;
+    if (gen <= b->users_gen)
+        return 0;
+    if (store_load_users(b->srv->store, b->users_gen, apply_user, b) != 0)
+        return -1;
+    return 1;
 }
 
 /* ------------------------------------------------------- notifications */
@@ -989,13 +1122,12 @@ static void notify_targets(struct broker *b, const struct note_target *t, size_t
     }
 }
 
+static bool dm_join_ok(struct broker *b, struct client *c, const struct req *r);
+
 static void do_join(struct broker *b, struct client *c, const struct req *r)
 {
-    if (strncmp(r->room, "dm:", 3) == 0 && !dm_participant(r->room, c->user)) {
-        reply_error(c, ERR_FORBIDDEN, "only its two participants may read a DM conversation",
-                    r->ref);
+    if (strncmp(r->room, "dm:", 3) == 0 && !dm_join_ok(b, c, r))
         return;
-    }
     const struct config *cfg = b->srv->cfg;
     if (!joined_find(c, r->room) && (long)c->njoined >= cfg->max_rooms_per_conn) {
         reply_error(c, ERR_BAD_REQUEST, "too many rooms joined on this connection", r->ref);
@@ -1011,12 +1143,6 @@ static void do_join(struct broker *b, struct client *c, const struct req *r)
         reply_error(c, ERR_FORBIDDEN, "the room is full", r->ref);
         return;
     }
-    bool added = room_add_member_locked(rm, c), due = false;
-    if (added) {
-        due = presence_locked(b, rm, c->user, false);
-        c->joined = xrealloc(c->joined, (c->njoined + 1) * sizeof(*c->joined));
-        c->joined[c->njoined++].room = rm; /* the membership keeps our reference */
-    }
     uint64_t hi = rm->seq, a, z;
     uint64_t limit = (uint64_t)r->limit;
     if (r->has_since) {
@@ -1025,6 +1151,21 @@ static void do_join(struct broker *b, struct client *c, const struct req *r)
     } else {
         a = hi >= limit ? hi - limit + 1 : 1;
         z = hi;
+    }
+    if (rm->is_dm && !b->srv->accounts)
+        a = z + 1; /* open mode serves no DM history (see do_history) */
+    /* refused before anything changes: a join either happens with its
+     * history or not at all, and the client simply retries it */
+    if (range_needs_read_locked(rm, a, z) && !take_read_slot(b, c, r->ref)) {
+        pthread_mutex_unlock(&rm->lock);
+        rooms_release(b->rooms, &rm);
+        return;
+    }
+    bool added = room_add_member_locked(rm, c), due = false;
+    if (added) {
+        due = presence_locked(b, rm, c->user, false);
+        c->joined = xrealloc(c->joined, (c->njoined + 1) * sizeof(*c->joined));
+        c->joined[c->njoined++].room = rm; /* the membership keeps our reference */
     }
     answer_range_locked(b, c, rm, READ_JOINED, a, z, false, r->ref);
     pthread_mutex_unlock(&rm->lock);
@@ -1150,15 +1291,60 @@ static void publish(struct broker *b, struct client *c, struct room *rm, const c
     METRIC_INC(&b->srv->metrics, messages_received_total);
 }
 
-/* Open mode: a name ever seen. Accounts mode: a name with an account, or
- * one signed in right now with a token minted by the operator's backend. */
+/* Who may get a DM. Open mode: a name held by a live connection now (a name
+ * there is nobody's, and its DM history is not served, so a DM to a name
+ * nobody holds would reach no one). Accounts mode: a name with an account,
+ * or one signed in right now with a token minted by the operator's backend. */
 static bool user_known(struct broker *b, const char *name)
 {
     pthread_mutex_lock(&b->users_lock);
     struct user *u = user_get_locked(b, name, false);
-    bool known = u && (!b->srv->accounts || u->account || u->n);
+    bool known = u && (u->n || (b->srv->accounts && u->account));
     pthread_mutex_unlock(&b->users_lock);
     return known;
+}
+
+/* Whose DM room may be joined. Open mode: as user_known. Accounts mode: any
+ * name the server has a record of (an account, a live connection, a users
+ * row from a token), so a conversation with a name nobody ever held is never
+ * created. */
+static bool user_exists(struct broker *b, const char *name)
+{
+    if (!b->srv->accounts)
+        return user_known(b, name);
+    pthread_mutex_lock(&b->users_lock);
+    bool exists = user_get_locked(b, name, false) != NULL;
+    pthread_mutex_unlock(&b->users_lock);
+    return exists;
+}
+
+static void reply_no_such_user(struct broker *b, struct client *c, const char *ref)
+{
+    reply_error(c, ERR_NO_SUCH_USER,
+                b->srv->accounts ? "no user by that name"
+                                 : "no user by that name is online: in open mode DMs go only "
+                                   "to users online now",
+                ref);
+}
+
+/* A DM room may be joined by its two participants only, and only while the
+ * other one exists (user_exists): a join must not make the server keep a
+ * room for a conversation with a name nobody holds. Checked before the
+ * room is looked up or created. False after answering. */
+static bool dm_join_ok(struct broker *b, struct client *c, const struct req *r)
+{
+    char a[CODEC_USER_MAX + 1], z[CODEC_USER_MAX + 1];
+
+    if (!codec_parse_dm(r->room, a, z) || (strcmp(a, c->user) != 0 && strcmp(z, c->user) != 0)) {
+        reply_error(c, ERR_FORBIDDEN, "only its two participants may read a DM conversation",
+                    r->ref);
+        return false;
+    }
+    if (!user_exists(b, strcmp(a, c->user) == 0 ? z : a)) {
+        reply_no_such_user(b, c, r->ref);
+        return false;
+    }
+    return true;
 }
 
 static void do_send(struct broker *b, struct client *c, const struct req *r)
@@ -1169,10 +1355,17 @@ static void do_send(struct broker *b, struct client *c, const struct req *r)
         reply_error(c, ERR_NOT_JOINED, "join the room before sending to it", r->ref);
         return;
     }
-    if (rm->is_dm && codec_parse_dm(rm->name, a, z))
-        publish(b, c, rm, strcmp(a, c->user) == 0 ? z : a, r);
-    else
+    if (rm->is_dm && codec_parse_dm(rm->name, a, z)) {
+        const char *peer = strcmp(a, c->user) == 0 ? z : a;
+        /* open mode: as for dm, only to someone online now */
+        if (!b->srv->accounts && !user_known(b, peer)) {
+            reply_no_such_user(b, c, r->ref);
+            return;
+        }
+        publish(b, c, rm, peer, r);
+    } else {
         publish(b, c, rm, NULL, r);
+    }
 }
 
 static void do_dm(struct broker *b, struct client *c, const struct req *r)
@@ -1183,7 +1376,7 @@ static void do_dm(struct broker *b, struct client *c, const struct req *r)
         return;
     }
     if (!user_known(b, r->to)) {
-        reply_error(c, ERR_NO_SUCH_USER, "no user by that name has ever been seen", r->ref);
+        reply_no_such_user(b, c, r->ref);
         return;
     }
     codec_dm_room(c->user, r->to, room);
@@ -1201,6 +1394,15 @@ static void do_history(struct broker *b, struct client *c, const struct req *r)
                     r->ref);
         return;
     }
+    if (strncmp(r->room, "dm:", 3) == 0 && !b->srv->accounts) {
+        /* whoever holds a name now may not be who held it when the DMs
+         * were sent: open mode never serves them back */
+        reply_error(c, ERR_FORBIDDEN,
+                    "open mode keeps no readable DM history: anyone may take a name nobody "
+                    "holds, so DMs are only delivered live",
+                    r->ref);
+        return;
+    }
     /* a room not in memory may still have history in storage */
     struct room *rm = room_for(b, c, r->room, r->ref);
     if (!rm)
@@ -1212,7 +1414,8 @@ static void do_history(struct broker *b, struct client *c, const struct req *r)
     if (end > hi)
         end = hi;
     uint64_t a = end >= limit ? end - limit + 1 : 1;
-    answer_range_locked(b, c, rm, READ_HISTORY, a, end, end > 0 && a > 1, r->ref);
+    if (!range_needs_read_locked(rm, a, end) || take_read_slot(b, c, r->ref))
+        answer_range_locked(b, c, rm, READ_HISTORY, a, end, end > 0 && a > 1, r->ref);
     pthread_mutex_unlock(&rm->lock);
     rooms_release(b->rooms, &rm);
 }
@@ -1498,15 +1701,23 @@ void broker_disconnected(struct broker *b, struct client *c)
      * others is announced now */
     pres_due_flush(b, c, true);
     if (c->authed) {
+        char name[CODEC_USER_MAX + 1];
+        str_lcpy(name, c->user, sizeof(name));
+        counters_detach(b->srv->counters, name);
         pthread_mutex_lock(&b->users_lock);
-        struct user *u = user_get_locked(b, c->user, false);
+        struct user *u = user_get_locked(b, name, false);
         for (size_t i = 0; u && i < u->n; i++) {
             if (u->conns[i] == c) {
-                u->conns[i] = u->conns[--u->n];
+                u->n--;
+                u->conns[i] = u->conns[u->n];
+                u->iat_ms[i] = u->iat_ms[u->n];
                 client_unref(&c);
                 break;
             }
         }
+        /* open mode: a name nobody holds is nobody's, forget it */
+        if (u && !u->n && !u->account && !b->srv->accounts)
+            user_free(strmap_del(b->users, name));
         pthread_mutex_unlock(&b->users_lock);
     }
 }
@@ -1527,15 +1738,6 @@ void broker_room_stats(struct broker *b, struct broker_room_stats *out)
 }
 
 /* ------------------------------------------------------------- lifecycle */
-
-static void load_user(void *arg, const char *name, const char *email)
-{
-    struct broker *b = arg;
-    struct user *u = user_get_locked(b, name, true);
-    if (email && email[0])
-        u->email = xstrdup(email);
-    u->account = email != NULL;
-}
 
 static void load_id(void *arg, const char *room, const char *from, const char *id, uint64_t seq,
                     int64_t ts)
@@ -1567,7 +1769,7 @@ struct broker *broker_new(struct server *srv, char *err, size_t errsz)
         broker_free(b);
         return NULL;
     }
-    if (store_load_users(srv->store, load_user, b) != 0 ||
+    if (store_load_users(srv->store, 0, apply_user, b) != 0 ||
         store_load_ids(srv->store, now_wall_ms() - b->idem_ttl_ms, load_id, b) != 0) {
         snprintf(err, errsz, "cannot load users and recent ids from storage");
         broker_free(b);

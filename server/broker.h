@@ -44,9 +44,17 @@ void broker_tick(struct broker *b, struct client *c);
 /* Thread: any. A new account exists (for no_such_user). */
 void broker_user_added(struct broker *b, const char *name, const char *email);
 
-/* Thread: main (it reads the database). Reload accounts and their email
- * addresses, after `parleyd user ...` changed them (SIGHUP). 0 or -1. */
+/* Thread: main (it reads the database). Reload every user's account state
+ * (SIGHUP): e-mail addresses, deletions and revoked tokens; connections
+ * signed in with a token that is no longer accepted are closed with 1008.
+ * 0 or -1. */
 int broker_reload_users(struct broker *b);
+/* Thread: main (it reads the database; never an I/O loop). Take in the
+ * accounts changed since the last call, by this process or another
+ * (`parleyd user ...`), as broker_reload_users does. Cheap when nothing
+ * changed; main calls it every second. 1 if something changed, 0 if not,
+ * -1 on a read error. */
+int broker_poll_users(struct broker *b);
 
 /* Thread: any. Rooms that currently have members. */
 size_t broker_active_rooms(struct broker *b);

@@ -4,6 +4,7 @@
  */
 #include "client.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,19 @@ static void drop_queue_locked(struct client *c)
     cq_release(&c->q);
 }
 
+/* {lock} held. The queue overflowed: close 4008 and free the queue. */
+static void overflow_locked(struct client *c)
+{
+    struct metrics *mt = &c->srv->metrics;
+    if (!c->close_code) {
+        c->close_code = 4008;
+        c->close_reason = "slow consumer: queue overflow";
+    }
+    drop_queue_locked(c);
+    METRIC_INC(mt, deliveries_dropped_total);
+    METRIC_INC(mt, slow_consumer_disconnects_total);
+}
+
 int client_push(struct client *c, msg_t *m)
 {
     struct metrics *mt = &c->srv->metrics;
@@ -81,11 +95,7 @@ int client_push(struct client *c, msg_t *m)
             wake = was_empty;
         } else {
             rc = -1;
-            c->close_code = 4008;
-            c->close_reason = "slow consumer: queue overflow";
-            drop_queue_locked(c);
-            METRIC_INC(mt, deliveries_dropped_total);
-            METRIC_INC(mt, slow_consumer_disconnects_total);
+            overflow_locked(c);
             wake = true;
         }
     }
@@ -94,6 +104,59 @@ int client_push(struct client *c, msg_t *m)
     if (wake)
         loop_schedule(c->loop, c);
     return rc;
+}
+
+int client_fill(struct client *c, msg_t *p, msg_t *content)
+{
+    int rc = 1;
+    size_t sz;
+
+    msg_frame(content, &sz);
+    pthread_mutex_lock(&c->lock);
+    /* a client being closed (not dropped) still drains what it has, so a
+     * queued reply is filled even then */
+    if (!c->dead) {
+        rc = cq_fill(&c->q, p, content);
+        if (rc == 0) {
+            content = NULL;
+            METRIC_ADD(&c->srv->metrics, queue_bytes, (int64_t)sz);
+        } else if (rc == -ENOBUFS) {
+            rc = -1;
+            overflow_locked(c);
+        } else if (rc == -ENOENT) {
+            rc = 1;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    msg_unref(&content);
+    if (rc == 0 || rc == -1)
+        loop_schedule(c->loop, c);
+    return rc;
+}
+
+bool client_read_begin(struct client *c, unsigned max)
+{
+    bool ok;
+    pthread_mutex_lock(&c->lock);
+    ok = c->reads < max && c->reads < UINT8_MAX;
+    if (ok)
+        c->reads++;
+    pthread_mutex_unlock(&c->lock);
+    if (ok)
+        METRIC_INC(&c->srv->metrics, history_reads_in_flight);
+    return ok;
+}
+
+void client_read_end(struct client *c)
+{
+    pthread_mutex_lock(&c->lock);
+    if (c->reads == 0) {
+        fprintf(stderr, "parley: client read count underflow\n");
+        abort();
+    }
+    c->reads--;
+    pthread_mutex_unlock(&c->lock);
+    METRIC_SUB(&c->srv->metrics, history_reads_in_flight, 1);
 }
 
 void client_kill(struct client *c, int code, const char *reason)

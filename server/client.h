@@ -48,6 +48,7 @@ struct client {
     struct room **pres_due;        /* rooms owing others a presence change of ours */
     unsigned char *rx;             /* reassembly of a fragmented message */
     uint32_t rx_len, rx_cap;
+    uint32_t rx_start_s;           /* loop tick of the first piece of that message */
     unsigned njoined;
     unsigned npres_due;
     uint32_t seen_s;               /* loop tick of the last frame from the peer */
@@ -56,11 +57,13 @@ struct client {
     char session[17];
     uint8_t addr[16];              /* peer address, IPv4 in its IPv6-mapped form */
 
+    uint8_t reads;        /* {lock} history reads in flight (client_read_begin) */
     bool dead;            /* {lock} socket gone: pushes are dropped */
     bool scheduled;       /* {loop->lock} on the loop's pending list */
     bool authed;                   /* home loop */
     bool discard;                  /* home loop: closing for bad input, ignore what arrives */
     bool rx_hot;                   /* home loop: on the loop's read-again list */
+    bool rx_open;                  /* home loop: a message has begun and not yet ended */
     bool ping_out;                 /* home loop: pinged since the last frame from the peer */
     bool ip_counted;               /* home loop: holds a slot in srv->iplimit */
 };
@@ -79,6 +82,22 @@ void client_unref(struct client **cp);
  * Thread: any; never blocks on I/O.
  */
 int client_push(struct client *c, msg_t *m);
+/*
+ * Give p, an empty placeholder queued to c by client_push, its content
+ * (the reference is taken in every case) and charge content's frame to c's
+ * queue like a push, then make sure the home loop will drain it. Returns
+ * 0; 1 if c is gone or p no longer queued (its queue was dropped; content
+ * dropped); -EMSGSIZE if content alone is larger than c's byte bound (it
+ * can never fit: content dropped, p stays empty, fill it with something
+ * smaller); -1 if the queue overflowed: c is marked for close 4008 and its
+ * queue freed (slow consumer), as client_push.
+ * Thread: any; never blocks on I/O.
+ */
+int client_fill(struct client *c, msg_t *p, msg_t *content);
+/* Take one of c's history-read slots: false if max reads are in flight
+ * already. Every true is paired with one client_read_end. Thread: any. */
+bool client_read_begin(struct client *c, unsigned max);
+void client_read_end(struct client *c);
 /* Ask the home loop to close the connection with code and reason (a
  * string literal: it is kept, not copied). Thread: any. */
 void client_kill(struct client *c, int code, const char *reason);

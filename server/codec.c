@@ -98,9 +98,18 @@ bool codec_valid_user(const char *s)
     return s && valid_name_n(s, strnlen(s, CODEC_USER_MAX + 1), CODEC_USER_MAX);
 }
 
+/* "dm" names the DM rooms (dm:a:b) as a whole; a public room of that name
+ * could be taken for one of them. Other names starting with dm are fine:
+ * no public name can hold the ':' that every DM room has. */
+static bool reserved_room(const char *s)
+{
+    return strcmp(s, "dm") == 0;
+}
+
 bool codec_valid_room(const char *s)
 {
-    return s && valid_name_n(s, strnlen(s, CODEC_ROOM_MAX + 1), CODEC_ROOM_MAX);
+    return s && valid_name_n(s, strnlen(s, CODEC_ROOM_MAX + 1), CODEC_ROOM_MAX) &&
+           !reserved_room(s);
 }
 
 bool codec_dm_room(const char *u1, const char *u2, char out[CODEC_ROOMID_MAX + 1])
@@ -480,6 +489,9 @@ static enum err_code get_room(struct dec *d, json_t *o)
     enum err_code rc = get_string(d, o, "room", true, &s, &len);
     if (rc)
         return rc;
+    if (reserved_room(s))
+        return fail(d, ERR_BAD_REQUEST,
+                    "field 'room' is 'dm', which is reserved (a DM room is dm:a:b)");
     if (len > CODEC_ROOMID_MAX || !valid_room_field(s))
         return fail(d, ERR_BAD_REQUEST,
                     "field 'room' is not a valid room name (1-64 of A-Z a-z 0-9 _ . -, "

@@ -114,7 +114,9 @@ enum err_code codec_decode_text(const char *line, size_t len, const char *curren
                                 const struct codec_limits *lim, struct req *out, char *msgbuf,
                                 size_t msgsz);
 
-/* Room-name validation shared with the broker (public rooms only, not dm:). */
+/* Name validation shared with the broker. codec_valid_room: public rooms
+ * only, so never dm:a:b, and never "dm" itself (reserved: the prefix of the
+ * DM rooms). */
 bool codec_valid_user(const char *s);
 bool codec_valid_room(const char *s);
 /* Build "dm:a:b" with a < b in byte order; returns false if either is invalid. */

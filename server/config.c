@@ -63,6 +63,7 @@ struct cfg_opt {
 };
 
 static void default_threads(char *buf, size_t sz);
+static void default_login_workers(char *buf, size_t sz);
 static void default_web_root(char *buf, size_t sz);
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
@@ -116,7 +117,7 @@ static const struct cfg_opt opts[] = {
      .def = "86400", .min = 60, .max = 31536000, .help = "lifetime of tokens from /api/login"},
     {.name = "admin-token-file", .type = OPT_STR, .off = OFF(admin_token_file),
      .metavar = "FILE", .min = 1,
-     .help = "bearer token for admin endpoints (accounts mode)"},
+     .help = "bearer token for GET /api/stats/users (any mode)"},
     {.name = "dump-interval", .type = OPT_DOUBLE, .off = OFF(dump_interval), .metavar = "SEC",
      .def = "60", .min = 0.01, .max = 86400, .help = "how often per-user counters are dumped"},
     {.name = "dump-file", .type = OPT_STR, .off = OFF(dump_file), .metavar = "FILE", .min = 1,
@@ -141,6 +142,30 @@ static const struct cfg_opt opts[] = {
     {.name = "idempotency-ttl", .type = OPT_LONG, .off = OFF(idempotency_ttl), .metavar = "SEC",
      .def = "600", .min = 1, .max = 604800,
      .help = "how long a client message id is remembered in memory"},
+    {.name = "login-workers", .type = OPT_INT, .off = OFF(login_workers), .metavar = "N",
+     .def_fn = default_login_workers, .min = 1, .max = 64,
+     .help = "threads hashing passwords (login, register); CPUs, at most 4"},
+    {.name = "login-queue", .type = OPT_LONG, .off = OFF(login_queue), .metavar = "N",
+     .def = "256", .min = 1, .max = 100000,
+     .help = "login/register requests waiting for a worker; beyond: 429"},
+    {.name = "login-queue-per-ip", .type = OPT_LONG, .off = OFF(login_queue_per_ip),
+     .metavar = "N", .def = "8", .min = 1, .max = 100000,
+     .help = "login/register requests of one address waiting or hashing"},
+    {.name = "login-rate", .type = OPT_DOUBLE, .off = OFF(login_rate), .metavar = "PER_SEC",
+     .def = "1", .min = 0.001, .max = 1e6,
+     .help = "login/register requests per second per client address"},
+    {.name = "login-burst", .type = OPT_DOUBLE, .off = OFF(login_burst), .metavar = "N",
+     .def = "20", .min = 1, .max = 1e6,
+     .help = "login/register requests one address may send at once"},
+    {.name = "login-failures", .type = OPT_LONG, .off = OFF(login_failures), .metavar = "N",
+     .def = "5", .min = 1, .max = 1000000,
+     .help = "failed logins for one user name before it backs off (429)"},
+    {.name = "login-failures-per-ip", .type = OPT_LONG, .off = OFF(login_failures_per_ip),
+     .metavar = "N", .def = "50", .min = 1, .max = 1000000,
+     .help = "failed logins from one address before it backs off (429)"},
+    {.name = "login-max-backoff", .type = OPT_LONG, .off = OFF(login_max_backoff),
+     .metavar = "SEC", .def = "900", .min = 1, .max = 86400,
+     .help = "longest login backoff; it doubles from 1 s per further failure"},
     {.name = "max-connections", .type = OPT_LONG, .off = OFF(max_connections), .metavar = "N",
      .def = "10000", .min = 1, .max = 10000000, .help = "open connections in all"},
     {.name = "max-connections-per-ip", .type = OPT_LONG, .off = OFF(max_connections_per_ip),
@@ -176,6 +201,9 @@ static const struct cfg_opt opts[] = {
     {.name = "handshake-timeout", .type = OPT_LONG, .off = OFF(handshake_timeout),
      .metavar = "SEC", .def = "10", .min = 1, .max = 3600,
      .help = "close connections that have not finished their HTTP request"},
+    {.name = "fragment-timeout", .type = OPT_LONG, .off = OFF(fragment_timeout),
+     .metavar = "SEC", .def = "10", .min = 1, .max = 3600,
+     .help = "close a WebSocket whose message stays unfinished this long"},
     {.name = "ping-interval", .type = OPT_LONG, .off = OFF(ping_interval), .metavar = "SEC",
      .def = "30", .min = 1, .max = 3600,
      .help = "ping idle WebSockets; close them after twice this without a pong"},
@@ -207,6 +235,18 @@ static void default_threads(char *buf, size_t sz)
         n = 1;
     if (n > 64)
         n = 64;
+    snprintf(buf, sz, "%ld", n);
+}
+
+static void default_login_workers(char *buf, size_t sz)
+{
+    /* scrypt takes 32 MiB and a core per hash: a few threads are enough to
+     * keep one slow client from holding everybody up, and bound the memory */
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    if (n > 4)
+        n = 4;
     snprintf(buf, sz, "%ld", n);
 }
 

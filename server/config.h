@@ -42,6 +42,14 @@ struct config {
     double max_new_rooms;       /* --max-new-rooms rooms a user may open per hour, default 100 */
     long room_cache;            /* --room-cache idle rooms kept in memory, default 10000 */
     long idempotency_ttl;       /* --idempotency-ttl seconds, default 600 */
+    int login_workers;          /* --login-workers scrypt threads, default min(CPUs, 4) */
+    long login_queue;           /* --login-queue requests waiting for a worker, default 256 */
+    long login_queue_per_ip;    /* --login-queue-per-ip waiting or hashing, default 8 */
+    double login_rate;          /* --login-rate requests/s per address, default 1 */
+    double login_burst;         /* --login-burst, default 20 */
+    long login_failures;        /* --login-failures per name before backing off, default 5 */
+    long login_failures_per_ip; /* --login-failures-per-ip before backing off, default 50 */
+    long login_max_backoff;     /* --login-max-backoff seconds, default 900 */
     long max_connections;       /* --max-connections, default 10000 */
     long max_connections_per_ip; /* --max-connections-per-ip, default 1000 */
     char *smtp_url;             /* --smtp-url smtp://host:port or smtps://; none: mbox */
@@ -58,6 +66,7 @@ struct config {
     char *tls_key;              /* --tls-key PEM */
     long handshake_timeout;     /* --handshake-timeout seconds to finish the HTTP upgrade */
     long ping_interval;         /* --ping-interval seconds of idle before a ping */
+    long fragment_timeout;      /* --fragment-timeout seconds a message may take to arrive */
     long max_rooms_per_conn;    /* --max-rooms-per-conn, default 64 */
     long max_room_members;      /* --max-room-members, default 10000 */
     bool check_config;          /* --check-config: validate and exit */

@@ -1,6 +1,8 @@
 /* cq — see cq.h. A power-of-two ring of msg pointers. */
 #include "cq.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "util.h"
@@ -51,6 +53,28 @@ int cq_push(struct cq *q, msg_t *m)
     return 0;
 }
 
+int cq_fill(struct cq *q, msg_t *p, msg_t *content)
+{
+    /* An empty placeholder was never popped (pops stop at it), so it is
+     * queued here unless the queue was released since the push. The scan
+     * is bounded by the count bound and short in practice: ahead of an
+     * empty placeholder is only what the socket has not taken yet. */
+    size_t i = 0;
+    while (i < q->count && q->ring[(q->head + i) & (q->cap - 1)] != p)
+        i++;
+    if (i == q->count || msg_resolve(p))
+        return -ENOENT;
+    size_t sz;
+    msg_frame(content, &sz);
+    if (sz > q->max_bytes)
+        return -EMSGSIZE;
+    if ((size_t)q->bytes + sz > q->max_bytes)
+        return -ENOBUFS;
+    msg_fill_counted(p, content);
+    q->bytes += (uint32_t)sz;
+    return 0;
+}
+
 bool cq_blocked(const struct cq *q)
 {
     return q->count && !msg_resolve(q->ring[q->head]);
@@ -69,7 +93,13 @@ size_t cq_pop_batch(struct cq *q, msg_t **out, size_t max, size_t max_bytes)
         if (n && batch + fl > max_bytes)
             break;
         batch += fl;
-        q->bytes -= (uint32_t)msg_size(m);
+        size_t sz = msg_size(m);
+        if (sz > q->bytes) {
+            /* a placeholder filled behind the queue's back: the charge is lost */
+            fprintf(stderr, "parley: queue byte count underflow\n");
+            abort();
+        }
+        q->bytes -= (uint32_t)sz;
         q->head = (q->head + 1) & (q->cap - 1);
         q->count--;
         out[n++] = m;

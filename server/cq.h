@@ -33,6 +33,17 @@ void cq_release(struct cq *q);
 int cq_push(struct cq *q, msg_t *m);
 
 /*
+ * Give p, an empty placeholder this queue holds, its content, and charge
+ * content's frame length to the queue's bytes from now until p is popped
+ * (the reply is counted when its size is known, not at 0 as at the push).
+ * Returns 0 (content's reference taken); on error nothing changes and the
+ * caller keeps content: -ENOENT if p is not queued here or not an empty
+ * placeholder, -EMSGSIZE if content alone is larger than the byte bound,
+ * -ENOBUFS if it would take the queue past the byte bound (full).
+ */
+int cq_fill(struct cq *q, msg_t *p, msg_t *content);
+
+/*
  * Pop up to max entries from the head, stopping early when the next frame
  * would take the batch past max_bytes (the first always fits, however big)
  * or at a placeholder that is still empty. Ownership of the popped

@@ -34,7 +34,7 @@ struct dumper {
 /* Returns 0 or a negative errno. */
 static int append_line(const char *path, const char *s, size_t n)
 {
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
     int rc = 0;
 
     if (fd < 0)
@@ -58,7 +58,7 @@ out_fd:
 
 static void dump(dumper_t *d)
 {
-    char *json = counters_json(d->c, now_wall_ms());
+    char *json = counters_dump(d->c, now_wall_ms());
     size_t n = strlen(json);
 
     /* one buffer, one write(): O_APPEND keeps the line whole */
@@ -124,7 +124,7 @@ dumper_t *dumper_start(counters_t *c, const char *path, double interval_s, char 
         snprintf(err, errsz, "dump interval %g s is out of range (0.001 .. 1e6)", interval_s);
         return NULL;
     }
-    fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
+    fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
     if (fd < 0) {
         snprintf(err, errsz, "cannot open '%s': %s", path, strerror(errno));
         return NULL;

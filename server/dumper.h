@@ -1,7 +1,9 @@
 /*
  * dumper — a worker thread that appends the per-user counters to a file, one
- * JSON line ({"ts":ms,"users":{...}}, see counters_json) every interval, on
- * demand (SIGUSR1) and once more when stopped.
+ * JSON line ({"ts":ms,"users":{...}}, see counters_dump: only the users whose
+ * count changed since the previous line) every interval, on demand (SIGUSR1)
+ * and once more when stopped. Each dump also forgets the users that were
+ * neither active nor connected since the previous one.
  *
  * The thread sleeps on a condition variable timed against CLOCK_MONOTONIC, so
  * wall-clock jumps do not shorten or stretch the interval and a stop or
@@ -21,8 +23,9 @@ typedef struct dumper dumper_t;
 /*
  * Start the dumper thread for c (which must outlive it), appending to path
  * every interval_s seconds (0.001 .. 1e6). The file is opened once here
- * (O_APPEND|O_CREAT, mode 0644) so a path that cannot be written is reported
- * at start-up. Returns NULL with a message in err on failure.
+ * (O_APPEND|O_CREAT, mode 0600: user names are not for other local users)
+ * so a path that cannot be written is reported at start-up. Returns NULL
+ * with a message in err on failure.
  * Thread: any (main, at start-up).
  */
 dumper_t *dumper_start(counters_t *c, const char *path, double interval_s, char *err, size_t errsz);

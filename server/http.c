@@ -5,7 +5,9 @@
  */
 #include "http.h"
 
+#include <inttypes.h>
 #include <libwebsockets.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "accounts.h"
@@ -40,8 +42,11 @@ static int start_response(struct lws *wsi, struct http_state *st, unsigned statu
 {
     unsigned char buf[LWS_PRE + 2048], *start = buf + LWS_PRE, *p = start,
                                        *end = buf + sizeof(buf) - 1;
+    char retry[24];
 
+    snprintf(retry, sizeof(retry), "%" PRId64, st->retry_after_s);
     if (lws_add_http_common_headers(wsi, status, mime, st->len, &p, end) ||
+        (st->retry_after_s > 0 && add_header(wsi, "retry-after:", retry, &p, end)) ||
         add_header(wsi, "x-content-type-options:", "nosniff", &p, end) ||
         add_header(wsi, "cache-control:", etag ? "no-cache" : "no-store", &p, end) ||
         (etag && add_header(wsi, "etag:", etag, &p, end)) ||
@@ -117,6 +122,12 @@ static void sample_metrics(struct server *srv, struct store_stats *ss)
     METRIC_SET(m, rooms, (int64_t)rs.active);
     METRIC_SET(m, rooms_held, (int64_t)rs.held);
     METRIC_SET(m, rooms_reclaimed_total, (int64_t)rs.reclaimed);
+    if (srv->accounts) {
+        struct accounts_stats as;
+        accounts_stats(srv->accounts, &as);
+        METRIC_SET(m, login_queue_depth, (int64_t)as.queued);
+        METRIC_SET(m, login_throttle_entries, (int64_t)as.throttle_entries);
+    }
     if (srv->notify) {
         struct notify_stats ns;
         notify_stats(srv->notify, &ns);
@@ -130,16 +141,19 @@ static void sample_metrics(struct server *srv, struct store_stats *ss)
     }
 }
 
-/* GET /api/stats/users: the live per-user request counters. */
+/* GET /api/stats/users: the live per-user request counters. It names every
+ * user online or recently active, so it needs the admin token in every mode. */
 static int stats_users(struct lws *wsi, struct server *srv, struct http_state *st)
 {
     char auth[512];
-    if (srv->accounts) {
-        if (lws_hdr_copy(wsi, auth, sizeof(auth), WSI_TOKEN_HTTP_AUTHORIZATION) <= 0 ||
-            !accounts_admin_ok(srv->accounts, auth))
-            return respond_error(wsi, st, 401, "auth_required",
-                                 "this endpoint needs the admin token (Authorization: Bearer)");
-    }
+    if (!srv->admin_token)
+        return respond_error(wsi, st, 403, "forbidden",
+                             "no admin token is configured: start parleyd with "
+                             "--admin-token-file to use this endpoint");
+    if (lws_hdr_copy(wsi, auth, sizeof(auth), WSI_TOKEN_HTTP_AUTHORIZATION) <= 0 ||
+        !auth_bearer_ok(auth, srv->admin_token))
+        return respond_error(wsi, st, 401, "auth_required",
+                             "this endpoint needs the admin token (Authorization: Bearer)");
     char *json = counters_json(srv->counters, now_wall_ms());
     int rc = respond_json(wsi, st, 200, json);
     free(json);
@@ -299,13 +313,21 @@ int http_body(struct lws *wsi, struct server *srv, struct http_state *st, const 
     return 0;
 }
 
+/* Answer with what the accounts module put in r; a 429 carries Retry-After
+ * (whole seconds, rounded up, as HTTP wants them). */
+static int respond_acct(struct lws *wsi, struct http_state *st, const struct acct_req *r)
+{
+    st->retry_after_s = r->retry_after_ms > 0 ? (r->retry_after_ms + 999) / 1000 : 0;
+    return respond_json(wsi, st, (unsigned)r->http_status, r->body);
+}
+
 /* Thread: the loop, via loop_post from the accounts worker. */
 static void api_done(struct acct_req *r)
 {
     struct http_state *st = r->arg;
     if (!atomic_load(&r->cancelled)) {
         st->pending = NULL;
-        if (respond_json(st->wsi, st, (unsigned)r->http_status, r->body) != 0)
+        if (respond_acct(st->wsi, st, r) != 0)
             lws_set_timeout(st->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
     }
     acct_req_free(r);
@@ -339,9 +361,14 @@ int http_body_complete(struct lws *wsi, struct server *srv, struct http_state *s
     r->loop = lws_context_user(lws_get_context(wsi));
     r->done = api_done;
     r->arg = st;
+    /* throttled per address: an unknown one ("") is one key of its own */
+    if (!lws_get_peer_simple(wsi, r->addr, sizeof(r->addr)))
+        r->addr[0] = '\0';
     if (accounts_submit(srv->accounts, r) != 0) {
+        /* refused before any hashing: 429 with Retry-After, or 503 stopping */
+        int rc = respond_acct(wsi, st, r);
         acct_req_free(r);
-        return respond_error(wsi, st, 503, "overloaded", "too many requests, try again");
+        return rc;
     }
     st->pending = r;
     return 0;

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "msg.h"
 
@@ -30,6 +31,7 @@ struct http_state {
     bool answered;              /* a response was started for this request */
     struct acct_req *pending;   /* off-loop work in flight, answered via loop_post */
     bool close_after;           /* hang up once this response is out (bad request line) */
+    int64_t retry_after_s;      /* > 0: send Retry-After with this response (a 429) */
     struct lws *wsi;
 };
 

@@ -20,6 +20,7 @@
 
 #include "accounts.h"
 #include "admin.h"
+#include "auth.h"
 #include "broker.h"
 #include "counters.h"
 #include "dumper.h"
@@ -34,6 +35,9 @@
 #include "tls.h"
 #include "util.h"
 #include "webcache.h"
+
+/* How often main looks for account changes made by another process. */
+#define USERS_POLL_NS ((int64_t)1000000000)
 
 static void lws_log_emit(int level, const char *line)
 {
@@ -161,6 +165,14 @@ int main(int argc, char **argv)
     int rc = 1, started = 0;
     sigset_t sigs;
 
+    /* Everything parleyd creates is its data and nobody else's: the database
+     * with its -wal/-shm/-journal (SQLite creates those itself, 0644 less
+     * the umask; the -wal and -shm copy the database's mode), the counter
+     * dump, the mbox, the token secret. The umask is the one setting that
+     * reaches SQLite's files, and it is set before anything (the operator
+     * commands too) can create one. The modules that open files themselves
+     * ask for 0600 as well, so they hold without it. */
+    umask(077);
     memset(&srv, 0, sizeof(srv));
     if (admin_is_command(argc, argv))
         return admin_main(argc, argv);
@@ -228,6 +240,16 @@ int main(int argc, char **argv)
         log_error("main", "%s", err);
         goto out;
     }
+    if (cfg.admin_token_file && cfg.admin_token_file[0]) {
+        /* the admin endpoints need it in open mode too, so it is not
+         * an accounts-mode setting */
+        srv.admin_token = xmalloc(256);
+        if (auth_load_token_file(cfg.admin_token_file, srv.admin_token, 256, err,
+                                 sizeof(err)) != 0) {
+            log_error("main", "%s", err);
+            goto out;
+        }
+    }
     srv.iplimit = iplimit_new(cfg.max_connections_per_ip);
     srv.counters = counters_new();
     srv.ratelimit = ratelimit_new(cfg.rate, cfg.burst);
@@ -242,6 +264,11 @@ int main(int argc, char **argv)
             log_error("main", "%s", err);
             goto out;
         }
+    } else {
+        log_warn("main", "open mode (--auth open) is for trusted networks: anyone who can "
+                         "connect may sign in as any name no live connection holds, and then "
+                         "receives the DMs sent to that name; DMs go only to users online now "
+                         "and DM history is never served; use --auth accounts otherwise");
     }
     srv.broker = broker_new(&srv, err, sizeof(err));
     if (!srv.broker) {
@@ -269,10 +296,28 @@ int main(int argc, char **argv)
              PARLEY_VERSION, cfg.tls_cert ? "https" : "http", cfg.listen_host, cfg.listen_port,
              srv.nloops, cfg.db_path);
 
+    /* Accounts mode: main also takes in account changes made by `parleyd
+     * user ...` (another process) once a second, so a deleted user or a
+     * revoked token is shut out without a SIGHUP; the loops only ever read
+     * the in-memory user map. */
+    int64_t next_poll = now_mono_ns() + USERS_POLL_NS;
     for (;;) {
         int sig = 0;
-        if (sigwait(&sigs, &sig) != 0)
+        if (srv.accounts) {
+            int64_t now = now_mono_ns();
+            if (now >= next_poll) {
+                if (broker_poll_users(srv.broker) > 0)
+                    log_info("main", "account changes taken in");
+                next_poll = now + USERS_POLL_NS;
+            }
+            int64_t left = next_poll - now < USERS_POLL_NS ? next_poll - now : USERS_POLL_NS;
+            struct timespec wait = {.tv_sec = left / 1000000000, .tv_nsec = left % 1000000000};
+            sig = sigtimedwait(&sigs, NULL, &wait);
+            if (sig < 0)
+                continue;
+        } else if (sigwait(&sigs, &sig) != 0) {
             continue;
+        }
         if (sig == SIGHUP) {
             reload_tls(&srv);
             if (broker_reload_users(srv.broker) == 0)
@@ -316,6 +361,7 @@ out:
         loop_free(srv.loops[i]);
     free(srv.loops);
     webcache_free(srv.web);
+    free(srv.admin_token);
     if (rc == 0)
         log_info("main", "stopped cleanly");
     cfg_release(&cfg);

@@ -18,6 +18,7 @@
 struct msg {
     _Atomic unsigned refs;
     bool placeholder;
+    bool counted;          /* placeholder: msg_size is its content's (set before fill) */
     _Atomic(msg_t *) fill; /* placeholder content, NULL until filled */
     size_t frame_off;      /* offset of the frame header within data */
     size_t frame_len;
@@ -121,6 +122,7 @@ msg_t *mb_finish(struct msgbuf *b)
 
     atomic_init(&m->refs, 1);
     m->placeholder = false;
+    m->counted = false;
     atomic_init(&m->fill, NULL);
     m->payload_len = b->len;
     m->frame_off = MSG_PRE - hl;
@@ -148,15 +150,29 @@ msg_t *msg_new_placeholder(void)
     return m;
 }
 
-void msg_fill(msg_t *placeholder, msg_t *content)
+static void fill(msg_t *placeholder, msg_t *content, bool counted)
 {
-    if (!placeholder->placeholder || content->placeholder)
-        abort();
+    if (!placeholder->placeholder || content->placeholder ||
+        atomic_load_explicit(&placeholder->fill, memory_order_relaxed))
+        abort(); /* not a placeholder, placeholder content, or filled twice */
+    /* written before the release below; msg_size reads it only after an
+     * acquire load that saw the content */
+    placeholder->counted = counted;
     msg_t *expect = NULL;
     /* release: the content's bytes are visible to whoever acquires it */
     if (!atomic_compare_exchange_strong_explicit(&placeholder->fill, &expect, content,
                                                  memory_order_release, memory_order_relaxed))
         abort(); /* filled twice */
+}
+
+void msg_fill(msg_t *placeholder, msg_t *content)
+{
+    fill(placeholder, content, false);
+}
+
+void msg_fill_counted(msg_t *placeholder, msg_t *content)
+{
+    fill(placeholder, content, true);
 }
 
 const msg_t *msg_resolve(const msg_t *m)
@@ -206,5 +222,8 @@ const unsigned char *msg_payload(const msg_t *m, size_t *len)
 
 size_t msg_size(const msg_t *m)
 {
-    return m->placeholder ? 0 : m->frame_len;
+    if (!m->placeholder)
+        return m->frame_len;
+    const msg_t *c = atomic_load_explicit(&((msg_t *)m)->fill, memory_order_acquire);
+    return c && m->counted ? c->frame_len : 0;
 }

@@ -49,8 +49,13 @@ void mb_release(struct msgbuf *b);
 msg_t *msg_new_text(const void *payload, size_t len);
 /* An empty placeholder (refcount 1), see msg_fill. */
 msg_t *msg_new_placeholder(void);
-/* Give a placeholder its content; takes ownership of content's reference. */
+/* Give a placeholder its content; takes ownership of content's reference.
+ * msg_size(placeholder) stays 0. */
 void msg_fill(msg_t *placeholder, msg_t *content);
+/* Like msg_fill, but from then on msg_size(placeholder) is content's frame
+ * length: for the one queue holding the placeholder, which charges the
+ * content as it arrives (cq_fill does both under the queue owner's lock). */
+void msg_fill_counted(msg_t *placeholder, msg_t *content);
 /* The msg to send for m: m itself, a placeholder's content, or NULL while a
  * placeholder is still empty. */
 const msg_t *msg_resolve(const msg_t *m);
@@ -62,8 +67,10 @@ void msg_unref(msg_t **mp);
 /* The complete frame (header + payload) and the payload alone. */
 const unsigned char *msg_frame(const msg_t *m, size_t *len);
 const unsigned char *msg_payload(const msg_t *m, size_t *len);
-/* Bytes charged to a queue for m: its frame length, 0 for any placeholder
- * (constant over m's life, so push and pop charge the same). */
+/* Bytes charged to a queue for m: its frame length; for a placeholder 0,
+ * or its content's frame length once filled with msg_fill_counted. It
+ * changes only in that fill, which the queue holding m charges at the same
+ * time (cq_fill), so push + fill and pop charge the same. */
 size_t msg_size(const msg_t *m);
 
 #endif

@@ -33,6 +33,7 @@
 
 #include "backoff.h"
 #include "breaker.h"
+#include "hash.h"
 #include "log.h"
 #include "mailfmt.h"
 #include "notify.h"
@@ -58,18 +59,17 @@ struct hnode {
 struct htab {
     struct hnode **b;
     size_t nb, count;
+    struct hash_key key; /* keyed: recipients are user names clients chose */
 };
 
-static size_t hash_key(const char *s)
+static size_t ht_hash(const struct htab *t, const char *s)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return (size_t)h;
+    return (size_t)hash_str(&t->key, s);
 }
 
 static void ht_init(struct htab *t)
 {
+    hash_key_random(&t->key);
     t->nb = 64;
     t->b = xcalloc(t->nb, sizeof(*t->b));
     t->count = 0;
@@ -77,7 +77,7 @@ static void ht_init(struct htab *t)
 
 static struct hnode *ht_find(const struct htab *t, const char *key)
 {
-    for (struct hnode *h = t->b[hash_key(key) & (t->nb - 1)]; h; h = h->hnext) {
+    for (struct hnode *h = t->b[ht_hash(t, key) & (t->nb - 1)]; h; h = h->hnext) {
         if (strcmp(h->key, key) == 0)
             return h;
     }
@@ -92,7 +92,7 @@ static void ht_add(struct htab *t, struct hnode *n)
         for (size_t i = 0; i < t->nb; i++) {
             for (struct hnode *h = t->b[i], *next; h; h = next) {
                 next = h->hnext;
-                size_t j = hash_key(h->key) & (nb - 1);
+                size_t j = ht_hash(t, h->key) & (nb - 1);
                 h->hnext = b[j];
                 b[j] = h;
             }
@@ -101,7 +101,7 @@ static void ht_add(struct htab *t, struct hnode *n)
         t->b = b;
         t->nb = nb;
     }
-    size_t i = hash_key(n->key) & (t->nb - 1);
+    size_t i = ht_hash(t, n->key) & (t->nb - 1);
     n->hnext = t->b[i];
     t->b[i] = n;
     t->count++;
@@ -109,7 +109,7 @@ static void ht_add(struct htab *t, struct hnode *n)
 
 static void ht_del(struct htab *t, struct hnode *n)
 {
-    for (struct hnode **pp = &t->b[hash_key(n->key) & (t->nb - 1)]; *pp; pp = &(*pp)->hnext) {
+    for (struct hnode **pp = &t->b[ht_hash(t, n->key) & (t->nb - 1)]; *pp; pp = &(*pp)->hnext) {
         if (*pp == n) {
             *pp = n->hnext;
             t->count--;

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "client.h"
+#include "hash.h"
 #include "strmap.h"
 #include "util.h"
 
@@ -34,6 +35,7 @@ struct rooms {
     size_t nbuckets, count; /* {lock} */
     size_t window;
     size_t idle_max;
+    struct hash_key key; /* drawn at creation: any client may create rooms */
 
     pthread_mutex_t idle_lock;
     struct room *idle_head, *idle_tail; /* {idle_lock} oldest first */
@@ -90,20 +92,18 @@ void hist_unref(struct hist **hp)
         free(h);
 }
 
-/* FNV-1a: short keys, no adversarial concern worth more (bounded chains
- * would need a keyed hash; the registry grows with load factor 1). */
-static size_t hash_name(const char *s)
+/* Keyed: room names are chosen by clients, and with an unkeyed hash they
+ * could pick names that all share one chain. */
+static size_t hash_name(const rooms_t *r, const char *s)
 {
-    uint64_t h = 1469598103934665603ull;
-    while (*s)
-        h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-    return (size_t)h;
+    return (size_t)hash_str(&r->key, s);
 }
 
 rooms_t *rooms_new(size_t window, size_t idle_max)
 {
     rooms_t *r = xcalloc(1, sizeof(*r));
     pthread_rwlock_init(&r->lock, NULL);
+    hash_key_random(&r->key);
     pthread_mutex_init(&r->idle_lock, NULL);
     pthread_mutex_init(&r->act_lock, NULL);
     r->nbuckets = 64;
@@ -155,7 +155,7 @@ void rooms_free(rooms_t *r)
 
 static struct room *find_locked(rooms_t *r, const char *name)
 {
-    for (struct room *rm = r->buckets[hash_name(name) & (r->nbuckets - 1)]; rm; rm = rm->hnext)
+    for (struct room *rm = r->buckets[hash_name(r, name) & (r->nbuckets - 1)]; rm; rm = rm->hnext)
         if (strcmp(rm->name, name) == 0)
             return rm;
     return NULL;
@@ -168,7 +168,7 @@ static void grow_locked(rooms_t *r)
     for (size_t i = 0; i < r->nbuckets; i++) {
         for (struct room *rm = r->buckets[i], *n; rm; rm = n) {
             n = rm->hnext;
-            size_t k = hash_name(rm->name) & (nb - 1);
+            size_t k = hash_name(r, rm->name) & (nb - 1);
             rm->hnext = b[k];
             b[k] = rm;
         }
@@ -190,7 +190,7 @@ static struct room *create_locked(rooms_t *r, const char *name)
     rm->wcap = r->window;
     if (r->count + 1 > r->nbuckets)
         grow_locked(r);
-    size_t k = hash_name(name) & (r->nbuckets - 1);
+    size_t k = hash_name(r, name) & (r->nbuckets - 1);
     rm->hnext = r->buckets[k];
     r->buckets[k] = rm;
     r->count++;
@@ -199,7 +199,7 @@ static struct room *create_locked(rooms_t *r, const char *name)
 
 static void unlink_locked(rooms_t *r, struct room *rm)
 {
-    struct room **pp = &r->buckets[hash_name(rm->name) & (r->nbuckets - 1)];
+    struct room **pp = &r->buckets[hash_name(r, rm->name) & (r->nbuckets - 1)];
     while (*pp != rm)
         pp = &(*pp)->hnext;
     *pp = rm->hnext;

@@ -31,6 +31,7 @@ struct server {
     struct store *store;
     struct webcache *web;           /* read-only after start */
     struct accounts *accounts;      /* NULL in open mode */
+    char *admin_token;              /* --admin-token-file, every mode; NULL: none; read-only */
     struct counters *counters;      /* per-user request counters */
     struct dumper *dumper;          /* periodic counter dumps */
     struct ratelimit *ratelimit;    /* per-user token buckets */

@@ -53,10 +53,29 @@ void store_close(store_t *s);
 /* Start-up loads, before any I/O thread runs. Return 0 or -1. */
 int store_load_rooms(store_t *s, void (*cb)(void *arg, const char *room, uint64_t last_seq),
                      void *arg);
-/* Every user name seen, with its account's email: "" for an account
- * without one, NULL for a name with no account. Thread: main. */
-int store_load_users(store_t *s, void (*cb)(void *arg, const char *user, const char *email),
-                     void *arg);
+/* A row of the users table: every name ever seen, with its account state. */
+struct store_user {
+    const char *name;
+    const char *email;       /* the account's address, "" if none; NULL: no account */
+    int64_t tokens_after_ms; /* tokens issued at or before this time are refused; 0: none */
+    bool deleted;            /* `parleyd user del`: the name stays reserved */
+    uint64_t gen;            /* account generation of its last change (0: never changed) */
+};
+/* Every user name seen (since_gen 0), or only the names whose account
+ * changed after generation since_gen (see store_users_gen). Thread: main. */
+int store_load_users(store_t *s, uint64_t since_gen,
+                     void (*cb)(void *arg, const struct store_user *u), void *arg);
+/* Thread: main. The newest account generation: it grows with every change to
+ * an account (registered, password, e-mail, deleted) by any process using
+ * the file (`parleyd user ...` too). Cheap: nothing but PRAGMA data_version
+ * when no connection has committed since the last call. 0 or -EIO. */
+int store_users_gen(store_t *s, uint64_t *gen);
+
+/* How far past a password change or a deletion tokens_after is set: beyond
+ * the commit, so a login that read the old password cannot date its token
+ * after the change. A login dates its token after tokens_after instead. */
+#define STORE_REVOKE_MARGIN_MS 1000
+
 /* Client message ids used since since_ms (for the idempotency map). */
 int store_load_ids(store_t *s, int64_t since_ms,
                    void (*cb)(void *arg, const char *room, const char *from, const char *id,
@@ -67,9 +86,12 @@ enum store_write_kind {
     SW_MESSAGE, /* insert msg */
     SW_USER,    /* remember that user name has been seen (insert or ignore) */
     SW_BARRIER, /* no row: completes once every earlier write is committed */
-    SW_ACCOUNT_ADD,    /* give msg.from a password (status -EEXIST if it has one) */
-    SW_ACCOUNT_PASSWD, /* change the password (status -ENOENT if no account) */
-    SW_ACCOUNT_DEL,    /* delete the account (status -ENOENT if none) */
+    SW_ACCOUNT_ADD,    /* a new name with a password (status -EEXIST if the name was
+                          ever used; but see adopt) */
+    SW_ACCOUNT_PASSWD, /* change the password and revoke older tokens (status -ENOENT
+                          if no account) */
+    SW_ACCOUNT_DEL,    /* delete: no password, no e-mail, every token revoked, the name
+                          reserved for good (status -ENOENT if never seen) */
     SW_OUTBOX_ADD,     /* record a notification as pending */
     SW_OUTBOX_MARK,    /* set a notification's state, attempts and next try */
 };
@@ -87,6 +109,9 @@ struct store_write {
     /* SW_ACCOUNT_*: msg.from is the user. */
     const char *password_hash; /* ADD, PASSWD */
     const char *email;         /* ADD (NULL: none); OUTBOX_ADD: the address */
+    bool adopt;                /* ADD: a name seen without an account (a token-only user)
+                                  may get one too (the operator's `user add`); status
+                                  -EEXIST if it has one, -EACCES if it was deleted */
     /* SW_OUTBOX_ADD: outbox_id, recipient, email, note_kind and msg.{room,
      * from, text, ts}; SW_OUTBOX_MARK: outbox_id, state, attempts, next_at_ms */
     const char *outbox_id;
@@ -120,9 +145,10 @@ int store_submit(store_t *s, struct store_write *w);
 int store_submit_wait(store_t *s, struct store_write *w);
 
 /* Thread: any but an I/O loop (reads the disk on a connection of its own).
- * An account's password hash and email ("" if none): 0, -ENOENT, or -EIO. */
+ * An account's password hash, email ("" if none) and tokens_after (ms, 0 if
+ * none), from one snapshot; any out pointer may be NULL: 0, -ENOENT, or -EIO. */
 int store_account_get(store_t *s, const char *name, char *hash, size_t hashsz, char *email,
-                      size_t emailsz);
+                      size_t emailsz, int64_t *tokens_after_ms);
 
 /* A pending notification, as the notifier reads it back. */
 struct store_outbox_row {
@@ -156,6 +182,11 @@ enum store_read_mode {
 
 struct store_read {
     char room[CODEC_ROOMID_MAX + 1];
+    /* Who asked (the user name; "" is one owner too). The engine takes
+     * one owner's reads in order, and the owners with reads waiting in
+     * turn, one read each, so a user who queues many reads delays another
+     * user's by one of theirs per turn, not by all of them. */
+    char owner[CODEC_USER_MAX + 1];
     enum store_read_mode mode;
     uint64_t key;
     int limit;

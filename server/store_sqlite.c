@@ -6,7 +6,8 @@
  *   - the write connection, used by the main thread while store_open
  *     migrates the schema and afterwards only by the writer thread;
  *   - one read-only connection per reader thread (history reads);
- *   - one read-only connection for the main thread's start-up loads;
+ *   - one read-only connection for the main thread's start-up loads and its
+ *     once-a-second look for account changes (store_users_gen);
  *   - the checkpointer thread's connection (it writes only the database
  *     file, copying committed pages back from the WAL).
  * With durability_full the sync thread also holds a descriptor of the WAL
@@ -61,6 +62,12 @@
  * between commits, and the WAL restarts. That stall is rare (every
  * CKPT_HARD_BYTES of WAL) instead of every few MB.
  *
+ * Reads: history reads wait in one queue per owner (the user who asked),
+ * and the owners with reads waiting take turns, one read each, round-robin.
+ * So a user who queues many reads (one connection or many) delays anyone
+ * else's by at most one read per turn, instead of by everything queued
+ * before it; one owner's reads are still taken in order.
+ *
  * Rooms: rooms(name, last_seq) is upserted once per room per batch by the
  * writer. Computing it with "GROUP BY room" would read every message row at
  * start-up (SQLite cannot skip-scan max(seq) per group), while the upsert
@@ -86,6 +93,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "strmap.h"
 #include "util.h"
 
 #define MOD "store"
@@ -142,6 +150,26 @@ static const char *const migrations[] = {
      * frames without it). Its one reader, store_load_ids, walks each room's
      * newest rows on the primary key instead. */
     "DROP INDEX IF EXISTS messages_client_id_ts;",
+    /* v4: revocable identities. tokens_after (ms): tokens issued at or
+     * before it are refused; deleted_at (ms): `parleyd user del`, the name
+     * stays reserved. acct_gen numbers account changes (set by the
+     * triggers, from whichever process writes) so a running server finds
+     * what changed with one probe of a small index (store_users_gen). */
+    "ALTER TABLE users ADD COLUMN tokens_after INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE users ADD COLUMN deleted_at INTEGER;"
+    "ALTER TABLE users ADD COLUMN acct_gen INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX users_acct_gen ON users(acct_gen) WHERE acct_gen > 0;"
+    "CREATE TRIGGER users_account_changed AFTER UPDATE OF password_hash, email, tokens_after,"
+    "  deleted_at ON users BEGIN"
+    "  UPDATE users SET acct_gen = (SELECT COALESCE(max(acct_gen), 0) + 1 FROM users"
+    "    WHERE acct_gen > 0) WHERE name = NEW.name;"
+    "  END;"
+    "CREATE TRIGGER users_account_added AFTER INSERT ON users"
+    "  WHEN NEW.password_hash IS NOT NULL OR NEW.deleted_at IS NOT NULL"
+    "    OR NEW.tokens_after != 0 BEGIN"
+    "  UPDATE users SET acct_gen = (SELECT COALESCE(max(acct_gen), 0) + 1 FROM users"
+    "    WHERE acct_gen > 0) WHERE name = NEW.name;"
+    "  END;",
 };
 #define SCHEMA_VERSION ((int)ARRAY_LEN(migrations))
 
@@ -161,10 +189,17 @@ struct row {
     uint64_t dup_seq;
     /* accounts and outbox (rare writes) */
     const char *hash, *email, *outbox_id, *recipient, *note_kind, *state;
+    bool adopt;
     int attempts;
     int64_t next_at_ms;
-    int status; /* per-row outcome in a committed batch (-EEXIST, -ENOENT) */
+    int status; /* per-row outcome in a committed batch (-EEXIST, -EACCES, -ENOENT) */
     char *owned;
+};
+
+/* One owner's reads waiting for a reader, and its place in the turn. */
+struct rowner {
+    struct store_read *head, *tail;
+    struct rowner *next; /* whose turn comes after this owner's */
 };
 
 struct reader {
@@ -185,7 +220,10 @@ struct store {
     sqlite3_stmt *st_begin, *st_commit, *st_rollback, *st_ins_msg, *st_find_dup, *st_room,
         *st_user, *st_find_seq;
     sqlite3_stmt *st_chunk[NCHUNK]; /* INSERT OR IGNORE of chunk_rows[i] messages */
-    sqlite3 *mdb; /* main thread: start-up loads */
+    sqlite3 *mdb; /* main thread: start-up loads, store_users_gen */
+    int mdb_version;     /* main thread: PRAGMA data_version at the last store_users_gen */
+    uint64_t mdb_gen;    /* main thread: the account generation that call found */
+    bool mdb_gen_valid;  /* main thread */
     sqlite3 *cdb; /* checkpointer thread */
 
     /* checkpoints: the background thread's and the writer's hard-cap one
@@ -212,8 +250,9 @@ struct store {
 
     pthread_mutex_t rlock;
     pthread_cond_t rcond;
-    struct store_read *rhead, *rtail; /* {rlock} */
-    size_t rn;                        /* {rlock} */
+    strmap_t *rowners;                /* {rlock} owner -> struct rowner with reads waiting */
+    struct rowner *rturn, *rlast;     /* {rlock} owners in turn, rturn's read next */
+    size_t rn;                        /* {rlock} reads waiting */
     bool rclosing;                    /* {rlock} */
 
     pthread_t writer;
@@ -744,19 +783,45 @@ static int insert_user(store_t *s, const struct row *r)
     return run_stmt(s->st_user);
 }
 
+/* SW_ACCOUNT_ADD with adopt found nothing to change: was the name deleted? */
+static int add_refusal(store_t *s, const struct row *r)
+{
+    sqlite3_stmt *st = NULL;
+    int status = -EEXIST;
+    if (sqlite3_prepare_v2(s->wdb, "SELECT deleted_at IS NOT NULL FROM users WHERE name = ?1",
+                           -1, &st, NULL) != SQLITE_OK)
+        return status;
+    sqlite3_bind_text(st, 1, r->from, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0))
+        status = -EACCES;
+    sqlite3_finalize(st);
+    return status;
+}
+
 /* Accounts and outbox rows are rare: prepared per use, not kept. A row
- * that finds nothing to change gets a per-row status and the batch goes on. */
+ * that finds nothing to change gets a per-row status and the batch goes on.
+ * ?2 is the time of the write (ms). */
 static int run_rare(store_t *s, struct row *r)
 {
+    /* A name that has a row was used (or deleted): registration never
+     * hands it over. Only the operator (adopt, ?14) may give a password to
+     * a name seen without one (a token-only user), never to a deleted one.
+     * A new password and a deletion revoke the tokens issued before them:
+     * tokens_after is set STORE_REVOKE_MARGIN_MS past the write, beyond its
+     * commit, so a login that read the old row before the commit cannot
+     * date its token after it (logins date theirs past tokens_after). */
     static const char *const sql[] = {
         [SW_ACCOUNT_ADD] = "INSERT INTO users(name, created_at, password_hash, email)"
                            " VALUES(?1, ?2, ?3, ?4) ON CONFLICT(name) DO UPDATE SET"
                            " password_hash = excluded.password_hash, email = excluded.email"
-                           " WHERE users.password_hash IS NULL",
-        [SW_ACCOUNT_PASSWD] = "UPDATE users SET password_hash = ?3 WHERE name = ?1"
-                              " AND password_hash IS NOT NULL AND ?2 IS NOT NULL",
-        [SW_ACCOUNT_DEL] = "UPDATE users SET password_hash = NULL, email = NULL"
-                           " WHERE name = ?1 AND password_hash IS NOT NULL AND ?2 IS NOT NULL",
+                           " WHERE ?14 AND users.password_hash IS NULL"
+                           " AND users.deleted_at IS NULL",
+        [SW_ACCOUNT_PASSWD] = "UPDATE users SET password_hash = ?3,"
+                              " tokens_after = max(tokens_after, ?2 + ?15)"
+                              " WHERE name = ?1 AND password_hash IS NOT NULL",
+        [SW_ACCOUNT_DEL] = "UPDATE users SET password_hash = NULL, email = NULL,"
+                           " deleted_at = COALESCE(deleted_at, ?2),"
+                           " tokens_after = max(tokens_after, ?2 + ?15) WHERE name = ?1",
         [SW_OUTBOX_ADD] = "INSERT INTO outbox(id, recipient, email, kind, sender, room, text, ts,"
                           " created_at) VALUES(?5, ?6, ?4, ?7, ?1, ?8, ?9, ?10, ?2)"
                           " ON CONFLICT(id) DO NOTHING",
@@ -771,6 +836,10 @@ static int run_rare(store_t *s, struct row *r)
     sqlite3_bind_int64(st, 2, now_wall_ms());
     sqlite3_bind_text(st, 3, r->hash, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, r->email ? r->email : NULL, -1, SQLITE_STATIC);
+    if (r->kind == SW_ACCOUNT_ADD)
+        sqlite3_bind_int(st, 14, r->adopt);
+    if (r->kind == SW_ACCOUNT_PASSWD || r->kind == SW_ACCOUNT_DEL)
+        sqlite3_bind_int(st, 15, STORE_REVOKE_MARGIN_MS);
     if (r->kind == SW_OUTBOX_ADD || r->kind == SW_OUTBOX_MARK) {
         sqlite3_bind_text(st, 5, r->outbox_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 6, r->recipient, -1, SQLITE_STATIC);
@@ -786,7 +855,9 @@ static int run_rare(store_t *s, struct row *r)
     if (rc == SQLITE_DONE) {
         rc = SQLITE_OK;
         if (sqlite3_changes(s->wdb) == 0 && r->kind != SW_OUTBOX_ADD)
-            r->status = r->kind == SW_ACCOUNT_ADD ? -EEXIST : -ENOENT;
+            r->status = r->kind != SW_ACCOUNT_ADD ? -ENOENT
+                        : r->adopt                ? add_refusal(s, r)
+                                                  : -EEXIST;
     }
     sqlite3_finalize(st);
     return rc;
@@ -928,6 +999,7 @@ static void row_from_write(struct row *r, const struct store_write *w)
     r->dup_seq = 0;
     r->hash = w->password_hash;
     r->email = w->email;
+    r->adopt = w->adopt;
     r->outbox_id = w->outbox_id;
     r->recipient = w->recipient;
     r->note_kind = w->note_kind;
@@ -1494,6 +1566,33 @@ fail:
     return errno_from_sqlite(rc);
 }
 
+/* {rlock} The next read: the first of the owner whose turn it is; that
+ * owner goes to the back of the turn, or away once it has none left. */
+static struct store_read *next_read_locked(store_t *s)
+{
+    struct rowner *o = s->rturn;
+    if (!o)
+        return NULL;
+    struct store_read *r = o->head;
+    o->head = r->next;
+    s->rturn = o->next;
+    o->next = NULL;
+    if (o->head) {
+        if (s->rturn)
+            s->rlast->next = o;
+        else
+            s->rturn = o;
+        s->rlast = o;
+    } else {
+        if (!s->rturn)
+            s->rlast = NULL;
+        strmap_del(s->rowners, r->owner);
+        free(o);
+    }
+    s->rn--;
+    return r;
+}
+
 static void *reader_main(void *arg)
 {
     struct reader *rd = arg;
@@ -1501,15 +1600,9 @@ static void *reader_main(void *arg)
 
     for (;;) {
         pthread_mutex_lock(&s->rlock);
-        while (!s->rhead && !s->rclosing)
+        while (!s->rturn && !s->rclosing)
             pthread_cond_wait(&s->rcond, &s->rlock);
-        struct store_read *r = s->rhead;
-        if (r) {
-            s->rhead = r->next;
-            if (!s->rhead)
-                s->rtail = NULL;
-            s->rn--;
-        }
+        struct store_read *r = next_read_locked(s);
         pthread_mutex_unlock(&s->rlock);
         if (!r)
             break;
@@ -1637,6 +1730,8 @@ static void store_destroy(store_t *s)
     destroy_pair(&s->sy_lock, &s->sy_cond);
     destroy_pair(&s->ck_lock, &s->ck_cond);
     pthread_mutex_destroy(&s->ckpt_run);
+    /* the readers answered every queued read before they exited */
+    strmap_free(s->rowners, NULL);
     destroy_pair(&s->rlock, &s->rcond);
     destroy_pair(&s->lock, &s->wcond);
     free(s->wal_path);
@@ -1674,6 +1769,7 @@ store_t *store_open(const struct store_opts *o, char *err, size_t errsz)
         goto fail_early;
     if (init_pair(&s->rlock, &s->rcond, false, err, errsz) != 0)
         goto fail_w;
+    s->rowners = strmap_new();
     if ((rc = pthread_mutex_init(&s->ckpt_run, NULL)) != 0) {
         snprintf(err, errsz, "cannot create a mutex: %s", strerror(rc));
         goto fail_r;
@@ -1765,6 +1861,7 @@ fail_ck:
 fail_ckpt_run:
     pthread_mutex_destroy(&s->ckpt_run);
 fail_r:
+    strmap_free(s->rowners, NULL);
     destroy_pair(&s->rlock, &s->rcond);
 fail_w:
     destroy_pair(&s->lock, &s->wcond);
@@ -1843,6 +1940,7 @@ int store_read_submit(store_t *s, struct store_read *r)
         (r->mode != SR_LATEST && r->mode != SR_SINCE && r->mode != SR_BEFORE))
         return -EINVAL;
     r->next = NULL;
+    r->owner[sizeof(r->owner) - 1] = '\0';
     r->msgs = NULL;
     r->priv = NULL;
     r->n = 0;
@@ -1858,11 +1956,21 @@ int store_read_submit(store_t *s, struct store_read *r)
         pthread_mutex_unlock(&s->rlock);
         return -EAGAIN;
     }
-    if (s->rtail)
-        s->rtail->next = r;
+    struct rowner *o = strmap_get(s->rowners, r->owner);
+    if (!o) {
+        o = xcalloc(1, sizeof(*o));
+        strmap_put(s->rowners, r->owner, o);
+        if (s->rlast)
+            s->rlast->next = o;
+        else
+            s->rturn = o;
+        s->rlast = o;
+    }
+    if (o->tail)
+        o->tail->next = r;
     else
-        s->rhead = r;
-    s->rtail = r;
+        o->head = r;
+    o->tail = r;
     s->rn++;
     pthread_cond_signal(&s->rcond);
     pthread_mutex_unlock(&s->rlock);
@@ -1909,20 +2017,34 @@ int store_load_rooms(store_t *s, void (*cb)(void *arg, const char *room, uint64_
     return 0;
 }
 
-int store_load_users(store_t *s, void (*cb)(void *arg, const char *user, const char *email),
-                     void *arg)
+int store_load_users(store_t *s, uint64_t since_gen,
+                     void (*cb)(void *arg, const struct store_user *u), void *arg)
 {
+    /* the partial index serves the since_gen form: acct_gen > 0 is spelt
+     * out so the planner can see it applies */
+    static const char all[] =
+        "SELECT name, CASE WHEN password_hash IS NOT NULL THEN COALESCE(email, '') END,"
+        " tokens_after, deleted_at IS NOT NULL, acct_gen FROM users";
+    static const char changed[] =
+        "SELECT name, CASE WHEN password_hash IS NOT NULL THEN COALESCE(email, '') END,"
+        " tokens_after, deleted_at IS NOT NULL, acct_gen FROM users"
+        " WHERE acct_gen > 0 AND acct_gen > ?1";
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(s->mdb,
-                                "SELECT name, CASE WHEN password_hash IS NOT NULL THEN COALESCE(email, '') END"
-                                " FROM users",
-                                -1, &st, NULL);
+    int rc = sqlite3_prepare_v2(s->mdb, since_gen ? changed : all, -1, &st, NULL);
     if (rc != SQLITE_OK)
         return load_fail(s, "users");
+    if (since_gen)
+        bind_u64(st, 1, since_gen);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const unsigned char *name = sqlite3_column_text(st, 0);
-        if (name)
-            cb(arg, (const char *)name, (const char *)sqlite3_column_text(st, 1));
+        struct store_user u = {
+            .name = (const char *)sqlite3_column_text(st, 0),
+            .email = (const char *)sqlite3_column_text(st, 1),
+            .tokens_after_ms = sqlite3_column_int64(st, 2),
+            .deleted = sqlite3_column_int(st, 3) != 0,
+            .gen = (uint64_t)sqlite3_column_int64(st, 4),
+        };
+        if (u.name)
+            cb(arg, &u);
     }
     if (rc != SQLITE_DONE) {
         load_fail(s, "users");
@@ -1931,6 +2053,35 @@ int store_load_users(store_t *s, void (*cb)(void *arg, const char *user, const c
     }
     sqlite3_finalize(st);
     return 0;
+}
+
+int store_users_gen(store_t *s, uint64_t *gen)
+{
+    int version = 0;
+    /* changes only when another connection committed (our own writer
+     * included): most calls end here */
+    if (query_int(s->mdb, "PRAGMA data_version", &version) != SQLITE_OK)
+        goto fail;
+    if (!s->mdb_gen_valid || version != s->mdb_version) {
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(s->mdb, "SELECT max(acct_gen) FROM users WHERE acct_gen > 0", -1,
+                               &st, NULL) != SQLITE_OK)
+            goto fail;
+        int rc = sqlite3_step(st);
+        uint64_t g = rc == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(st, 0) : 0;
+        sqlite3_finalize(st);
+        if (rc != SQLITE_ROW)
+            goto fail;
+        s->mdb_version = version;
+        s->mdb_gen = g;
+        s->mdb_gen_valid = true;
+    }
+    *gen = s->mdb_gen;
+    return 0;
+fail:
+    log_error(MOD, "cannot read the account generation of '%s': %s", s->path,
+              sqlite3_errmsg(s->mdb));
+    return -EIO;
 }
 
 /* store_load_ids walks each room from its newest row back to the first one
@@ -2068,15 +2219,16 @@ static sqlite3 *open_side_reader(store_t *s)
 }
 
 int store_account_get(store_t *s, const char *name, char *hash, size_t hashsz, char *email,
-                      size_t emailsz)
+                      size_t emailsz, int64_t *tokens_after_ms)
 {
     sqlite3_stmt *st = NULL;
     int rc = -EIO;
     sqlite3 *db = open_side_reader(s);
     if (!db)
         return -EIO;
-    if (sqlite3_prepare_v2(db, "SELECT password_hash, email FROM users WHERE name = ?1", -1, &st,
-                           NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db, "SELECT password_hash, email, tokens_after FROM users"
+                               " WHERE name = ?1",
+                           -1, &st, NULL) != SQLITE_OK)
         goto out;
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     int step = sqlite3_step(st);
@@ -2087,6 +2239,8 @@ int store_account_get(store_t *s, const char *name, char *hash, size_t hashsz, c
             str_lcpy(hash, h ? h : "", hashsz);
         if (email)
             str_lcpy(email, e ? e : "", emailsz);
+        if (tokens_after_ms)
+            *tokens_after_ms = sqlite3_column_int64(st, 2);
         rc = 0;
     } else if (step == SQLITE_ROW || step == SQLITE_DONE) {
         rc = -ENOENT;

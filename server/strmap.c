@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
 #include "util.h"
 
 struct entry {
@@ -16,19 +17,18 @@ struct entry {
 struct strmap {
     struct entry **b;
     size_t nb, count;
+    struct hash_key key; /* this map's own: keys are names clients chose */
 };
 
-static size_t hash(const char *s)
+static size_t hash(const strmap_t *m, const char *s)
 {
-    uint64_t h = 1469598103934665603ull;
-    while (*s)
-        h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-    return (size_t)(h ^ (h >> 29));
+    return (size_t)hash_str(&m->key, s);
 }
 
 strmap_t *strmap_new(void)
 {
     strmap_t *m = xcalloc(1, sizeof(*m));
+    hash_key_random(&m->key);
     m->nb = 16;
     m->b = xcalloc(m->nb, sizeof(*m->b));
     return m;
@@ -52,7 +52,7 @@ void strmap_free(strmap_t *m, void (*free_val)(void *))
 
 static struct entry **find(const strmap_t *m, const char *key)
 {
-    struct entry **pp = &m->b[hash(key) & (m->nb - 1)];
+    struct entry **pp = &m->b[hash(m, key) & (m->nb - 1)];
     while (*pp && strcmp((*pp)->key, key) != 0)
         pp = &(*pp)->next;
     return pp;
@@ -71,7 +71,7 @@ static void grow(strmap_t *m)
     for (size_t i = 0; i < m->nb; i++) {
         for (struct entry *e = m->b[i], *n; e; e = n) {
             n = e->next;
-            size_t k = hash(e->key) & (nb - 1);
+            size_t k = hash(m, e->key) & (nb - 1);
             e->next = b[k];
             b[k] = e;
         }

@@ -95,7 +95,8 @@ static enum err_code set_room_arg(struct tdec *d, const char *w, size_t n)
         !(codec_valid_room(d->out->room) || codec_parse_dm(d->out->room, NULL, NULL))) {
         d->out->room[0] = '\0';
         return tfail(d, ERR_BAD_REQUEST,
-                     "invalid room name: use 1-64 of A-Z a-z 0-9 _ . - (or dm:a:b)");
+                     "invalid room name: use 1-64 of A-Z a-z 0-9 _ . - "
+                     "(or dm:a:b; 'dm' alone is reserved)");
     }
     return ERR_NONE;
 }

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
 #include "util.h"
 
 struct uentry {
@@ -30,17 +31,15 @@ struct uentry {
 
 struct usermap {
     size_t value_size;
+    struct hash_key key; /* this map's own, drawn at creation: names are chosen by clients */
     pthread_rwlock_t lock;
     struct uentry **b; /* {lock} */
     size_t nb, count;  /* {lock} */
 };
 
-static size_t hash_name(const char *s)
+static size_t hash_name(const usermap_t *m, const char *s)
 {
-    uint64_t h = 1469598103934665603ull;
-    while (*s)
-        h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-    return (size_t)(h ^ (h >> 29));
+    return (size_t)hash_str(&m->key, s);
 }
 
 static const char *entry_name(const usermap_t *m, const struct uentry *e)
@@ -53,6 +52,7 @@ usermap_t *usermap_new(size_t value_size)
     usermap_t *m = xcalloc(1, sizeof(*m));
 
     m->value_size = value_size;
+    hash_key_random(&m->key);
     if (pthread_rwlock_init(&m->lock, NULL) != 0)
         abort(); /* only fails for lack of memory, like xmalloc */
     m->nb = 64;
@@ -121,7 +121,7 @@ static struct uentry *insert_locked(usermap_t *m, const char *name, size_t h)
 
 bool usermap_with(usermap_t *m, const char *name, bool create, usermap_fn fn, void *arg)
 {
-    size_t h = hash_name(name);
+    size_t h = hash_name(m, name);
     struct uentry *e;
     bool created = false;
 

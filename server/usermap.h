@@ -6,11 +6,11 @@
  * size given at creation, aligned for any type) and the one rwlock that
  * guards the map's shape. Every I/O loop thread looks up and creates
  * entries; any thread iterates (the dumper, the HTTP API) or removes (the
- * rate-limit sweep). A lookup of a known name takes only the read lock; a
- * miss takes the write lock and looks again before inserting, so racing
- * threads create a name once. What the value holds and how it is updated
- * under the read lock (atomics, so several readers can update one value at
- * once) is up to the user of the map.
+ * rate-limit sweep, the dumper's pruning of idle counters). A lookup of a
+ * known name takes only the read lock; a miss takes the write lock and looks
+ * again before inserting, so racing threads create a name once. What the
+ * value holds and how it is updated under the read lock (atomics, so several
+ * readers can update one value at once) is up to the user of the map.
  *
  * A value pointer is valid only inside the callback it is passed to: once
  * the callback returns, the lock is released and the entry may be removed.
@@ -31,7 +31,8 @@ typedef void (*usermap_fn)(void *value, bool created, void *arg);
 /* Called for each entry by usermap_each under the read lock. */
 typedef void (*usermap_each_fn)(const char *name, void *value, void *arg);
 /* Called for each entry by usermap_remove_if under the write lock (no other
- * callback runs meanwhile); returns true to remove (and free) the entry. */
+ * callback runs meanwhile, so it may also update the value of an entry it
+ * keeps with plain stores); returns true to remove (and free) the entry. */
 typedef bool (*usermap_pred_fn)(const char *name, void *value, void *arg);
 
 /* Each entry carries value_size bytes (0 is fine), zeroed at creation.

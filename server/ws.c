@@ -131,6 +131,16 @@ static void mark_seen(struct client *c)
     c->ping_out = false;
 }
 
+/* The message being reassembled is done with: idle connections keep no
+ * reassembly buffer. */
+static void rx_release(struct client *c)
+{
+    free(c->rx);
+    c->rx = NULL;
+    c->rx_len = c->rx_cap = 0;
+    c->rx_open = false;
+}
+
 static int on_receive(struct lws *wsi, struct client *c, const unsigned char *in, size_t len)
 {
     struct server *srv = c->srv;
@@ -158,9 +168,18 @@ static int on_receive(struct lws *wsi, struct client *c, const unsigned char *in
     bool final = lws_is_final_fragment(wsi);
     if (final && c->rx_len == 0) {
         /* the common case: a whole message in one piece, no copy */
+        c->rx_open = false;
         broker_frame(srv->broker, c, (const char *)in, len);
         return 0;
     }
+    if (!c->rx_open) {
+        /* a message arriving in pieces (fragments, or one frame bigger
+         * than lws's read buffer): ws_idle_check bounds how long it takes */
+        c->rx_open = true;
+        c->rx_start_s = loop_tick(c->loop);
+    }
+    if (len == 0)
+        return 0; /* an empty non-final piece: nothing to keep */
     if (c->rx_len + len > c->rx_cap) {
         size_t cap = c->rx_cap ? c->rx_cap : 1024;
         while (cap < c->rx_len + len + remaining)
@@ -172,11 +191,7 @@ static int on_receive(struct lws *wsi, struct client *c, const unsigned char *in
     c->rx_len += len;
     if (final) {
         broker_frame(srv->broker, c, (const char *)c->rx, c->rx_len);
-        c->rx_len = 0;
-        /* idle connections keep no reassembly buffer */
-        free(c->rx);
-        c->rx = NULL;
-        c->rx_cap = 0;
+        rx_release(c);
     }
     return 0;
 }
@@ -312,6 +327,17 @@ void ws_idle_check(struct client *c, uint32_t now_s, uint32_t ping_s)
         broker_tick(c->srv->broker, c);
     if (!wsi || c->discard)
         return;
+    /* A message may hold up to --max-frame bytes while it arrives; it gets
+     * --fragment-timeout seconds to finish, so a peer cannot park that
+     * memory by sending a first fragment and then only answering pings.
+     * Ticks are whole seconds: "more than" gives it at least the full time. */
+    if (c->rx_open && now_s - c->rx_start_s > (uint32_t)c->srv->cfg->fragment_timeout) {
+        c->discard = true;
+        rx_release(c);
+        METRIC_INC(&c->srv->metrics, fragment_timeouts_total);
+        client_kill(c, 1008, "message not finished in time");
+        return;
+    }
     if (quiet >= 2 * ping_s) {
         /* a peer that answers nothing would not read a close frame either:
          * hang up (the client, if it is still there, sees 1006) */

@@ -21,7 +21,8 @@ void ws_kick(struct client *c, struct loop *l);
 
 /* Thread: c's home loop, once a second. Ping c when nothing came from it
  * for ping_s seconds (now_s and c->seen_s are loop ticks), hang up when
- * nothing came for twice that. */
+ * nothing came for twice that; close with 1008 when a message begun more
+ * than --fragment-timeout seconds ago is still unfinished. */
 void ws_idle_check(struct client *c, uint32_t now_s, uint32_t ping_s);
 
 /* The protocol table every loop's context is created with. */

@@ -40,6 +40,7 @@ const S = {
     idCounter: 0,
     msgEls: new WeakMap(),     /* Conversation -> Map(key -> li) */
     mention: null,             /* {start, prefix, items, index} while the list is open */
+    dmHistory: true,           /* false: the server serves no DM history (open mode) */
 };
 
 function randomId(n) {
@@ -271,6 +272,7 @@ function startSession(auth, user, saved) {
     S.me = user;
     S.convs.clear();
     S.active = null;
+    S.dmHistory = true;
     if (saved) {
         for (const c of saved.convs || []) {
             if (typeof c.name !== 'string' || (!isValidRoom(c.name) && !parseDm(c.name))) {
@@ -452,7 +454,7 @@ async function joinRoom(name, { since, activate = true, rejoin = false } = {}) {
         req.limit = 200;
     }
     try {
-        const j = await S.conn.request(req);
+        const j = await S.conn.requestRetrying(req);
         c.joined = true;
         if (Array.isArray(j.members)) {
             c.members = new Set(j.members.filter((u) => typeof u === 'string'));
@@ -527,7 +529,7 @@ async function leaveRoom(c) {
 /* DMs need no join: show the latest page of the conversation. */
 async function loadLatest(c) {
     try {
-        const r = await S.conn.request({ type: 'history', room: c.name, limit: PAGE });
+        const r = await S.conn.requestRetrying({ type: 'history', room: c.name, limit: PAGE });
         const hadAny = c.msgs.length > 0;
         c.merge(r.messages, S.me);
         if (!hadAny) {
@@ -538,11 +540,24 @@ async function loadLatest(c) {
         renderSidebar();
     } catch (err) {
         if (err.code !== 'disconnected') {
+            noteDmHistory(c, err);
             c.more = false;
             render(c);
         }
     }
     resendPending(c);
+}
+
+/* A `forbidden` on the history of our own DM room means the server keeps
+ * none to give (open mode: whoever holds a name may not be who held it when
+ * the DMs were sent), not an error to show: stop asking. */
+function noteDmHistory(c, err) {
+    if (c.kind === 'dm' && err.code === 'forbidden') {
+        S.dmHistory = false;
+        c.more = false;
+        return true;
+    }
+    return false;
 }
 
 async function loadOlder(c) {
@@ -557,12 +572,12 @@ async function loadOlder(c) {
         req.before = before;
     }
     try {
-        const r = await S.conn.request(req);
+        const r = await S.conn.requestRetrying(req);
         const added = c.merge(r.messages, S.me);
         /* `added` guards against a server saying more:true with nothing new. */
         c.more = !!r.more && added > 0 && c.oldestSeq() > 1;
     } catch (err) {
-        if (err.code !== 'disconnected') {
+        if (err.code !== 'disconnected' && !noteDmHistory(c, err)) {
             c.more = false;
             showBanner(`Cannot load older messages: ${errorText(err)}`);
         }
@@ -588,13 +603,14 @@ async function fillGaps(c) {
     }
     c.gapBusy = true;
     try {
-        const r = await S.conn.request({ type: 'history', room: c.name, before: g.before,
+        const r = await S.conn.requestRetrying({ type: 'history', room: c.name, before: g.before,
             limit: g.limit });
         const added = c.merge(r.messages, S.me);
         if (!added) {
             c.gapFloor = Math.max(c.gapFloor, g.before); /* nothing there: stop asking */
         }
     } catch (err) {
+        noteDmHistory(c, err);
         c.gapFloor = Math.max(c.gapFloor, g.before);
     }
     c.gapBusy = false;
@@ -672,7 +688,8 @@ function errorText(err) {
     case 'not_joined':
         return 'you are not in that room';
     case 'no_such_user':
-        return 'no such user';
+        /* the server says why (open mode: the user is not online now) */
+        return err.message || 'no such user';
     case 'forbidden':
         return 'not allowed';
     case 'timeout':
@@ -1008,7 +1025,7 @@ function onMessage(m) {
         }
         c = convFor(m.room);
         c.readSeq = Math.max(0, (m.seq || 1) - 1);
-        c.more = m.seq > 1;
+        c.more = m.seq > 1 && S.dmHistory;
         saveSession();
     }
     const prevMax = c.maxSeq();
@@ -1244,7 +1261,9 @@ function renderOlder(c) {
     const btn = $('load-older');
     btn.hidden = !c.more || c.loadingOlder;
     $('older-note').textContent = c.loadingOlder ? 'Loading older messages…'
-        : (!c.more && c.msgs.length ? 'This is the beginning of the conversation.' : '');
+        : c.kind === 'dm' && !S.dmHistory
+            ? 'This server keeps no DM history: you see what arrives while you are online.'
+            : (!c.more && c.msgs.length ? 'This is the beginning of the conversation.' : '');
 }
 
 function messageItem(c, m, grouped, pending) {

@@ -12,6 +12,9 @@ const PING_MS = 25000;
 const DEAD_MS = 2 * PING_MS + 10000;
 const REQUEST_TIMEOUT_MS = 30000;
 
+/* Attempts of requestRetrying before its rate_limited goes to the caller. */
+const READ_TRIES = 10;
+
 export class ConnError extends Error {
     constructor(frame) {
         super(frame.message || frame.code);
@@ -272,6 +275,26 @@ export class Connection {
             }, timeout);
             this.waiting.set(ref, { resolve, reject, timer });
         });
+    }
+
+    /* request() for join and history: the server refuses a read while this
+     * connection already has a few waiting for storage (rate_limited with
+     * retry_after_ms), so ask again after that, a little jittered, up to
+     * READ_TRIES times in all. */
+    async requestRetrying(obj, opts = {}) {
+        for (let i = 1; ; i++) {
+            try {
+                return await this.request(obj, opts);
+            } catch (err) {
+                const ms = err.frame && Number.isFinite(err.frame.retry_after_ms)
+                    ? err.frame.retry_after_ms : -1;
+                if (err.code !== 'rate_limited' || ms < 0 || i >= READ_TRIES) {
+                    throw err;
+                }
+                const wait = Math.min(ms, 5000) * (1 + Math.random());
+                await new Promise((resolve) => setTimeout(resolve, wait));
+            }
+        }
     }
 }
 

@@ -400,6 +400,31 @@ describe('web client against parleyd', { skip: PARLEYD ? false : 'PARLEYD is not
         assert.match(await seen(alice, 'Got it, thanks.'), /bob/);
     });
 
+    step('open mode: DMs have no history to load and go only to users online', async () => {
+        /* After a reload the conversation is restored empty: the server
+         * serves no DM history in open mode, and the client says so once,
+         * without an error. */
+        await bob.page.reload();
+        await statusIs(bob.page, 'connected');
+        await bob.page.click('#dm-list button.conv:has-text("alice")');
+        await bob.page.locator('#older-note >> text=keeps no DM history')
+            .waitFor({ timeout: WAIT_MS });
+        assert.equal(await bob.page.isVisible('#banner'), false, 'no error banner');
+        assert.equal(await countText(bob, 'Psst, bob: a private word.'), 0);
+        assert.equal(await bob.page.isVisible('#load-older'), false);
+        await say(alice, 'After your reload.');
+        await seen(bob, 'After your reload.');
+        /* a DM to a name nobody holds is refused with the server's reason */
+        await bob.page.fill(tid('composer'), '/dm nobody_here are you there?');
+        await bob.page.press(tid('composer'), 'Enter');
+        await bob.page.locator('#banner >> text=online').waitFor({ timeout: WAIT_MS });
+        const failed = bob.page.locator('.msg.failed');
+        await failed.first().waitFor({ timeout: WAIT_MS });
+        await failed.first().locator('button:has-text("Discard")').click();
+        await bob.page.click('button[aria-label="Close conversation with nobody_here"]');
+        await bob.page.click('#banner-close');
+    });
+
     step('scrolling up loads older messages; jump to latest', async () => {
         const N = 120;
         /* A third user fills a room from bob's page over its own socket. */

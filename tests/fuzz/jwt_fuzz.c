@@ -70,8 +70,8 @@ static int run(const char *token)
 {
     char sub[AUTH_SUB_MAX], sub2[AUTH_SUB_MAX];
     int64_t exp = 0, exp2 = 0;
-    int rc = auth_jwt_verify(KEY, KEYLEN, token, NOW, sub, sizeof(sub), &exp);
-    int rc2 = auth_jwt_verify(KEY, KEYLEN, token, NOW, sub2, sizeof(sub2), &exp2);
+    int rc = auth_jwt_verify(KEY, KEYLEN, token, NOW, sub, sizeof(sub), &exp, NULL);
+    int rc2 = auth_jwt_verify(KEY, KEYLEN, token, NOW, sub2, sizeof(sub2), &exp2, NULL);
 
     check(rc == rc2);
     check(rc == 0 || rc == AUTH_EMALFORMED || rc == AUTH_EALG || rc == AUTH_ESIG ||

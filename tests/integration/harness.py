@@ -195,12 +195,13 @@ class Server:
     def unlimited_rate_args(args):
         """The load tests here send, join and open rooms far faster than a
         person does: raise the per-user limits out of reach (--rate/--burst,
-        --join-rate/--join-burst, --max-new-rooms; at most 1e6) unless the
-        test sets them itself."""
+        --join-rate/--join-burst, --max-new-rooms; at most 1e6), and the
+        per-address rate of logins and registrations (every test comes from
+        127.0.0.1), unless the test sets them itself."""
         out = []
         for name in sorted(parleyd_flags()):
-            if (name in ("rate", "burst", "join-rate", "join-burst", "max-new-rooms") and
-                    f"--{name}" not in args):
+            if name in ("rate", "burst", "join-rate", "join-burst", "max-new-rooms", "login-rate",
+                        "login-burst") and f"--{name}" not in args:
                 out += [f"--{name}", "1000000"]
         return out
 
@@ -745,9 +746,11 @@ class TClient(_Client):
 
 # ------------------------------------------------------------------ raw HTTP
 
-def http_get(port, path, method="GET", headers=None, timeout=5.0 * SCALE, body=None):
+def http_get(port, path, method="GET", headers=None, timeout=5.0 * SCALE, body=None, src=None):
     """One HTTP/1.1 request over a raw socket; path is sent byte for byte.
     body (bytes or str), if given, is sent with its Content-Length (a POST).
+    src, if given, is the local address to send from (127.0.0.2, ...: Linux
+    loopback answers for all of 127/8), so a test can be another client.
 
     Returns (status, headers {lowercase name: value}, body bytes); status is
     None when the server closed the connection without a response.
@@ -763,7 +766,8 @@ def http_get(port, path, method="GET", headers=None, timeout=5.0 * SCALE, body=N
     req += b"".join(f"{k}: {v}\r\n".encode() for k, v in hdrs.items()) + b"\r\n"
     if body is not None:
         req += body
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                  source_address=(src, 0) if src else None) as s:
         s.sendall(req)
         data = b""
         deadline = time.monotonic() + timeout

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import websockets
@@ -129,6 +130,35 @@ def metric(server, name):
     return server.metrics().get(name, {}).get("", 0.0)
 
 
+ADMIN = "admin-" + "0123456789abcdef" * 2
+
+
+def admin_token_file(tmp):
+    """Write ADMIN to a 0600 file in tmp for --admin-token-file."""
+    path = os.path.join(tmp, "admin.token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(ADMIN + "\n")
+    return path
+
+
+def stats_users(server):
+    """GET /api/stats/users with the admin token; the parsed body."""
+    st, _, raw = server.get("/api/stats/users", headers={"Authorization": "Bearer " + ADMIN})
+    if st != 200:
+        raise AssertionError(f"/api/stats/users answered {st}: {raw!r}")
+    return json.loads(raw)
+
+
+def last_count(dumps, user):
+    """The user's count in the latest dump line that lists it (a line lists
+    only the users active since the line before), or None."""
+    for d in reversed(dumps):
+        if user in d["users"]:
+            return d["users"][user]
+    return None
+
+
 # ------------------------------------------------------------------ open mode
 
 class OpenMode(ServerCase):
@@ -148,11 +178,63 @@ class OpenMode(ServerCase):
         r = await c.call({"type": "hello", "token": tok})
         self.assertEqual((r["type"], r.get("code")), ("error", "auth_failed"), r)
 
+    def test_start_warns_what_open_mode_allows(self):
+        lines = [x for x in self.server.log_text().splitlines() if "open mode" in x]
+        self.assertEqual(len(lines), 1, self.server.log_text())
+        self.assertIn(" warn ", lines[0])
+        for words in ("trusted networks", "any name", "DMs", "--auth accounts"):
+            self.assertIn(words, lines[0])
+
+    def test_stats_users_without_an_admin_token_configured_is_403(self):
+        """No --admin-token-file: the endpoint is closed, whatever is sent."""
+        for hdrs in ({}, {"Authorization": "Bearer " + ADMIN}, {"Authorization": "Bearer "}):
+            with self.subTest(hdrs=hdrs):
+                st, h, raw = self.server.get("/api/stats/users", headers=hdrs)
+                self.assertEqual(st, 403, raw)
+                js = json.loads(raw)
+                self.assertEqual(js.get("error"), "forbidden", js)
+                self.assertIn("--admin-token-file", js.get("message", ""), js)
+
 
 # ------------------------------------------------------------------ accounts mode
 
 class Accounts(ServerCase):
     server_args = ("--auth", "accounts")
+
+    def test_no_open_mode_warning(self):
+        self.assertNotIn("open mode", self.server.log_text())
+
+    async def test_dm_rooms_only_with_users_that_exist(self):
+        """A DM room can be joined with a user the server has a record of (an
+        account, a live connection, a name seen with a token), and its
+        history is the participants' to read; with a name nobody ever held
+        the join is refused before any room is made."""
+        alice, bob = uniq("xa"), uniq("xb")
+        register(self.server, alice)
+        register(self.server, bob)  # never connects
+        a = await token_client(self, login(self.server, alice))
+        ack = await a.call({"type": "dm", "to": bob, "text": "while you are away"}, "ack")
+        j = await a.call({"type": "join", "room": ack["room"]}, "joined")
+        self.assertEqual([m["text"] for m in j["history"]], ["while you are away"])
+        h = await a.call({"type": "history", "room": ack["room"]}, "history")
+        self.assertEqual([m["text"] for m in h["messages"]], ["while you are away"])
+
+        rooms_before = metric(self.server, "parley_rooms")
+        ghost = uniq("ghost")
+        e = await a.call({"type": "join", "room": "dm:" + ":".join(sorted([alice, ghost])),
+                          "ref": "g"})
+        self.assertEqual((e["type"], e.get("code"), e.get("ref")), ("error", "no_such_user", "g"))
+        self.assertEqual(metric(self.server, "parley_rooms"), rooms_before)
+
+        # a name seen once with a backend-minted token is a user from then on
+        tok_user = uniq("xt")
+        key = read_secret(self.server)
+        t = await token_client(self, mint(key, {"sub": tok_user, "iat": now_s(),
+                                                "exp": now_s() + 600}))
+        await t.close()
+        j = await a.call({"type": "join", "room": "dm:" + ":".join(sorted([alice, tok_user]))},
+                         "joined")
+        self.assertEqual(j["history"], [])
 
     def test_register_login_token(self):
         user = uniq("reg")
@@ -423,8 +505,8 @@ class Accounts(ServerCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         st, _, _ = post(self.server, "/api/login", {"user": name, "password": "second password"})
         self.assertEqual(st, 401)
-        # the name can be registered again over HTTP now
-        register(self.server, name)
+        # a deleted name stays reserved (Identities has the details)
+        register(self.server, name, expect=409)
 
     async def test_operator_accounts_seen_by_the_running_server(self):
         """An account added with `parleyd user add` while the server runs is
@@ -497,6 +579,433 @@ class Accounts(ServerCase):
         # the last tab leaving is
         await a2.call({"type": "leave", "room": room}, "left")
         await b.expect_type("presence", room=room, user=alice, event="leave")
+
+
+# ------------------------------------------------------------------ login throttling
+
+def known_flags(*pairs):
+    """The (flag, value) pairs this parleyd knows, flattened: a class can tune
+    the login pool and still run against a build that predates those options
+    (and fail on its assertions, not at start)."""
+    known = harness.parleyd_flags()
+    return tuple(x for flag, value in pairs if flag[2:] in known for x in (flag, value))
+
+
+def api_post(server, path, body, src=None, timeout=30 * SCALE):
+    """POST a JSON body, optionally from another loopback source address;
+    returns (status, headers, parsed body)."""
+    st, h, raw = harness.http_get(server.port, path, method="POST", body=json.dumps(body),
+                                  headers={"Content-Type": "application/json"},
+                                  timeout=timeout, src=src)
+    return st, h, _maybe_json(raw)
+
+
+def in_threads(fns):
+    """Run each fn on its own thread, all at once; returns their results in
+    the order they finished, each as (index, result, monotonic end time)."""
+    out, lock = [], threading.Lock()
+
+    def run(i, fn):
+        try:
+            r = fn()
+        except Exception as e:  # noqa: BLE001 - reported as the result
+            r = e
+        with lock:
+            out.append((i, r, time.monotonic()))
+
+    ts = [threading.Thread(target=run, args=(i, fn), daemon=True) for i, fn in enumerate(fns)]
+    for t in ts:
+        t.start()
+    return out, ts
+
+
+class ThrottleAsserts:
+    def assert_throttled(self, st, h, js):
+        """A 429 as PROTOCOL.md §12 has it; returns retry_after_ms."""
+        self.assertEqual(st, 429, js)
+        self.assertIsInstance(js, dict, js)
+        self.assertEqual(js.get("error"), "rate_limited", js)
+        self.assertIsInstance(js.get("message"), str, js)
+        ms = js.get("retry_after_ms")
+        self.assertTrue(isinstance(ms, int) and not isinstance(ms, bool) and ms > 0, js)
+        ra = h.get("retry-after", "")
+        self.assertRegex(ra, r"^[1-9][0-9]*$", h)
+        self.assertEqual(int(ra), -(-ms // 1000), f"Retry-After is not {ms} ms rounded up")
+        return ms
+
+
+class LoginBackoff(ThrottleAsserts, ServerCase):
+    """Failed logins for one name back off exponentially (the defaults: 5
+    failures, then 1 s, 2 s, 4 s, ...), refused with 429 before any hashing;
+    while it lasts even the right password is refused; success resets it."""
+
+    server_args = ("--auth", "accounts")
+    WRONG = "wrong password"
+
+    def until_not_429(self, user, password, longest_ms):
+        """Retry (every 50 ms, bounded) while the name is backing off; the
+        first answer that is not a 429."""
+        deadline = time.monotonic() + longest_ms / 1000 + 5 * SCALE
+        while True:
+            st, h, js = api_post(self.server, "/api/login", {"user": user, "password": password})
+            if st != 429:
+                return st, js
+            self.assert_throttled(st, h, js)
+            self.assertLessEqual(js["retry_after_ms"], longest_ms, js)
+            self.assertLess(time.monotonic(), deadline, "the backoff did not end")
+            time.sleep(0.05)
+
+    def test_wrong_passwords_back_off_longer_each_time(self):
+        user, other = uniq("bo"), uniq("bok")
+        register(self.server, user)
+        register(self.server, other)
+        before = metric(self.server, "parley_login_throttled_total")
+        for i in range(5):
+            st, _, js = api_post(self.server, "/api/login", {"user": user, "password": self.WRONG})
+            self.assertEqual(st, 401, f"failure {i + 1}: {js}")
+        waits = []
+        for step, longest in enumerate((1000, 2000)):
+            ms = self.assert_throttled(*api_post(self.server, "/api/login",
+                                                 {"user": user, "password": self.WRONG}))
+            self.assertLessEqual(ms, longest)
+            waits.append(ms)
+            if step == 0:
+                # the name backs off, not the address: another user signs in
+                login(self.server, other)
+            st, js = self.until_not_429(user, self.WRONG, longest)
+            self.assertEqual(st, 401, js)
+        # now 4 s: the right password is refused too while it lasts
+        ms = self.assert_throttled(*api_post(self.server, "/api/login",
+                                             {"user": user, "password": PASSWORD}))
+        self.assertLessEqual(ms, 4000)
+        waits.append(ms)
+        self.assertTrue(waits[0] < waits[1] < waits[2], f"Retry-After does not grow: {waits}")
+        st, js = self.until_not_429(user, PASSWORD, 4000)
+        self.assertEqual(st, 200, js)
+        self.assertEqual(claims(js["token"])["sub"], user)
+        # the success wiped the slate: one wrong password is an ordinary 401
+        st, _, js = api_post(self.server, "/api/login", {"user": user, "password": self.WRONG})
+        self.assertEqual(st, 401, js)
+        self.assertGreaterEqual(metric(self.server, "parley_login_throttled_total") - before, 3)
+
+    def test_unknown_name_backs_off_the_same(self):
+        """No telling registered names from others by the throttle."""
+        ghost = uniq("ghost")
+        for i in range(5):
+            st, _, js = api_post(self.server, "/api/login", {"user": ghost, "password": self.WRONG})
+            self.assertEqual(st, 401, f"failure {i + 1}: {js}")
+        ms = self.assert_throttled(*api_post(self.server, "/api/login",
+                                             {"user": ghost, "password": self.WRONG}))
+        self.assertLessEqual(ms, 1000)
+        # what the throttle remembers is counted: this name and the address
+        self.assertGreaterEqual(metric(self.server, "parley_login_throttle_entries"), 2)
+
+
+class LoginPool(ThrottleAsserts, ServerCase):
+    """Junk logins from one address do not hold up a login from another."""
+
+    server_args = ("--auth", "accounts") + known_flags(("--login-workers", "2"))
+
+    def test_junk_logins_do_not_delay_another_address(self):
+        user = uniq("real")
+        register(self.server, user)
+        junk = [lambda: api_post(self.server, "/api/login",
+                                 {"user": uniq("junk"), "password": "wrong password"})
+                for _ in range(20)]
+        done, threads = in_threads(junk)
+        # the server has begun answering the junk: all 20 are in by then
+        # (an answer takes a hash, or the flood is being refused)
+        harness.wait_for(lambda: done, T, what="a first answer to the junk logins")
+        st, _, js = api_post(self.server, "/api/login", {"user": user, "password": PASSWORD},
+                             src="127.0.0.2")
+        t_real = time.monotonic()
+        self.assertEqual(st, 200, js)
+        for t in threads:
+            t.join(60 * SCALE)
+        self.assertEqual(len(done), 20, "not every junk login was answered")
+        results = [r for _, r, _ in done]
+        for r in results:
+            self.assertNotIsInstance(r, Exception)
+        # structural, not a stopwatch: one worker serving in arrival order
+        # hashes all 20 junk logins before the real one; a pool that takes
+        # turns between addresses (and caps what one address may queue)
+        # answers it after at most a few
+        hashed_before = sum(1 for _, r, t in done if r[0] == 401 and t < t_real)
+        self.assertLessEqual(hashed_before, 10,
+                             f"{hashed_before} junk logins were hashed before the real one")
+        refused = [r for r in results if r[0] == 429]
+        self.assertGreaterEqual(len(refused), 5, "one address queued the whole flood")
+        for st, h, js in refused:
+            self.assert_throttled(st, h, js)
+        self.assertEqual({r[0] for r in results} - {401, 429}, set())
+
+
+class LoginQueueFull(ThrottleAsserts, ServerCase):
+    """A full queue answers 429 with Retry-After (it was 503 without one)."""
+
+    server_args = ("--auth", "accounts") + known_flags(("--login-workers", "1"),
+                                                       ("--login-queue", "2"))
+
+    def test_full_queue_is_429_with_retry_after(self):
+        before = metric(self.server, "parley_login_queue_full_total")
+        # eight addresses, one request each: the per-address share is not
+        # what refuses them, the queue is
+        reqs = [lambda i=i: api_post(self.server, "/api/login",
+                                     {"user": uniq("q"), "password": "wrong password"},
+                                     src=f"127.0.0.{i + 2}")
+                for i in range(8)]
+        done, threads = in_threads(reqs)
+        for t in threads:
+            t.join(60 * SCALE)
+        self.assertEqual(len(done), 8)
+        results = [r for _, r, _ in done]
+        for r in results:
+            self.assertNotIsInstance(r, Exception)
+        statuses = sorted(r[0] for r in results)
+        full = [r for r in results if r[0] == 429]
+        self.assertTrue(full, f"8 logins at once, one worker, a queue of 2: {statuses}")
+        for st, h, js in full:
+            self.assert_throttled(st, h, js)
+        self.assertEqual(set(statuses) - {401, 429}, set(), statuses)
+        self.assertGreaterEqual(metric(self.server, "parley_login_queue_full_total") - before,
+                                len(full))
+        # the queue drains: the next request is served
+        register(self.server, uniq("after"))
+        self.assertEqual(self.server.metric("parley_login_queue_depth"), 0)
+
+
+class LoginRate(ThrottleAsserts, ServerCase):
+    """Login and register requests per client address: a token bucket
+    (here one per 100 s, burst 3: slow enough that no token comes back
+    while the test runs, however slow the machine), refused with 429 before
+    any hashing; another address has its own."""
+
+    server_args = ("--auth", "accounts") + known_flags(("--login-rate", "0.01"),
+                                                       ("--login-burst", "3"))
+
+    def test_requests_per_address_are_rate_limited(self):
+        before = metric(self.server, "parley_login_rate_limited_total")
+        statuses = []
+        for _ in range(5):
+            st, h, js = api_post(self.server, "/api/register",
+                                 {"user": uniq("rl"), "password": PASSWORD})
+            statuses.append(st)
+            if st == 429:
+                self.assertLessEqual(self.assert_throttled(st, h, js), 100000)
+        self.assertEqual(statuses, [201] * 3 + [429] * 2)
+        # another address, another bucket
+        st, _, js = api_post(self.server, "/api/register", {"user": uniq("rl"),
+                                                             "password": PASSWORD},
+                             src="127.0.0.2")
+        self.assertEqual(st, 201, js)
+        self.assertGreaterEqual(metric(self.server, "parley_login_rate_limited_total") - before,
+                                statuses.count(429))
+# ------------------------------------------------------------------ identities
+
+class Identities(ServerCase):
+    """A name belongs to whoever used it first: registration never takes
+    over a name that signed in before (a backend-minted token) or that the
+    operator deleted; a password change or a deletion revokes the tokens
+    issued before it, at connect, on hello and on live connections, which
+    the running server notices by itself (no SIGHUP) within a second or
+    so. Passwords and deletions are made with the real `parleyd user`
+    binary on the server's database, as an operator would."""
+
+    server_args = ("--auth", "accounts")
+
+    def minted(self, user, iat=None, ttl=600):
+        iat = now_s() if iat is None else iat
+        return mint(read_secret(self.server), {"sub": user, "iat": iat, "exp": now_s() + ttl})
+
+    async def refused_at_connect(self, token):
+        """Connect with ?token=: auth_failed then close 1008."""
+        c = await JClient.connect(self.server, query=f"token={token}")
+        try:
+            e = await c.expect_error("auth_failed")
+            self.assertEqual(await c.wait_closed(), 1008)
+            return e
+        finally:
+            await c.close()
+
+    async def test_registering_a_token_only_name_is_409(self):
+        bob, sso = uniq("ib"), uniq("sso")
+        register(self.server, bob)
+        b = await token_client(self, login(self.server, bob))
+        # sso only ever signs in with tokens its backend mints
+        s1 = await token_client(self, self.minted(sso))
+        ack = await b.call({"type": "dm", "to": sso, "text": "the launch code is 1234"}, "ack")
+        await s1.expect_type("message", room=ack["room"], seq=ack["seq"])
+        await s1.close()
+
+        # an attacker registers the name: refused, and nothing is changed
+        st, js = register(self.server, sso, password="attacker password",
+                          email="attacker@example.org", expect=None)
+        self.assertEqual((st, js.get("error")), (409, "taken"), js)
+        st, _, _ = post(self.server, "/api/login", {"user": sso, "password": "attacker password"})
+        self.assertEqual(st, 401, "a refused registration must not leave a password behind")
+        # with no token for the name, the DM history stays out of reach
+        a = await self.json_client()
+        r = await a.call({"type": "hello", "user": sso})
+        self.assertEqual((r["type"], r.get("code")), ("error", "auth_failed"), r)
+        r = await a.call({"type": "history", "room": ack["room"]})
+        self.assertEqual((r["type"], r.get("code")), ("error", "auth_required"), r)
+
+        # the real sso user still signs in with its backend's tokens, and
+        # reads its own DMs
+        s2 = await token_client(self, self.minted(sso))
+        h = await s2.call({"type": "history", "room": ack["room"]}, "history")
+        self.assertEqual([m["text"] for m in h["messages"]], ["the launch code is 1234"])
+
+        # the operator may give the name a password (the same person, who
+        # now also logs in with one): a trusted, deliberate act
+        p = run_admin(self.server, ["user", "add", sso], PASSWORD + "\n")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        login(self.server, sso)
+        await s2.sync()
+
+    async def test_user_del_reserves_the_name(self):
+        bob, alice = uniq("db"), uniq("da")
+        register(self.server, bob)
+        register(self.server, alice, email=f"{alice}@example.org")
+        b = await token_client(self, login(self.server, bob))
+        ack = await b.call({"type": "dm", "to": alice, "text": "for alice only"}, "ack")
+
+        p = run_admin(self.server, ["user", "del", alice])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        st, js = register(self.server, alice, password="attacker password", expect=None)
+        self.assertEqual((st, js.get("error")), (409, "taken"), js)
+        st, _, _ = post(self.server, "/api/login", {"user": alice, "password": PASSWORD})
+        self.assertEqual(st, 401)
+        st, _, _ = post(self.server, "/api/login", {"user": alice, "password": "attacker password"})
+        self.assertEqual(st, 401)
+        # nor does the operator hand it out again by mistake
+        p = run_admin(self.server, ["user", "add", alice], "operator password\n")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("reserved", p.stderr)
+        # deleting again is fine; a name never seen is an error
+        p = run_admin(self.server, ["user", "del", alice])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        p = run_admin(self.server, ["user", "del", uniq("never")])
+        self.assertNotEqual(p.returncode, 0)
+        # a token minted for it now (by a backend that did not hear of the
+        # deletion) does not open its DMs either
+        e = await self.refused_once_polled(self.minted(alice))
+        self.assertIn("deleted", e["message"])
+        # the DM is still there for bob
+        h = await b.call({"type": "history", "room": ack["room"]}, "history")
+        self.assertEqual([m["text"] for m in h["messages"]], ["for alice only"])
+
+    async def refused_once_polled(self, token):
+        """The server takes in `parleyd user` changes within about a second:
+        connect with token until refused (bounded by T); returns the error."""
+        deadline = time.monotonic() + T
+        while True:
+            c = await JClient.connect(self.server, query=f"token={token}")
+            try:
+                f = await c.recv()
+                if f["type"] == "error" or time.monotonic() > deadline:
+                    self.assertEqual((f["type"], f.get("code")), ("error", "auth_failed"), f)
+                    self.assertEqual(await c.wait_closed(), 1008)
+                    return f
+            finally:
+                await c.close()
+            await asyncio.sleep(0.05)
+
+    async def test_user_del_closes_live_connections_and_revokes_tokens(self):
+        dave, bob = uniq("dd"), uniq("dbb")
+        register(self.server, dave)
+        register(self.server, bob)
+        tok = login(self.server, dave)
+        backend_tok = self.minted(dave)
+        room = uniq("droom")
+        d1 = await token_client(self, tok, room)
+        d2 = await JClient.connect(self.server, query=f"token={tok}&room={room}")
+        self.addAsyncCleanup(d2.close)
+        await d2.expect_type("welcome")
+        d3 = await token_client(self, backend_tok)
+        b = await token_client(self, login(self.server, bob))
+        before = metric(self.server, "parley_auth_revoked_total")
+
+        p = run_admin(self.server, ["user", "del", dave])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        # committed now; no SIGHUP: the server notices by itself. The bound:
+        # one poll period (1 s) plus scheduling slack.
+        t0 = time.monotonic()
+        bound = 1.0 + 2.0 * SCALE
+        for c in (d1, d2, d3):
+            self.assertEqual(await c.wait_closed(timeout=bound), 4003)
+        elapsed = time.monotonic() - t0
+        self.assertLess(elapsed, bound + 1.0, f"closed only after {elapsed:.2f} s")
+        self.assertGreaterEqual(metric(self.server, "parley_auth_revoked_total"), before + 3)
+
+        # every token of dave is refused, on connect and on hello, old or new
+        for t in (tok, backend_tok, self.minted(dave, iat=now_s() + 1)):
+            e = await self.refused_at_connect(t)
+            self.assertIn("deleted", e["message"])
+        c = await self.json_client()
+        r = await c.call({"type": "hello", "token": tok})
+        self.assertEqual((r["type"], r.get("code")), ("error", "auth_failed"), r)
+        # the connection stays usable for someone else
+        await c.call({"type": "hello", "token": login(self.server, bob)}, "welcome")
+        # and dave is no longer someone to DM
+        r = await b.call({"type": "dm", "to": dave, "text": "still there?"})
+        self.assertEqual((r["type"], r.get("code")), ("error", "no_such_user"), r)
+
+    async def test_passwd_revokes_older_tokens_not_newer_ones(self):
+        carol = uniq("pc")
+        register(self.server, carol)
+        old_tok = login(self.server, carol)
+        old_backend = self.minted(carol)
+        c1 = await token_client(self, old_tok)
+        before = metric(self.server, "parley_auth_revoked_total")
+
+        p = run_admin(self.server, ["user", "passwd", carol], "a new password\n")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        # a login right away, in the same second, gets a token that works
+        # now and after the server has taken the change in
+        new_tok = login(self.server, carol, "a new password")
+        c2 = await token_client(self, new_tok)
+        st, _, _ = post(self.server, "/api/login", {"user": carol, "password": PASSWORD})
+        self.assertEqual(st, 401)
+
+        # the connection on the old token is closed without SIGHUP
+        self.assertEqual(await c1.wait_closed(timeout=1.0 + 2.0 * SCALE), 4003)
+        self.assertEqual(metric(self.server, "parley_auth_revoked_total"), before + 1)
+        # old tokens: refused on connect and on hello
+        for t in (old_tok, old_backend):
+            e = await self.refused_at_connect(t)
+            self.assertIn("revoked", e["message"])
+        c = await self.json_client()
+        r = await c.call({"type": "hello", "token": old_tok})
+        self.assertEqual((r["type"], r.get("code")), ("error", "auth_failed"), r)
+        # newer tokens work: the login's, a later login's, a backend's minted
+        # after the change, on hello and at connect
+        await c2.sync()
+        w = await c.call({"type": "hello", "token": new_tok}, "welcome")
+        self.assertEqual(w["user"], carol)
+        later = self.minted(carol, iat=now_s() + 2)
+        for t in (login(self.server, carol, "a new password"), later):
+            q = await JClient.connect(self.server, query=f"token={t}")
+            self.addAsyncCleanup(q.close)
+            self.assertEqual((await q.expect_type("welcome"))["user"], carol)
+        await c2.sync()
+
+    async def test_operator_accounts_appear_without_sighup(self):
+        """(SIGHUP still reloads: Accounts.test_operator_accounts_seen_by_the_running_server.)"""
+        alice = uniq("ha")
+        register(self.server, alice)
+        a = await token_client(self, login(self.server, alice))
+        name = uniq("hc")
+        p = run_admin(self.server, ["user", "add", name], PASSWORD + "\n")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        # a DM to it is accepted once the server has polled (about 1 s)
+        deadline = time.monotonic() + 1.0 + 2.0 * SCALE
+        while True:
+            r = await a.call({"type": "dm", "to": name, "text": "welcome aboard"})
+            if r["type"] == "ack" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        self.assertEqual(r["type"], "ack", r)
 
 
 # ------------------------------------------------------------------ rate limits
@@ -670,13 +1179,15 @@ async def mixed_requests(r, room, rounds):
 
 
 class CountersOpen(ServerCase):
-    """--dump-interval 0.2 into a file in the test's temporary directory."""
+    """--dump-interval 0.2 into a file in the test's temporary directory; an
+    admin token for the stats API (needed in open mode too)."""
 
     @classmethod
     def make_server(cls):
         tmp = tempfile.mkdtemp(prefix="parley-it-")
         cls.dump_path = os.path.join(tmp, "c.jsonl")
-        return Server(args=["--dump-interval", "0.2", "--dump-file", cls.dump_path], tmpdir=tmp)
+        return Server(args=["--dump-interval", "0.2", "--dump-file", cls.dump_path,
+                            "--admin-token-file", admin_token_file(tmp)], tmpdir=tmp)
 
     async def test_periodic_dumps_and_stats_api(self):
         alice, bob = uniq("ca"), uniq("cb")
@@ -692,25 +1203,25 @@ class CountersOpen(ServerCase):
 
         def caught_up():
             d = read_dumps(self.dump_path)
-            if d and all(d[-1]["users"].get(u) == n for u, n in want.items()):
+            if d and all(last_count(d, u) == n for u, n in want.items()):
                 return d
             return None
         dumps = harness.wait_for(caught_up, 5 * T, what=f"a dump with {want}")
-        last = dumps[-1]
         for u, n in want.items():
-            self.assertEqual(last["users"][u], n, last)
+            self.assertEqual(last_count(dumps, u), n, dumps[-1])
         # periodic: the lines keep coming, time going forward
         more = harness.wait_for(lambda: (lambda d: d if len(d) >= len(dumps) + 2 else None)(
             read_dumps(self.dump_path)), 5 * T, what="two more periodic dumps")
         self.assertGreater(len(more), lines_before)
         ts = [d["ts"] for d in more]
         self.assertEqual(ts, sorted(ts))
+        # a line lists only who was active since the line before: the two
+        # idle (still connected) users are in none of the later ones
         for u, n in want.items():
-            self.assertEqual(more[-1]["users"][u], n, "counts changed without requests")
+            self.assertNotIn(u, more[-1]["users"], "listed without requests")
+            self.assertEqual(last_count(more, u), n, "counts changed without requests")
 
-        st, _, raw = self.server.get("/api/stats/users")
-        self.assertEqual(st, 200)
-        js = json.loads(raw)
+        js = stats_users(self.server)
         self.assertIsInstance(js["ts"], int)
         for u, n in want.items():
             self.assertEqual(js["users"].get(u), n, js)
@@ -718,7 +1229,9 @@ class CountersOpen(ServerCase):
     async def test_rate_limited_requests_count(self):
         """Refused by the rate limit is still a request (the harness lifted
         the limit here, so use another server)."""
-        srv = Server(args=["--rate", "1", "--burst", "1", "--abuse-strikes", "1000"])
+        tmp = tempfile.mkdtemp(prefix="parley-it-")
+        srv = Server(args=["--rate", "1", "--burst", "1", "--abuse-strikes", "1000",
+                           "--admin-token-file", admin_token_file(tmp)], tmpdir=tmp)
         self.addCleanup(srv.cleanup)
         srv.start()
         c = await JClient.connect(srv, user=uniq("rl"), room="r")
@@ -730,8 +1243,7 @@ class CountersOpen(ServerCase):
             limited += f.get("code") == "rate_limited"
         self.assertGreaterEqual(limited, 3)
         await r.barrier()
-        st, _, raw = srv.get("/api/stats/users")
-        self.assertEqual(json.loads(raw)["users"].get(c.user), r.n + 1)  # + the join
+        self.assertEqual(stats_users(srv)["users"].get(c.user), r.n + 1)  # + the join
         await c.close()
         self.assertEqual(srv.stop(), 0)
 
@@ -746,8 +1258,7 @@ class CountersOpen(ServerCase):
             f = await r.c.expect_type("error")
             self.assertIn(f["code"], ("bad_json", "bad_request", "unknown_type"), f)
         await r.barrier()
-        st, _, raw = self.server.get("/api/stats/users")
-        self.assertEqual(json.loads(raw)["users"].get(user), r.n,
+        self.assertEqual(stats_users(self.server)["users"].get(user), r.n,
                          "malformed request frames of a signed-in user are not counted")
 
 
@@ -786,15 +1297,12 @@ class CountersSignals(ServerCase):
 class CountersAccounts(ServerCase):
     """Accounts mode: the stats API needs the admin token."""
 
-    ADMIN = "admin-" + "0123456789abcdef" * 2
+    ADMIN = ADMIN
 
     @classmethod
     def make_server(cls):
         tmp = tempfile.mkdtemp(prefix="parley-it-")
-        tokf = os.path.join(tmp, "admin.token")
-        fd = os.open(tokf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(cls.ADMIN + "\n")
+        tokf = admin_token_file(tmp)
         cls.dump_path = os.path.join(tmp, "c.jsonl")
         return Server(args=["--auth", "accounts", "--admin-token-file", tokf,
                             "--dump-interval", "0.2", "--dump-file", cls.dump_path], tmpdir=tmp)
@@ -819,9 +1327,9 @@ class CountersAccounts(ServerCase):
         self.assertEqual(st, 200, raw)
         self.assertEqual(json.loads(raw)["users"].get(user), r.n)
         d = harness.wait_for(
-            lambda: (lambda d: d if d and d[-1]["users"].get(user) == r.n else None)(
+            lambda: (lambda d: d if last_count(d, user) == r.n else None)(
                 read_dumps(self.dump_path)), 5 * T, what="a dump with the counts")
-        self.assertEqual(d[-1]["users"][user], r.n)
+        self.assertEqual(last_count(d, user), r.n)
 
 
 # ------------------------------------------------------------------ metrics
@@ -840,6 +1348,7 @@ REQUIRED_METRICS = {
     "parley_notify_sent_total": "counter",
     "parley_notify_failed_total": "counter",
     "parley_auth_failures_total": "counter",
+    "parley_auth_revoked_total": "counter",
 }
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"

@@ -11,8 +11,11 @@ and receives after each attack.
 import asyncio
 import json
 import os
+import signal
 import socket
+import sqlite3
 import struct
+import tempfile
 import threading
 import time
 
@@ -775,6 +778,84 @@ class EmptyApiBody(ServerCase):
         self.assertEqual(self.server.get("/healthz")[0], 200)
 
 
+class LoginSpray(ServerCase):
+    """An attacker on one address (127.0.0.9) fires 30 password guesses at
+    once, one per user name so no single name trips its own limit: the
+    address backs off after --login-failures-per-ip (6 here) and is refused
+    with 429 whatever name it tries next, before any hashing; a user on
+    another address signs in meanwhile and the chat goes on."""
+
+    ATTACKER = "127.0.0.9"
+    server_args = ("--auth", "accounts") + tuple(
+        x for flag, v in (("--login-failures-per-ip", "6"),)
+        if flag[2:] in harness.parleyd_flags() for x in (flag, v))
+
+    def api(self, path, body, src=None):
+        st, h, raw = harness.http_get(self.server.port, path, method="POST",
+                                      body=json.dumps(body), timeout=60 * SCALE, src=src)
+        try:
+            return st, h, json.loads(raw)
+        except ValueError:
+            return st, h, raw
+
+    async def test_password_spray_from_one_address(self):
+        room, pair, users = uniq("spray"), [], []
+        for name in ("alice", "bob"):
+            user = uniq(name)
+            users.append(user)
+            body = {"user": user, "password": "correct horse"}
+            st, _, js = await in_thread(self.api, "/api/register", body)
+            self.assertEqual(st, 201, js)
+            st, _, js = await in_thread(self.api, "/api/login", body)
+            self.assertEqual(st, 200, js)
+            c = await self.json_client()
+            await c.call({"type": "hello", "token": js["token"]}, "welcome")
+            await c.call({"type": "join", "room": room}, "joined")
+            pair.append(c)
+        before = self.server.metric("parley_login_throttled_total") or 0
+
+        results = []
+
+        def guess(i):
+            results.append(self.api("/api/login", {"user": uniq(f"victim{i}"),
+                                                   "password": f"guess{i}"}, src=self.ATTACKER))
+
+        threads = [threading.Thread(target=guess, args=(i,), daemon=True) for i in range(30)]
+        for t in threads:
+            t.start()
+        # while the spray runs, a user on another address signs in
+        st, _, js = await in_thread(self.api, "/api/login",
+                                    {"user": users[0], "password": "correct horse"})
+        self.assertEqual(st, 200, js)
+        for t in threads:
+            await in_thread(t.join, 60 * SCALE)
+        statuses = sorted(st for st, _, _ in results)
+        self.assertEqual(len(statuses), 30)
+        self.assertEqual(set(statuses) - {401, 429}, set(), statuses)
+        # at most the address's free failures plus what was already in flight
+        # (its queue share, 8) were hashed
+        self.assertLessEqual(statuses.count(401), 6 + 8, statuses)
+        for st, h, js in results:
+            if st == 429:
+                self.assertEqual(js.get("error"), "rate_limited", js)
+                self.assertRegex(h.get("retry-after", ""), r"^[1-9][0-9]*$", h)
+        # the address now backs off for any name, even a real one with the
+        # right password
+        st, h, js = await in_thread(self.api, "/api/login",
+                                    {"user": users[1], "password": "correct horse"},
+                                    self.ATTACKER)
+        self.assertEqual(st, 429, js)
+        self.assertGreaterEqual(int(h.get("retry-after", "0")), 1, h)
+        self.assertGreater(self.server.metric("parley_login_throttled_total") or 0, before)
+        # and the rest of the world carries on
+        ack = await pair[0].send_msg(room, "after the spray")
+        f = await pair[1].expect(is_msg(room, seq=ack["seq"]), what="a message after the spray")
+        self.assertEqual(f["text"], "after the spray")
+        st, _, js = await in_thread(self.api, "/api/login",
+                                    {"user": users[1], "password": "correct horse"})
+        self.assertEqual(st, 200, js)
+
+
 # ------------------------------------------------------------------ SQL
 
 class SqlMetacharacters(HostileCase):
@@ -1110,6 +1191,266 @@ class Timeouts(HostileCase):
             return len(w["users"]) == 3
         await harness.async_wait_for(three_left, T, 0.1, "who == alice, bob, polite")
         await self.chatting("idle")
+
+
+
+# ------------------------------------------------------------------ open mode
+
+ADMIN = "admin-" + "fedcba9876543210" * 2
+# Distinct names that come and go in the measured round (bounded by count
+# and by time), in chunks of NAMES_CHUNK with a counter dump after each
+# (a dump interval), after a warm-up round of two chunks done the same way.
+OPEN_NAMES = int(os.environ.get("PARLEY_OPEN_NAMES", "5000"))
+NAMES_CHUNK = 1000
+NAMES_SECONDS = 120 * SCALE
+NAME_WORKERS = 16
+# RSS may grow this much from the end of the warm-up round to the end of
+# the measured round (allocator slack, SQLite's page cache). Keeping every
+# name (a users-map entry, a counter, a database row) costs about 3 MiB for
+# 5000 names of 32 characters; forgetting them leaves the memory of one
+# chunk's names, which the warm-up already used.
+NAMES_RSS_SLACK_KB = 768
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/PID/status")
+
+
+def read_dump_lines(path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    return [json.loads(x) for x in data.split(b"\n")[:-1]]
+
+
+class OpenModeNames(HostileCase):
+    """Open mode hands out any free name: names that come and go must not
+    cost memory, dump lines or database rows once they are gone, the stats
+    API that lists names needs the admin token, and whoever takes a name
+    later cannot read the DMs of the one who held it."""
+
+    @classmethod
+    def make_server(cls):
+        tmp = tempfile.mkdtemp(prefix="parley-it-")
+        cls.dump_path = os.path.join(tmp, "c.jsonl")
+        tokf = os.path.join(tmp, "admin.token")
+        fd = os.open(tokf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(ADMIN + "\n")
+        return harness.Server(args=["--dump-interval", "3600", "--dump-file", cls.dump_path,
+                                    "--admin-token-file", tokf], tmpdir=tmp)
+
+    def dump_now(self):
+        """SIGUSR1, then the new dump line."""
+        before = len(read_dump_lines(self.dump_path))
+        self.server.proc.send_signal(signal.SIGUSR1)
+        lines = harness.wait_for(
+            lambda: (lambda d: d if len(d) > before else None)(read_dump_lines(self.dump_path)),
+            T, what="the SIGUSR1 dump")
+        return lines[-1]
+
+    async def visit(self, name):
+        """A name signs in, makes one request (counted), and goes."""
+        ws = await websockets.connect(self.server.ws_url(f"user={name}"), open_timeout=T,
+                                      close_timeout=T, ping_interval=None)
+        try:
+            f = json.loads(await asyncio.wait_for(ws.recv(), T))
+            if f.get("type") != "welcome":
+                raise AssertionError(f"{name}: {f}")
+            await ws.send('{"type":"ping"}')
+            f = json.loads(await asyncio.wait_for(ws.recv(), T))
+            if f.get("type") != "pong":
+                raise AssertionError(f"{name}: {f}")
+        finally:
+            await ws.close()
+
+    async def visits(self, prefix, n):
+        deadline = time.monotonic() + NAMES_SECONDS
+        errors, done = [], [0]
+
+        async def worker(w):
+            for i in range(w, n, NAME_WORKERS):
+                if time.monotonic() > deadline:
+                    return
+                try:
+                    # 32 characters, the longest name there is
+                    await self.visit(f"{prefix}_{i}".ljust(32, "x"))
+                    done[0] += 1
+                except Exception as e:  # noqa: BLE001 - collected and reported
+                    errors.append(f"{i}: {e!r}")
+        await asyncio.gather(*(worker(w) for w in range(NAME_WORKERS)))
+        self.assertEqual(errors[:5], [])
+        self.assertEqual(done[0], n, f"only {done[0]} of {n} names in {NAMES_SECONDS:.0f} s")
+
+    def users_rows(self):
+        con = sqlite3.connect(self.server.db, timeout=T)
+        try:
+            return con.execute("SELECT count(*) FROM users").fetchone()[0]
+        finally:
+            con.close()
+
+    def stats(self, headers=None):
+        st, _, raw = self.server.get("/api/stats/users", headers=headers or {})
+        return st, json.loads(raw)
+
+    async def names_round(self, prefix, n):
+        """n names in chunks, each followed by a dump that lists exactly the
+        chunk's names (one request each): only who was active since the line
+        before."""
+        for k in range(0, n, NAMES_CHUNK):
+            chunk = f"{prefix}c{k // NAMES_CHUNK}_"
+            await self.visits(chunk, min(NAMES_CHUNK, n - k))
+            line = self.dump_now()
+            mine = [u for u in line["users"] if u.startswith(prefix)]
+            self.assertEqual(len(mine), min(NAMES_CHUNK, n - k), "names of other chunks")
+            self.assertTrue(all(u.startswith(chunk) and line["users"][u] == 1 for u in mine))
+        await self.chatting(f"after {n} names")
+
+    async def test_names_that_come_and_go_leave_nothing(self):
+        pid = self.server.proc.pid
+        await self.names_round(uniq("w"), 2 * NAMES_CHUNK)
+        self.dump_now()
+        rss0 = rss_kb(pid)
+
+        await self.names_round(uniq("n"), OPEN_NAMES)
+        # the next dump lists only who was active since: the pair, if that
+        line = self.dump_now()
+        self.assertLessEqual(set(line["users"]), {self.alice.user, self.bob.user},
+                             f"{len(line['users'])} users listed without requests")
+        st, js = self.stats({"Authorization": "Bearer " + ADMIN})
+        self.assertEqual(st, 200, js)
+        self.assertLessEqual(set(js["users"]), {self.alice.user, self.bob.user},
+                             "stats still hold names that are gone")
+        # open mode writes no row per name
+        self.assertEqual(self.users_rows(), 0)
+        grown = rss_kb(pid) - rss0
+        print(f"open-mode names RSS: {rss0} KiB after the warm-up, {grown:+d} KiB after "
+              f"{OPEN_NAMES} more names", flush=True)
+        # RSS means little under sanitizers (quarantine, shadow memory)
+        if not (os.environ.get("ASAN_OPTIONS") or os.environ.get("TSAN_OPTIONS") or
+                os.environ.get("PARLEY_TIMEOUT_SCALE")):
+            self.assertLess(grown, NAMES_RSS_SLACK_KB,
+                            f"RSS grew {grown} KiB for {OPEN_NAMES} names that are gone")
+        await self.chatting("at the end")
+
+    async def test_stats_users_needs_the_admin_token(self):
+        await self.chatting("before the stats")
+        for hdrs in ({}, {"Authorization": "Bearer wrong-token-of-some-length"},
+                     {"Authorization": "Bearer " + ADMIN + "x"},
+                     {"Authorization": "Bearer " + ADMIN[:-1]},
+                     {"Authorization": "Basic " + ADMIN}, {"Authorization": ADMIN}):
+            with self.subTest(hdrs=hdrs):
+                st, js = self.stats(hdrs)
+                self.assertEqual(st, 401, str(js)[:300])
+                self.assertEqual(js.get("error"), "auth_required", js)
+                self.assertNotIn(self.alice.user, json.dumps(js))
+        st, js = self.stats({"Authorization": "Bearer " + ADMIN})
+        self.assertEqual(st, 200, js)
+        self.assertGreater(js["users"].get(self.alice.user, 0), 0, js)
+
+    async def test_impostor_cannot_read_the_dms_of_a_name_it_takes(self):
+        victim = uniq("vic")
+        v = await self.json_client(user=victim)
+        secret = f"the secret {uniq('s')}"
+        ack = await self.alice.call({"type": "dm", "to": victim, "text": secret}, "ack")
+        dm = ack["room"]
+        await v.expect(is_msg(dm, seq=ack["seq"], text=secret))
+        await v.call({"type": "dm", "to": self.alice.user, "text": secret + " (reply)"}, "ack")
+        await v.close()
+
+        imp = await self.json_client()
+        deadline = time.monotonic() + T
+        while (await imp.call({"type": "hello", "user": victim}))["type"] != "welcome":
+            self.assertLess(time.monotonic(), deadline, "the name was never freed")
+            await asyncio.sleep(0.02)
+        e = await imp.call({"type": "history", "room": dm, "ref": "h"})
+        self.assertEqual((e["type"], e.get("code"), e.get("ref")), ("error", "forbidden", "h"),
+                         e)
+        self.assertIn("open mode", e["message"])
+        for req in ({"type": "join", "room": dm},
+                    {"type": "join", "room": dm, "since": 0, "limit": 200}):
+            j = await imp.call(req, "joined")
+            self.assertEqual(j["history"], [], j)
+        # nothing of the conversation reached the impostor in any frame
+        await imp.sync()
+        for f in imp.backlog:
+            self.assertNotIn("secret", json.dumps(f), f)
+        await self.chatting("after the impostor")
+FRAGMENT_TIMEOUT = 1
+
+
+class FragmentTimeout(HostileCase):
+    """A message begun and never finished held up to --max-frame bytes for
+    as long as the peer stayed (answering pings was enough): now it gets
+    --fragment-timeout seconds, then the connection is closed with 1008.
+    A message that arrives in pieces within that time is served."""
+
+    server_args = ("--fragment-timeout", str(FRAGMENT_TIMEOUT))
+
+    def timeouts(self):
+        return self.server.metrics().get("parley_fragment_timeouts_total", {}).get("", 0.0)
+
+    async def closed_after(self, r, trickle=False):
+        """Seconds until the server closed r, which sent a first fragment
+        and then nothing (or, with trickle, one more byte of it every
+        0.2 s); asserts the close is 1008. Bounded: the timeout plus 5 s."""
+        def run():
+            t0 = time.monotonic()
+            r.send_frame(OP_TEXT, b'{"type":"ping","ref":"never","x":"', fin=False)
+            deadline = t0 + FRAGMENT_TIMEOUT + 5 * SCALE
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("an unfinished message was still open after "
+                                         f"{FRAGMENT_TIMEOUT + 5 * SCALE:.0f} s")
+                try:
+                    # expect_close answers pings, as a patient attacker would
+                    code, reason = r.expect_close(min(left, 0.2) if trickle else left)
+                except AssertionError:  # nothing in 0.2 s: trickle one more byte
+                    r.send_frame(OP_CONT, b"a", fin=False)
+                    continue
+                return time.monotonic() - t0, code, reason
+        dt, code, reason = await in_thread(run)
+        self.assertEqual(code, 1008, f"close {code} {reason!r} after {dt:.2f} s")
+        self.assertIn("not finished", reason)
+        return dt
+
+    async def test_unfinished_message_closed_1008(self):
+        before = self.timeouts()
+        dt = await self.closed_after(self.raw())
+        # ticks are whole seconds and the message gets at least the full time
+        self.assertGreaterEqual(dt, FRAGMENT_TIMEOUT - 0.05)
+        self.assertLess(dt, FRAGMENT_TIMEOUT + 2 + 2 * SCALE)
+        dt = await self.closed_after(self.raw(), trickle=True)
+        self.assertGreaterEqual(dt, FRAGMENT_TIMEOUT - 0.05)
+        self.assertLess(dt, FRAGMENT_TIMEOUT + 2 + 2 * SCALE)
+        harness.wait_for(lambda: self.timeouts() >= before + 2, T,
+                         what="parley_fragment_timeouts_total counted both")
+        await self.chatting("unfinished messages")
+
+    async def test_fragmented_message_in_time_is_served(self):
+        r = self.raw()
+        pieces = [b'{"type":"ping",', b'"ref":"in time",', b'"x":"abc"}']
+
+        def send():
+            for i, p in enumerate(pieces):
+                r.send_frame(OP_CONT if i else OP_TEXT, p, fin=i == len(pieces) - 1)
+                time.sleep(0.1)  # pacing the pieces, not waiting for a result
+        await in_thread(send)
+        self.assertEqual(await in_thread(self.recv_json_type, r, "pong"),
+                         {"type": "pong", "ref": "in time"})
+        # and the next message on the same connection starts its own clock
+        await asyncio.sleep(FRAGMENT_TIMEOUT + 1)
+        await in_thread(send)
+        self.assertEqual(await in_thread(self.recv_json_type, r, "pong"),
+                         {"type": "pong", "ref": "in time"})
+        await self.chatting("fragments in time")
 
 
 if __name__ == "__main__":

@@ -132,6 +132,9 @@ class Unit(InstalledMixin, unittest.TestCase):
         self.assertIn("--web-root /usr/share/parley/web", m.group(2))
         self.assertRegex(text, r"(?m)^ExecReload=.*-HUP \$MAINPID$")
         self.assertRegex(text, r"(?m)^KillSignal=SIGTERM$")
+        # the state directory and every file parleyd makes are the service's alone
+        self.assertRegex(text, r"(?m)^StateDirectoryMode=0700$")
+        self.assertRegex(text, r"(?m)^UMask=0077$")
         doc = re.search(r"(?m)^Documentation=file://(\S+)$", text)
         if doc:
             self.assertTrue(os.path.isfile(os.path.join(ROOT, doc.group(1).lstrip("/"))),

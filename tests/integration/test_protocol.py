@@ -414,11 +414,15 @@ class Protocol(ServerCase):
         # idempotent too
         again = await a.call({"type": "dm", "to": b.user, "text": "secret", "id": "d1"}, "ack")
         self.assertEqual(again["seq"], 1)
-        # participants may join and read it
+        # participants may join it; open mode serves no stored DM history
+        # (section 9.4): the join brings none, history is forbidden
         j = await b.call({"type": "join", "room": dm}, "joined")
-        self.assertEqual([m["text"] for m in j["history"]], ["secret", "back"])
-        h = await a.call({"type": "history", "room": dm}, "history")
-        self.assertEqual([m["seq"] for m in h["messages"]], [1, 2])
+        self.assertEqual((j["seq"], j["history"]), (2, []))
+        e = await a.call({"type": "history", "room": dm, "ref": "h"})
+        self.assertEqual((e["type"], e["code"], e["ref"]), ("error", "forbidden", "h"))
+        # the joined room works for send like any room
+        ack = await b.call({"type": "send", "room": dm, "text": "via send"}, "ack")
+        await a.expect(is_msg(dm, seq=ack["seq"], text="via send"))
         # a third user sees nothing of it
         c = await self.json_client(user=uniq("dmc"))
         for req in ({"type": "join", "room": dm}, {"type": "history", "room": dm},
@@ -436,19 +440,34 @@ class Protocol(ServerCase):
         self.assertEqual(ack["room"], f"dm:{z.user}:{a.user}")
         await z.expect(is_msg(ack["room"], seq=ack["seq"]))
 
-    async def test_dm_to_offline_user_is_stored(self):
+    async def test_dm_only_to_users_online_now(self):
+        """Open mode: a name is nobody's once its last connection is gone, so
+        a DM (or a send in a joined DM room) to it is no_such_user."""
         name = uniq("off")
-        b = await self.json_client(user=name)
-        await b.close()
         a = await self.json_client(user=uniq("on"))
-        ack = await a.call({"type": "dm", "to": name, "text": "while away"}, "ack")
+        b = await self.json_client(user=name)
+        ack = await a.call({"type": "dm", "to": name, "text": "while here"}, "ack")
+        await a.call({"type": "join", "room": ack["room"]}, "joined")
+        await b.close()
+
+        async def refused():
+            r = await a.call({"type": "dm", "to": name, "text": "while away"})
+            return r if r["type"] == "error" else None
+        # the server sees the close a moment after the client did
+        e = await harness.async_wait_for(refused, T, what="DM to a gone user refused")
+        self.assertEqual(e["code"], "no_such_user", e)
+        self.assertIn("online", e["message"])
+        e = await a.call({"type": "send", "room": ack["room"], "text": "still there?"})
+        self.assertEqual((e["type"], e.get("code")), ("error", "no_such_user"), e)
+        # someone holding the name again is online: DMs reach them
         b2 = await self.json_client()
         deadline = time.monotonic() + T
         while (await b2.call({"type": "hello", "user": name}))["type"] != "welcome":
             self.assertLess(time.monotonic(), deadline)
             await asyncio.sleep(0.02)
-        h = await b2.call({"type": "history", "room": ack["room"]}, "history")
-        self.assertEqual([m["text"] for m in h["messages"]], ["while away"])
+        ack2 = await a.call({"type": "dm", "to": name, "text": "back"}, "ack")
+        m = await b2.expect(is_msg(ack["room"], seq=ack2["seq"]))
+        self.assertEqual(m["text"], "back")
 
     async def test_dm_errors(self):
         a = await self.json_client(user=uniq("de"))
@@ -456,6 +475,14 @@ class Protocol(ServerCase):
         self.assertEqual((e["type"], e["code"], e["ref"]), ("error", "no_such_user", 1))
         e = await a.call({"type": "dm", "to": a.user, "text": "me", "ref": 2})
         self.assertEqual((e["type"], e["code"], e["ref"]), ("error", "bad_request", 2))
+        # a DM room with a name nobody holds is refused, and no room is made
+        rooms = self.server.metric("parley_rooms")
+        ghost_dm = "dm:" + ":".join(sorted([a.user, uniq("ghost")]))
+        e = await a.call({"type": "join", "room": ghost_dm, "ref": 3})
+        self.assertEqual((e["type"], e.get("code"), e["ref"]), ("error", "no_such_user", 3))
+        self.assertEqual(self.server.metric("parley_rooms"), rooms)
+        e = await a.call({"type": "send", "room": ghost_dm, "text": "x", "ref": 4})
+        self.assertEqual((e["type"], e["code"]), ("error", "not_joined"))
         # a non-participant cannot get at a DM room of users that exist
         x = await self.json_client(user=uniq("dx"))
         y = await self.json_client(user=uniq("dy"))
@@ -591,6 +618,38 @@ class Protocol(ServerCase):
             w = await d.call({"type": "hello", "user": user}, "welcome")
             self.assertEqual(w["user"], user)
             await d.close()
+
+    async def test_room_dm_is_reserved(self):
+        # "dm" names the DM rooms (dm:a:b): it is no public room, whichever
+        # way a client asks; names that only start with dm are
+        c = await self.json_client(user=uniq("u"))
+        for req in ({"type": "join", "room": "dm"}, {"type": "leave", "room": "dm"},
+                    {"type": "send", "room": "dm", "text": "x"},
+                    {"type": "history", "room": "dm", "before": 5},
+                    {"type": "who", "room": "dm"}, {"type": "typing", "room": "dm"}):
+            with self.subTest(req=req["type"]):
+                e = await c.call(req)
+                self.assertEqual((e["type"], e["code"]), ("error", "bad_request"), e)
+                self.assertIn("reserved", e["message"])
+        for room in ("dms", "DM", "dm.general"):
+            j = await c.call({"type": "join", "room": room}, "joined")
+            self.assertEqual(j["room"], room)
+        names = [r["name"] for r in (await c.call({"type": "rooms"}, "rooms"))["rooms"]]
+        self.assertIn("dm.general", names)
+        self.assertNotIn("dm", names)
+        # room=dm in the query string: signed in, not joined
+        q = await JClient.connect(self.server, query=f"user={uniq('q')}&room=dm")
+        self.addAsyncCleanup(q.close)
+        self.assertEqual((await q.recv())["type"], "welcome")
+        e = await q.recv()
+        self.assertEqual((e["type"], e["code"]), ("error", "bad_request"), e)
+        await q.call({"type": "ping"}, "pong")
+        # text mode
+        t = await self.text_client(query="format=text")
+        await t.send(f"/nick {uniq('t')}")
+        await t.expect(r"^\* welcome ")
+        await t.send("/join dm")
+        self.assertRegex(await t.expect(r"^! "), r"^! bad_request: .*reserved")
 
 
 class CloseCodes(ServerCase):

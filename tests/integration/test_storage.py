@@ -1,8 +1,14 @@
 """Storage: history across restarts, recovery with join {since}, paging
-beyond the in-memory window, idempotency after a restart, and no acked
-message lost when the server is killed with SIGKILL."""
+beyond the in-memory window, idempotency after a restart, no acked
+message lost when the server is killed with SIGKILL, and data files that
+only their owner can read."""
 
 import asyncio
+import json
+import os
+import signal
+import stat
+import tempfile
 import time
 import unittest
 
@@ -120,18 +126,23 @@ class Restart(StorageCase):
         r = await b.call({"type": "rooms"}, "rooms")
         self.assertEqual([x["seq"] for x in r["rooms"] if x["name"] == room], [6])
 
-    async def test_dm_and_users_survive_restart(self):
+    async def test_dm_survives_restart(self):
         a = await self.connect("amy")
         b = await self.connect("ben")
         ack = await a.call({"type": "dm", "to": "ben", "text": "remember me"}, "ack")
         self.assertEqual(ack["room"], "dm:amy:ben")
         await self.restart(a, b)
         a = await self.connect("amy")
-        # ben was seen before the restart: still a known user
+        # open mode: a DM goes to someone online now (section 9.4)
+        e = await a.call({"type": "dm", "to": "ben", "text": "x"})
+        self.assertEqual((e["type"], e.get("code")), ("error", "no_such_user"), e)
+        b = await self.connect("ben")
+        # the conversation's numbering continues after the restart
         ack2 = await a.call({"type": "dm", "to": "ben", "text": "again"}, "ack")
         self.assertEqual((ack2["room"], ack2["seq"]), ("dm:amy:ben", 2))
-        h = await a.call({"type": "history", "room": "dm:amy:ben"}, "history")
-        self.assertEqual([m["text"] for m in h["messages"]], ["remember me", "again"])
+        # open mode never serves DM history back, stored or not
+        e = await a.call({"type": "history", "room": "dm:amy:ben"})
+        self.assertEqual((e["type"], e.get("code")), ("error", "forbidden"), e)
         e = await a.call({"type": "dm", "to": "nobody_ever", "text": "x"})
         self.assertEqual(e["code"], "no_such_user")
         c = await self.connect("cat")
@@ -325,6 +336,75 @@ class CrashFull(Crash):
     """The same with --durability full, where acks wait for the sync
     thread's fdatasync instead of SQLite's in-commit fsync."""
     server_args = ("--durability", "full")
+
+
+class DataFileModes(harness.AsyncCase):
+    """Every file parleyd creates beside its database is 0600 (the umask of
+    whoever starts it notwithstanding): the database and its -wal/-shm, the
+    counter dump, the token secret and the mail spool all hold user names,
+    messages or secrets."""
+
+    def post(self, path, obj):
+        st, _, raw = harness.http_get(self.server.port, path, method="POST",
+                                      body=json.dumps(obj),
+                                      headers={"Content-Type": "application/json"})
+        return st, raw
+
+    async def test_every_data_file_is_private(self):
+        tmp = tempfile.mkdtemp(prefix="parley-it-")
+        data = os.path.join(tmp, "data")
+        os.mkdir(data)
+        os.chmod(data, 0o755)  # a lax directory: the files must not rely on it
+        self.server = Server(args=["--auth", "accounts", "--notify-coalesce", "0"],
+                             tmpdir=tmp)
+        self.server.db = os.path.join(data, "parley.db")
+        self.addCleanup(self.server.cleanup)
+        old = os.umask(0o022)  # the usual login umask, inherited by parleyd
+        try:
+            self.server.start()
+        finally:
+            os.umask(old)
+
+        alice, bob = uniq("alice"), uniq("bob")
+        for u in (alice, bob):
+            st, raw = self.post("/api/register", {"user": u, "password": "correct horse 1",
+                                                  "email": f"{u}@example.org"})
+            self.assertEqual(st, 201, raw)
+        st, raw = self.post("/api/login", {"user": alice, "password": "correct horse 1"})
+        self.assertEqual(st, 200, raw)
+        a = await JClient.connect(self.server, hello=False)
+        self.addAsyncCleanup(a.close)
+        await a.call({"type": "hello", "token": json.loads(raw)["token"]}, "welcome")
+        await a.call({"type": "join", "room": "modes"}, "joined")
+        await a.send_msg("modes", "a message on disk")
+        await a.call({"type": "dm", "to": bob, "text": "bob is offline: mail"}, "ack")
+
+        def size(name):
+            try:
+                return os.path.getsize(os.path.join(data, name))
+            except FileNotFoundError:
+                return 0
+
+        self.server.proc.send_signal(signal.SIGUSR1)
+        harness.wait_for(lambda: size("counters.jsonl") > 0, T, what="a counter dump")
+        harness.wait_for(lambda: size("mail.mbox") > 0, 3 * T, what="bob's mail in the mbox")
+
+        def check(expect):
+            names = sorted(os.listdir(data))
+            for n in expect:
+                self.assertIn(n, names)
+            for n in names:
+                mode = stat.S_IMODE(os.lstat(os.path.join(data, n)).st_mode)
+                self.assertEqual(mode, 0o600, f"{n} is {mode:o}, want 600 (all: {names})")
+            return names
+
+        # running: the WAL and its index exist
+        names = check(["parley.db", "parley.db-wal", "parley.db-shm", "counters.jsonl",
+                       "token.secret", "mail.mbox"])
+        print(f"\ndata files while running, all 0600: {' '.join(names)}", flush=True)
+        await a.close()
+        self.assertEqual(self.server.stop(), 0, self.server.log_text())
+        check(["parley.db", "counters.jsonl", "token.secret", "mail.mbox"])
 
 
 if __name__ == "__main__":

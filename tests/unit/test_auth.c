@@ -30,6 +30,7 @@ static const unsigned char KEY2[] = "another-key-another-key-another-key!!";
 #define KEY2LEN (sizeof(KEY2) - 1)
 
 #define NOW 1700000100
+#define NOW_MS ((int64_t)NOW * 1000)
 #define HDR "{\"alg\":\"HS256\",\"typ\":\"JWT\"}"
 
 /* ---- helpers: an independent JWT builder ---------------------------- */
@@ -68,7 +69,7 @@ static void make_token(const unsigned char *key, size_t keylen, const char *head
 static int verify(const char *token)
 {
     char sub[AUTH_SUB_MAX];
-    int rc = auth_jwt_verify(KEY, KEYLEN, token, NOW, sub, sizeof(sub), NULL);
+    int rc = auth_jwt_verify(KEY, KEYLEN, token, NOW, sub, sizeof(sub), NULL, NULL);
     if (rc != 0)
         cr_assert_str_empty(sub, "sub must stay empty on failure");
     return rc;
@@ -230,7 +231,7 @@ static void user_name_ok(void)
 
 /* ---- JWT: good tokens ----------------------------------------------- */
 
-/* Made with the openssl CLI:
+/* Made with the openssl CLI, as an operator's backend would mint it:
  *   H=$(echo -n '{"alg":"HS256","typ":"JWT"}' | basenc --base64url | tr -d =)
  *   P=$(echo -n '{"sub":"alice","iat":1700000000,"exp":1700003600}' \
  *       | basenc --base64url | tr -d =)
@@ -242,27 +243,92 @@ static const char VECTOR[] =
     "eyJzdWIiOiJhbGljZSIsImlhdCI6MTcwMDAwMDAwMCwiZXhwIjoxNzAwMDAzNjAwfQ."
     "6A2CoF2XhNTyr1rdCzhhWc0C_kA0LbwC4Kzk478j9AM";
 
+/* What parleyd signs (with iat_ms), made the same way (basenc -w0: the
+ * payload is longer than one base64 line) from
+ *   '{"sub":"alice","iat":1700000000,"iat_ms":1700000000123,"exp":1700003600}' */
+static const char SIGNED_VECTOR[] =
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."
+    "eyJzdWIiOiJhbGljZSIsImlhdCI6MTcwMDAwMDAwMCwiaWF0X21zIjoxNzAwMDAwMDAwMTIzLCJl"
+    "eHAiOjE3MDAwMDM2MDB9."
+    "MrX9gEVyZf8O62lPcKxWnKWLfp3-vlY5Xl-xRzb9FcU";
+
 static void jwt_sign_matches_openssl_vector(void)
 {
     char tok[AUTH_JWT_MAX];
 
-    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "alice", 1700000000, 1700003600, tok, sizeof(tok)), 0);
-    cr_assert_str_eq(tok, VECTOR);
+    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "alice", 1700000000123, 1700003600, tok, sizeof(tok)),
+                 0);
+    cr_assert_str_eq(tok, SIGNED_VECTOR);
 }
 
 static void jwt_verify_openssl_vector(void)
 {
     char sub[AUTH_SUB_MAX];
-    int64_t exp = 0;
+    int64_t exp = 0, iat_ms = 0;
 
-    cr_assert_eq(auth_jwt_verify(KEY, KEYLEN, VECTOR, 1700000001, sub, sizeof(sub), &exp), 0);
+    cr_assert_eq(auth_jwt_verify(KEY, KEYLEN, VECTOR, 1700000001, sub, sizeof(sub), &exp, &iat_ms),
+                 0);
     cr_assert_str_eq(sub, "alice");
     cr_assert_eq(exp, 1700003600);
+    /* without iat_ms: the first millisecond of iat's second */
+    cr_assert_eq(iat_ms, 1700000000000);
     /* exp is exclusive, with no leeway */
-    cr_assert_eq(auth_jwt_verify(KEY, KEYLEN, VECTOR, 1700003599, sub, sizeof(sub), NULL), 0);
-    cr_assert_eq(auth_jwt_verify(KEY, KEYLEN, VECTOR, 1700003600, sub, sizeof(sub), NULL),
+    cr_assert_eq(auth_jwt_verify(KEY, KEYLEN, VECTOR, 1700003599, sub, sizeof(sub), NULL, NULL),
+                 0);
+    cr_assert_eq(auth_jwt_verify(KEY, KEYLEN, VECTOR, 1700003600, sub, sizeof(sub), NULL, NULL),
                  AUTH_EEXPIRED);
     cr_assert_str_empty(sub);
+
+    cr_assert_eq(auth_jwt_verify(KEY, KEYLEN, SIGNED_VECTOR, 1700000001, sub, sizeof(sub), &exp,
+                                 &iat_ms),
+                 0);
+    cr_assert_str_eq(sub, "alice");
+    cr_assert_eq(iat_ms, 1700000000123);
+}
+
+/* The issue time a revocation is compared with: iat_ms when present (it
+ * must lie in iat's second), else iat's first millisecond, else unknown. */
+static void jwt_issue_time_in_ms(void)
+{
+    char tok[16384], sub[AUTH_SUB_MAX];
+    int64_t iat_ms = 0;
+    static const struct {
+        const char *payload;
+        int rc;
+        int64_t iat_ms;
+    } cases[] = {
+        {"{\"sub\":\"a\",\"iat\":1700000050,\"iat_ms\":1700000050999,\"exp\":1700003600}", 0,
+         1700000050999},
+        {"{\"sub\":\"a\",\"iat\":1700000050,\"iat_ms\":1700000050000,\"exp\":1700003600}", 0,
+         1700000050000},
+        {"{\"sub\":\"a\",\"iat\":1700000050,\"exp\":1700003600}", 0, 1700000050000},
+        {"{\"sub\":\"a\",\"exp\":1700003600}", 0, -1},
+        {"{\"sub\":\"a\",\"iat\":-5,\"exp\":1700003600}", 0, 0},
+        /* iat_ms outside iat's second, without iat, negative, not an integer */
+        {"{\"sub\":\"a\",\"iat\":1700000050,\"iat_ms\":1700000051000,\"exp\":1700003600}",
+         AUTH_ECLAIMS, -1},
+        {"{\"sub\":\"a\",\"iat\":1700000050,\"iat_ms\":1700000049999,\"exp\":1700003600}",
+         AUTH_ECLAIMS, -1},
+        {"{\"sub\":\"a\",\"iat_ms\":1700000050000,\"exp\":1700003600}", AUTH_ECLAIMS, -1},
+        {"{\"sub\":\"a\",\"iat\":0,\"iat_ms\":-1,\"exp\":1700003600}", AUTH_ECLAIMS, -1},
+        {"{\"sub\":\"a\",\"iat\":1700000050,\"iat_ms\":\"1700000050000\",\"exp\":1700003600}",
+         AUTH_ECLAIMS, -1},
+        {"{\"sub\":\"a\",\"iat\":1700000050,\"iat_ms\":1700000050000.5,\"exp\":1700003600}",
+         AUTH_ECLAIMS, -1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        make_token(KEY, KEYLEN, HDR, cases[i].payload, tok);
+        iat_ms = 42;
+        int rc = auth_jwt_verify(KEY, KEYLEN, tok, NOW, sub, sizeof(sub), NULL, &iat_ms);
+        cr_assert_eq(rc, cases[i].rc, "%s: %d", cases[i].payload, rc);
+        if (rc == 0)
+            cr_assert_eq(iat_ms, cases[i].iat_ms, "%s: %lld", cases[i].payload,
+                         (long long)iat_ms);
+    }
+    /* what auth_jwt_sign writes reads back to the millisecond */
+    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "alice", NOW_MS + 7, NOW + 60, tok, sizeof(tok)), 0);
+    cr_assert_eq(auth_jwt_verify(KEY, KEYLEN, tok, NOW, sub, sizeof(sub), NULL, &iat_ms), 0);
+    cr_assert_eq(iat_ms, NOW_MS + 7);
 }
 
 static void jwt_round_trip(void)
@@ -271,8 +337,8 @@ static void jwt_round_trip(void)
     int64_t exp = 0;
     const char *name = "Bob_the-builder.2";
 
-    cr_assert_eq(auth_jwt_sign(KEY2, KEY2LEN, name, NOW, NOW + 86400, tok, sizeof(tok)), 0);
-    cr_assert_eq(auth_jwt_verify(KEY2, KEY2LEN, tok, NOW + 5, sub, sizeof(sub), &exp), 0);
+    cr_assert_eq(auth_jwt_sign(KEY2, KEY2LEN, name, NOW_MS, NOW + 86400, tok, sizeof(tok)), 0);
+    cr_assert_eq(auth_jwt_verify(KEY2, KEY2LEN, tok, NOW + 5, sub, sizeof(sub), &exp, NULL), 0);
     cr_assert_str_eq(sub, name);
     cr_assert_eq(exp, NOW + 86400);
 }
@@ -298,6 +364,7 @@ static void jwt_sign_rejects_bad_input(void)
     cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "al ice", 1, 2, tok, sizeof(tok)), -EINVAL);
     cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "", 1, 2, tok, sizeof(tok)), -EINVAL);
     cr_assert_eq(auth_jwt_sign(KEY, 0, "alice", 1, 2, tok, sizeof(tok)), -EINVAL);
+    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "alice", -1, 2, tok, sizeof(tok)), -EINVAL);
     cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "alice", 1, 2, small, sizeof(small)), -ENOSPC);
     cr_assert_str_empty(small);
 }
@@ -306,10 +373,11 @@ static void jwt_verify_rejects_bad_arguments(void)
 {
     char sub[AUTH_SUB_MAX];
 
-    cr_assert_eq(auth_jwt_verify(KEY, 0, VECTOR, NOW, sub, sizeof(sub), NULL), AUTH_EINVAL);
-    cr_assert_eq(auth_jwt_verify(KEY, KEYLEN, VECTOR, NOW, sub, AUTH_SUB_MAX - 1, NULL),
+    cr_assert_eq(auth_jwt_verify(KEY, 0, VECTOR, NOW, sub, sizeof(sub), NULL, NULL),
                  AUTH_EINVAL);
-    cr_assert_eq(auth_jwt_verify(KEY, KEYLEN, NULL, NOW, sub, sizeof(sub), NULL),
+    cr_assert_eq(auth_jwt_verify(KEY, KEYLEN, VECTOR, NOW, sub, AUTH_SUB_MAX - 1, NULL, NULL),
+                 AUTH_EINVAL);
+    cr_assert_eq(auth_jwt_verify(KEY, KEYLEN, NULL, NOW, sub, sizeof(sub), NULL, NULL),
                  AUTH_EMALFORMED);
 }
 
@@ -374,8 +442,8 @@ static void jwt_payload_swapped_between_two_valid_tokens(void)
 {
     char a[AUTH_JWT_MAX], b[AUTH_JWT_MAX], forged[2 * AUTH_JWT_MAX];
 
-    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "alice", NOW, NOW + 60, a, sizeof(a)), 0);
-    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "admin", NOW, NOW + 60, b, sizeof(b)), 0);
+    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "alice", NOW_MS, NOW + 60, a, sizeof(a)), 0);
+    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "admin", NOW_MS, NOW + 60, b, sizeof(b)), 0);
     cr_assert_eq(verify(a), 0);
     cr_assert_eq(verify(b), 0);
     /* header.payloadB.sigA */
@@ -391,7 +459,7 @@ static void jwt_flipped_signature_bits(void)
     static const char alpha[] =
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "alice", NOW, NOW + 60, tok, sizeof(tok)), 0);
+    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "alice", NOW_MS, NOW + 60, tok, sizeof(tok)), 0);
     char *sig = strrchr(tok, '.') + 1;
     /* change the first signature character to each other value */
     char orig = sig[0];
@@ -407,11 +475,13 @@ static void jwt_expired_or_without_exp(void)
 {
     char tok[AUTH_JWT_MAX];
 
-    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "alice", NOW - 100, NOW, tok, sizeof(tok)), 0);
+    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "alice", NOW_MS - 100000, NOW, tok, sizeof(tok)), 0);
     cr_assert_eq(verify(tok), AUTH_EEXPIRED);
-    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "alice", NOW - 100, NOW - 1, tok, sizeof(tok)), 0);
+    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "alice", NOW_MS - 100000, NOW - 1, tok, sizeof(tok)),
+                 0);
     cr_assert_eq(verify(tok), AUTH_EEXPIRED);
-    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "alice", NOW - 100, NOW + 1, tok, sizeof(tok)), 0);
+    cr_assert_eq(auth_jwt_sign(KEY, KEYLEN, "alice", NOW_MS - 100000, NOW + 1, tok, sizeof(tok)),
+                 0);
     cr_assert_eq(verify(tok), 0);
 
     cr_assert_eq(verify_json(HDR, "{\"sub\":\"alice\",\"iat\":1700000000}"), AUTH_EEXPIRED);
@@ -655,8 +725,8 @@ static void secret_created_0600_and_reused(void)
 
     /* a token signed with the first load verifies with the second */
     char tok[AUTH_JWT_MAX], sub[AUTH_SUB_MAX];
-    cr_assert_eq(auth_jwt_sign(k1, n1, "alice", NOW, NOW + 10, tok, sizeof(tok)), 0);
-    cr_assert_eq(auth_jwt_verify(k2, n2, tok, NOW, sub, sizeof(sub), NULL), 0);
+    cr_assert_eq(auth_jwt_sign(k1, n1, "alice", NOW_MS, NOW + 10, tok, sizeof(tok)), 0);
+    cr_assert_eq(auth_jwt_verify(k2, n2, tok, NOW, sub, sizeof(sub), NULL, NULL), 0);
 }
 
 static void secret_supplied_by_operator_is_used_as_is(void)
@@ -718,6 +788,23 @@ static void token_file(void)
     snprintf(path, sizeof(path), "%s/none", tmpdir);
     cr_assert_eq(auth_load_token_file(path, buf, sizeof(buf), err, sizeof(err)), -1);
     cr_assert_not_null(strstr(err, "cannot open"), "%s", err);
+}
+
+static void bearer_checks(void)
+{
+    const char *tok = "0123456789abcdef-admin";
+
+    cr_assert(auth_bearer_ok("Bearer 0123456789abcdef-admin", tok));
+    cr_assert_not(auth_bearer_ok("Bearer 0123456789abcdef-admi", tok));
+    cr_assert_not(auth_bearer_ok("Bearer 0123456789abcdef-adminx", tok));
+    cr_assert_not(auth_bearer_ok("bearer 0123456789abcdef-admin", tok));
+    cr_assert_not(auth_bearer_ok("Basic 0123456789abcdef-admin", tok));
+    cr_assert_not(auth_bearer_ok("0123456789abcdef-admin", tok));
+    cr_assert_not(auth_bearer_ok("Bearer ", tok));
+    cr_assert_not(auth_bearer_ok(NULL, tok));
+    /* no token configured: nothing matches, not even an empty bearer */
+    cr_assert_not(auth_bearer_ok("Bearer ", ""));
+    cr_assert_not(auth_bearer_ok("Bearer x", NULL));
 }
 
 /* ---- the tests ------------------------------------------------------ */
@@ -783,6 +870,7 @@ Test(auth, jwt_bad_claims)
     jwt_expired_or_without_exp();
     jwt_invalid_subject();
     jwt_issued_in_the_future();
+    jwt_issue_time_in_ms();
 }
 
 Test(auth, jwt_bad_structure)
@@ -810,4 +898,5 @@ Test(auth_files, secret_file)
 Test(auth_files, token_file_checks)
 {
     token_file();
+    bearer_checks();
 }

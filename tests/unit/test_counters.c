@@ -1,8 +1,10 @@
 /*
  * Unit tests for counters: counts, sorted snapshots, the JSON form (parsed
- * back with jansson, escaping included) and 8 threads incrementing 50 users,
- * half of them created while the others count, with exact totals (run under
- * TSan by the threads suite).
+ * back with jansson, escaping included), the dump (only users active since
+ * the previous dump; idle users without a connection forgotten), 8 threads
+ * incrementing 50 users, half of them created while the others count, with
+ * exact totals, and users coming and going while another thread dumps (run
+ * under TSan by the threads suite).
  */
 #include <criterion/criterion.h>
 #include <jansson.h>
@@ -135,6 +137,108 @@ Test(counters, json_escapes_whatever_the_name_holds)
     counters_free(c);
 }
 
+/* Parse a dump line into its users object (caller decrefs the result). */
+static json_t *dump_users(counters_t *c, json_t **root)
+{
+    char *s = counters_dump(c, 7);
+    json_error_t err;
+    *root = json_loads(s, 0, &err);
+    cr_assert_not_null(*root, "%s: %s", s, err.text);
+    cr_assert_eq(json_integer_value(json_object_get(*root, "ts")), 7);
+    free(s);
+    return json_object_get(*root, "users");
+}
+
+static json_int_t users_get(json_t *users, const char *name)
+{
+    json_t *v = json_object_get(users, name);
+    return v ? json_integer_value(v) : -1;
+}
+
+Test(counters, dump_lists_changes_and_forgets_idle_offline_users)
+{
+    counters_t *c = counters_new();
+    json_t *root, *u;
+
+    counters_attach(c, "online");  /* connected, sends nothing yet */
+    counters_attach(c, "busy");
+    counters_inc(c, "busy");
+    counters_inc(c, "busy");
+    counters_attach(c, "left");    /* sent one request, then went away */
+    counters_inc(c, "left");
+    counters_detach(c, "left");
+    counters_attach(c, "silent");  /* came and went without a request */
+    counters_detach(c, "silent");
+    cr_assert_eq(counters_count(c), 4);
+
+    u = dump_users(c, &root);
+    cr_assert_eq(json_object_size(u), 2); /* only users with requests */
+    cr_assert_eq(users_get(u, "busy"), 2);
+    cr_assert_eq(users_get(u, "left"), 1);
+    json_decref(root);
+    cr_assert_eq(counters_count(c), 3, "a user never active and gone is forgotten at once");
+
+    counters_inc(c, "busy");
+    u = dump_users(c, &root);
+    cr_assert_eq(json_object_size(u), 1);
+    cr_assert_eq(users_get(u, "busy"), 3, "the whole count, not the change");
+    json_decref(root);
+    /* "left" was idle for a whole interval without a connection: gone; the
+     * connected ones stay, active or not */
+    cr_assert_eq(counters_count(c), 2);
+    struct counter_entry *e;
+    size_t n = counters_snapshot(c, &e);
+    cr_assert_eq(n, 2);
+    cr_assert_str_eq(e[0].name, "busy");
+    cr_assert_str_eq(e[1].name, "online");
+    counters_snapshot_free(e, n);
+
+    /* a forgotten user who comes back starts again from 0 */
+    counters_attach(c, "left");
+    counters_inc(c, "left");
+    counters_detach(c, "left");
+    u = dump_users(c, &root);
+    cr_assert_eq(json_object_size(u), 1);
+    cr_assert_eq(users_get(u, "left"), 1);
+    json_decref(root);
+
+    /* everyone leaves: two dumps later nothing is held */
+    counters_detach(c, "busy");
+    counters_detach(c, "online");
+    u = dump_users(c, &root);
+    cr_assert_eq(json_object_size(u), 0);
+    json_decref(root);
+    cr_assert_eq(counters_count(c), 0);
+    counters_free(c);
+}
+
+Test(counters, live_connections_pin_an_entry_and_detach_never_underflows)
+{
+    counters_t *c = counters_new();
+
+    counters_attach(c, "two");
+    counters_attach(c, "two");
+    counters_inc(c, "two");
+    counters_detach(c, "two");
+    free(counters_dump(c, 0));
+    free(counters_dump(c, 0));
+    cr_assert_eq(counters_count(c), 1, "one connection of two is still live");
+    counters_detach(c, "two");
+    counters_detach(c, "two");   /* unpaired: ignored */
+    counters_detach(c, "nobody"); /* unknown: ignored, not created */
+    cr_assert_eq(counters_count(c), 1);
+    free(counters_dump(c, 0));
+    cr_assert_eq(counters_count(c), 0);
+
+    /* an unpaired detach did not leave a debt: one attach pins again */
+    counters_inc(c, "two");
+    counters_attach(c, "two");
+    free(counters_dump(c, 0));
+    free(counters_dump(c, 0));
+    cr_assert_eq(counters_count(c), 1);
+    counters_free(c);
+}
+
 /* ---- threads -------------------------------------------------------- */
 
 #define NTHREADS 8
@@ -240,6 +344,84 @@ Test(counters, eight_threads_exact_counts)
         cr_assert_str_eq(e[u].name, name);
         cr_assert_eq(e[u].value, expect[u], "%s: %lu != %lu", name, (unsigned long)e[u].value,
                      (unsigned long)expect[u]);
+    }
+    counters_snapshot_free(e, n);
+    counters_free(c);
+}
+
+/* Users that stay connected count while other users come and go and a
+ * dumper thread dumps (and so prunes) all the time: a connected user is
+ * never forgotten, so its count ends exact; the others are all forgotten
+ * once they are gone and idle. */
+#define STAYERS 4
+#define CHURN_ROUNDS 2000
+
+struct churn {
+    counters_t *c;
+    int id;
+    atomic_bool *done;
+    unsigned dumps; /* dumper only */
+};
+
+static void *stayer_main(void *arg)
+{
+    struct churn *w = arg;
+    char name[16], other[16];
+
+    snprintf(name, sizeof(name), "stay%d", w->id);
+    counters_attach(w->c, name);
+    for (int i = 0; i < CHURN_ROUNDS; i++) {
+        counters_inc(w->c, name);
+        /* a visitor: a fresh name, one request, gone */
+        snprintf(other, sizeof(other), "v%d_%d", w->id, i);
+        counters_attach(w->c, other);
+        counters_inc(w->c, other);
+        counters_detach(w->c, other);
+    }
+    return NULL;
+}
+
+static void *dumper_main(void *arg)
+{
+    struct churn *w = arg;
+
+    while (!atomic_load(w->done)) {
+        free(counters_dump(w->c, 0));
+        w->dumps++;
+        sched_yield();
+    }
+    return NULL;
+}
+
+Test(counters, churn_while_dumping)
+{
+    counters_t *c = counters_new();
+    pthread_t th[STAYERS], dt;
+    struct churn w[STAYERS], dw;
+    atomic_bool done = false;
+    char name[16];
+
+    dw = (struct churn){.c = c, .done = &done};
+    cr_assert_eq(pthread_create(&dt, NULL, dumper_main, &dw), 0);
+    for (int t = 0; t < STAYERS; t++) {
+        w[t] = (struct churn){.c = c, .id = t, .done = &done};
+        cr_assert_eq(pthread_create(&th[t], NULL, stayer_main, &w[t]), 0);
+    }
+    for (int t = 0; t < STAYERS; t++)
+        pthread_join(th[t], NULL);
+    atomic_store(&done, true);
+    pthread_join(dt, NULL);
+    cr_assert_gt(dw.dumps, 0);
+
+    free(counters_dump(c, 0));
+    free(counters_dump(c, 0));
+    struct counter_entry *e;
+    size_t n = counters_snapshot(c, &e);
+    cr_assert_eq(n, STAYERS, "only the connected users are left");
+    for (int t = 0; t < STAYERS; t++) {
+        snprintf(name, sizeof(name), "stay%d", t);
+        cr_assert_str_eq(e[t].name, name);
+        cr_assert_eq(e[t].value, CHURN_ROUNDS, "%s lost counts while connected", name);
     }
     counters_snapshot_free(e, n);
     counters_free(c);

@@ -1,10 +1,13 @@
 /*
  * Unit tests for cq: the count and byte bounds, ownership on push and pop,
  * FIFO batches bounded by count and bytes, placeholders blocking the head,
- * ring growth across the wrap point (also against a reference model), and
- * the ring being given back after a burst.
+ * ring growth across the wrap point (also against a reference model), the
+ * ring being given back after a burst, and cq_fill charging a placeholder's
+ * content on arrival (refused past the byte bound) and its pop uncharging it.
  */
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -419,4 +422,104 @@ Test(cq, ring_is_freed_after_a_burst)
     cr_assert_eq(out[0], m);
     msg_unref(&out[0]);
     cq_release(&q);
+}
+
+/* ---- cq_fill: a placeholder's content is charged when it arrives ---- */
+
+Test(cq, fill_charges_the_content_and_pop_gives_it_back)
+{
+    struct cq q;
+    msg_t *out[8];
+    cq_init(&q, 16, 1000);
+    msg_t *a = msg_of_frame(10, 'a'), *ph = msg_new_placeholder();
+    cr_assert_eq(cq_push(&q, a), 0);
+    cr_assert_eq(cq_push(&q, msg_ref(ph)), 0);
+    cr_assert_eq(cq_bytes(&q), 10, "an empty placeholder is charged 0 at the push");
+
+    msg_t *content = msg_of_frame(100, 'h');
+    cr_assert_eq(cq_fill(&q, ph, content), 0);
+    cr_assert_eq(refs_of(content), 1, "the fill takes the caller's reference, adds none");
+    cr_assert_eq(cq_bytes(&q), 110, "the content is charged on arrival");
+    cr_assert_eq(msg_size(ph), 100, "and the placeholder now weighs its content");
+    cr_assert_eq(msg_resolve(ph), content);
+
+    cr_assert_eq(cq_pop_batch(&q, out, 8, 1 << 20), 2);
+    cr_assert_eq(out[1], ph);
+    cr_assert_eq(cq_bytes(&q), 0, "the pop uncharges exactly what the fill charged");
+    unref_all(out, 2);
+    msg_unref(&ph);
+    cq_release(&q);
+}
+
+Test(cq, fill_over_the_byte_bound_is_refused_and_changes_nothing)
+{
+    struct cq q;
+    cq_init(&q, 16, 100);
+    msg_t *ph = msg_new_placeholder();
+    cr_assert_eq(cq_push(&q, msg_of_frame(60, 'a')), 0);
+    cr_assert_eq(cq_push(&q, msg_ref(ph)), 0);
+
+    msg_t *fits_alone = msg_of_frame(50, 'b');
+    cr_assert_eq(cq_fill(&q, ph, fits_alone), -ENOBUFS, "60 + 50 > 100: the queue is full");
+    cr_assert_eq(refs_of(fits_alone), 1, "a refused fill leaves the caller's reference alone");
+    cr_assert_eq(cq_bytes(&q), 60);
+    cr_assert_null(msg_resolve(ph), "the placeholder stays empty");
+    cr_assert_not(cq_blocked(&q), "the 60-byte frame ahead of it can still go");
+
+    msg_t *never = msg_of_frame(101, 'c');
+    cr_assert_eq(cq_fill(&q, ph, never), -EMSGSIZE, "larger than the whole bound");
+    cr_assert_eq(refs_of(never), 1);
+    cr_assert_eq(cq_bytes(&q), 60);
+
+    msg_t *exact = msg_of_frame(40, 'd');
+    cr_assert_eq(cq_fill(&q, ph, exact), 0, "exactly at the bound fits");
+    cr_assert_eq(cq_bytes(&q), 100);
+    msg_unref(&fits_alone);
+    msg_unref(&never);
+    msg_unref(&ph);
+    cq_release(&q);
+}
+
+Test(cq, fill_of_what_is_not_an_empty_placeholder_here_is_refused)
+{
+    struct cq q, other;
+    cq_init(&q, 16, 1000);
+    cq_init(&other, 16, 1000);
+    msg_t *ph = msg_new_placeholder(), *plain = msg_of_frame(10, 'p');
+    msg_t *content = msg_of_frame(20, 'c');
+    cr_assert_eq(cq_push(&q, msg_ref(plain)), 0);
+    cr_assert_eq(cq_push(&other, msg_ref(ph)), 0);
+
+    cr_assert_eq(cq_fill(&q, ph, content), -ENOENT, "queued on another queue");
+    cr_assert_eq(cq_fill(&q, plain, content), -ENOENT, "not a placeholder");
+    cr_assert_eq(cq_fill(&other, ph, content), 0);
+    msg_t *again = msg_of_frame(20, 'x');
+    cr_assert_eq(cq_fill(&other, ph, again), -ENOENT, "already filled");
+    cr_assert_eq(cq_bytes(&other), 20);
+
+    cq_release(&other); /* the queue was dropped: the placeholder is no longer queued */
+    msg_t *ph2 = msg_new_placeholder();
+    cr_assert_eq(cq_push(&other, msg_ref(ph2)), 0);
+    cq_release(&other);
+    cr_assert_eq(cq_fill(&other, ph2, again), -ENOENT);
+    cr_assert_eq(refs_of(again), 1);
+
+    msg_unref(&again);
+    msg_unref(&ph);
+    msg_unref(&ph2);
+    msg_unref(&plain);
+    cq_release(&q);
+}
+
+/* A placeholder filled behind its queue's back (msg_fill_counted without
+ * cq_fill) would be uncharged more than it was charged: always caught. */
+Test(cq, pop_of_an_uncharged_fill_aborts, .signal = SIGABRT)
+{
+    static struct cq q;
+    static msg_t *out[1], *ph;
+    cq_init(&q, 16, 1000);
+    ph = msg_new_placeholder();
+    cr_assert_eq(cq_push(&q, ph), 0);
+    msg_fill_counted(ph, msg_of_frame(50, 'h'));
+    cq_pop_batch(&q, out, 1, 1000);
 }

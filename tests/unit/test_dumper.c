@@ -2,7 +2,9 @@
  * Unit tests for dumper: stop interrupts a long interval at once and writes
  * exactly one final line; a trigger writes a line without waiting for the
  * interval; a short interval writes lines on its own; every line is JSON
- * with the exact counts; bad arguments fail at start.
+ * with the exact counts of the users active since the previous line, and
+ * each dump forgets the users that are neither active nor connected; bad
+ * arguments fail at start.
  *
  * Waiting for the dumper thread is a bounded poll of the file (a 5 s cap
  * that only a broken dumper reaches), never a sleep that hopes.
@@ -13,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -142,18 +145,26 @@ Test(dumper, trigger_dumps_without_waiting)
     counters_inc(c, "carol");
     dumper_trigger(d);
     cr_assert_eq(wait_lines(2), 2);
+    counters_inc(c, "carol");
+    dumper_trigger(d);
+    cr_assert_eq(wait_lines(3), 3);
     dumper_stop(d);
 
     size_t n;
     char **lines = read_lines(&n);
-    cr_assert_eq(n, 3);
+    cr_assert_eq(n, 4);
     const char *n1[] = {"alice"};
     json_int_t v1[] = {1};
     check_line(lines[0], 1, n1, v1);
     const char *n2[] = {"alice", "carol"};
     json_int_t v2[] = {2, 1};
     check_line(lines[1], 2, n2, v2);
-    check_line(lines[2], 2, n2, v2);
+    /* only who was active since the previous line, with the whole count */
+    const char *n3[] = {"carol"};
+    json_int_t v3[] = {2};
+    check_line(lines[2], 1, n3, v3);
+    /* the final dump: nobody was active since */
+    check_line(lines[3], 0, NULL, NULL);
     free_lines(lines);
     counters_free(c);
 }
@@ -175,9 +186,27 @@ Test(dumper, short_interval_dumps_repeatedly)
     cr_assert_geq(n, 4); /* at least 3 ticks and the final dump */
     const char *names[] = {"dave"};
     json_int_t values[] = {7};
-    for (size_t i = 0; i < n; i++)
-        check_line(lines[i], 1, names, values);
+    check_line(lines[0], 1, names, values);
+    for (size_t i = 1; i < n; i++)
+        check_line(lines[i], 0, NULL, NULL); /* dave was idle since */
     free_lines(lines);
+    counters_free(c);
+}
+
+Test(dumper, creates_the_file_private)
+{
+    /* whatever the umask lets through, user names stay the owner's */
+    mode_t old = umask(022);
+    counters_t *c = counters_new();
+    char err[256] = "";
+    struct stat st;
+
+    dumper_t *d = dumper_start(c, path, 3600, err, sizeof(err));
+    umask(old);
+    cr_assert_not_null(d, "%s", err);
+    dumper_stop(d);
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0600, "mode %o", (unsigned)(st.st_mode & 0777));
     counters_free(c);
 }
 
@@ -199,6 +228,45 @@ Test(dumper, appends_to_an_existing_file)
     const char *names[] = {"erin"};
     json_int_t values[] = {1};
     check_line(lines[1], 1, names, values);
+    free_lines(lines);
+    counters_free(c);
+}
+
+Test(dumper, dumps_forget_idle_users_who_are_not_connected)
+{
+    counters_t *c = counters_new();
+    char err[256] = "", name[32];
+
+    /* 1000 names that came, sent a request and went; one that stays */
+    for (int i = 0; i < 1000; i++) {
+        snprintf(name, sizeof(name), "gone%04d", i);
+        counters_attach(c, name);
+        counters_inc(c, name);
+        counters_detach(c, name);
+    }
+    counters_attach(c, "stays");
+    counters_inc(c, "stays");
+    dumper_t *d = dumper_start(c, path, 3600, err, sizeof(err));
+    cr_assert_not_null(d, "%s", err);
+    dumper_trigger(d);
+    cr_assert_eq(wait_lines(1), 1);
+    /* listed once, kept until the next dump shows they stayed idle */
+    cr_assert_eq(counters_count(c), 1001);
+    dumper_trigger(d);
+    cr_assert_eq(wait_lines(2), 2);
+    cr_assert_eq(counters_count(c), 1, "idle users without a connection are forgotten");
+    dumper_stop(d);
+
+    size_t n;
+    char **lines = read_lines(&n);
+    cr_assert_eq(n, 3);
+    json_error_t jerr;
+    json_t *j = json_loads(lines[0], 0, &jerr);
+    cr_assert_not_null(j, "%s", jerr.text);
+    cr_assert_eq(json_object_size(json_object_get(j, "users")), 1001);
+    json_decref(j);
+    check_line(lines[1], 0, NULL, NULL);
+    check_line(lines[2], 0, NULL, NULL);
     free_lines(lines);
     counters_free(c);
 }

@@ -21,8 +21,10 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "fnvcollide.h"
 #include "room.h"
 #include "server.h"
+#include "util.h"
 
 static struct server srv; /* zeroed: the metrics client_free updates */
 
@@ -164,6 +166,38 @@ Test(room, create_lookup_and_reclaim)
     cr_assert_null(rooms_acquire(r, "general", false));
     cr_assert_eq(stats(r).held, 0);
     cr_assert_eq(stats(r).reclaimed, 1);
+    rooms_free(r);
+}
+
+/* 100,000 room names built to share one bucket of the registry's old
+ * unkeyed hash (FNV-1a; see fnvcollide.h) made every lookup walk one chain
+ * of them all: about 5e9 steps to create them, minutes of CPU under the
+ * registry's write lock. With the keyed hash, creating and finding them all
+ * takes well under a second (a few seconds under valgrind); 30 s is the
+ * stated bound, far below what one shared chain costs. */
+Test(room, crafted_colliding_names_stay_fast, .timeout = 120)
+{
+    static char pairs[FNVC_STAGES][2][FNVC_BLOCK];
+    enum { N = 100000 };
+    char name[FNVC_LEN + 1];
+    rooms_t *r = rooms_new(8, N); /* an idle list that keeps them all */
+    int64_t t0 = now_mono_ms();
+
+    cr_assert_eq(fnvc_pairs(pairs), 0);
+    for (size_t i = 0; i < N; i++) {
+        fnvc_name(pairs, i, name);
+        rooms_preload(r, name, i + 1); /* a room with messages stays while idle */
+    }
+    for (size_t i = 0; i < N; i++) {
+        fnvc_name(pairs, i, name);
+        struct room *rm = rooms_acquire(r, name, false);
+        cr_assert_not_null(rm, "%s", name);
+        cr_assert_eq(rm->seq, i + 1);
+        rooms_release(r, &rm);
+    }
+    int64_t ms = now_mono_ms() - t0;
+    cr_log_info("%d crafted names created and found in %lld ms", N, (long long)ms);
+    cr_assert_lt(ms, 30000, "%lld ms", (long long)ms);
     rooms_free(r);
 }
 

@@ -42,7 +42,7 @@ static const char v1_sql[] =
     "  created_at INTEGER NOT NULL) WITHOUT ROWID;"
     "CREATE TABLE users(name TEXT PRIMARY KEY, created_at INTEGER NOT NULL) WITHOUT ROWID;";
 
-#define LATEST_VERSION 3
+#define LATEST_VERSION 4
 #define WAIT_LIMIT_S 60
 
 static char tmpdir[4096];
@@ -297,6 +297,21 @@ static int64_t file_int(const char *sql)
     return v;
 }
 
+static void raw_exec_file(const char *sql)
+{
+    sqlite3 *db = raw_open();
+    sqlite3_busy_timeout(db, 5000);
+    raw_exec(db, sql);
+    sqlite3_close(db);
+}
+
+static int64_t now_ms_for_test(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void make_fs_fail(void)
 {
     /* Any write at or beyond offset 1 of a regular file now fails with
@@ -383,6 +398,10 @@ Test(store, migrates_a_v1_file_keeping_its_data)
     cr_assert_eq(file_int("SELECT last_seq FROM rooms WHERE name = 'lobby'"), 2);
     cr_assert_eq(file_int("SELECT count(*) FROM users WHERE name = 'ann' AND email IS NULL "
                           "AND password_hash IS NULL"),
+                 1);
+    /* v4: a name kept from before is live, with no revocation */
+    cr_assert_eq(file_int("SELECT count(*) FROM users WHERE name = 'ann' AND tokens_after = 0 "
+                          "AND deleted_at IS NULL AND acct_gen = 0"),
                  1);
     /* v3 dropped the ts index (store_load_ids walks the primary key) */
     cr_assert_eq(file_int("SELECT count(*) FROM sqlite_schema WHERE name = "
@@ -1028,6 +1047,97 @@ static void expect_range(store_t *s, enum store_read_mode mode, uint64_t key, in
     cr_assert_null(t.r.msgs);
 }
 
+/* Reads that record the order their done() runs in; read 0's done holds
+ * the only reader until the test opens the gate, so the others queue up. */
+struct ord {
+    struct store_read r;
+    int id;
+};
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool first_in, gate_open;
+    int seq[16];
+    int n;
+} ord = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, false, {0}, 0};
+
+static void ord_wait_locked(bool *flag)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += WAIT_LIMIT_S;
+    while (!*flag && pthread_cond_timedwait(&ord.cond, &ord.lock, &ts) != ETIMEDOUT)
+        ;
+}
+
+static void ord_done(struct store_read *r)
+{
+    struct ord *o = (struct ord *)r;
+    pthread_mutex_lock(&ord.lock);
+    if (o->id == 0) {
+        ord.first_in = true;
+        pthread_cond_broadcast(&ord.cond);
+        ord_wait_locked(&ord.gate_open);
+    }
+    if (ord.n < (int)(sizeof(ord.seq) / sizeof(ord.seq[0])))
+        ord.seq[ord.n++] = o->id;
+    pthread_cond_broadcast(&ord.cond);
+    pthread_mutex_unlock(&ord.lock);
+}
+
+static void ord_submit(store_t *s, struct ord *o, int id, const char *owner)
+{
+    memset(o, 0, sizeof(*o));
+    o->id = id;
+    snprintf(o->r.room, sizeof(o->r.room), "r%d", id);
+    snprintf(o->r.owner, sizeof(o->r.owner), "%s", owner);
+    o->r.mode = SR_LATEST;
+    o->r.limit = 10;
+    o->r.done = ord_done;
+    cr_assert_eq(store_read_submit(s, &o->r), 0);
+}
+
+/* Owners with reads waiting take turns, one read each; one owner's reads
+ * keep their order. Without turns, "a"'s six reads would all go first. */
+Test(store, reads_are_served_in_turn_per_owner)
+{
+    static const char *const owners[10] = {"a", "a", "a", "a", "a", "a", "a", "b", "c", "b"};
+    static const int want[10] = {0, 1, 7, 8, 2, 9, 3, 4, 5, 6};
+    struct ord o[10];
+    store_t *s = open_store(&(struct store_opts){.readers = 1});
+
+    ord_submit(s, &o[0], 0, owners[0]);
+    pthread_mutex_lock(&ord.lock);
+    ord_wait_locked(&ord.first_in);
+    bool in = ord.first_in;
+    pthread_mutex_unlock(&ord.lock);
+    cr_assert(in, "the reader did not take the first read");
+    for (int i = 1; i < 10; i++)
+        ord_submit(s, &o[i], i, owners[i]);
+    pthread_mutex_lock(&ord.lock);
+    ord.gate_open = true;
+    pthread_cond_broadcast(&ord.cond);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += WAIT_LIMIT_S;
+    while (ord.n < 10 && pthread_cond_timedwait(&ord.cond, &ord.lock, &ts) != ETIMEDOUT)
+        ;
+    int n = ord.n;
+    int got[10];
+    memcpy(got, ord.seq, sizeof(got));
+    pthread_mutex_unlock(&ord.lock);
+    cr_assert_eq(n, 10, "answered %d of 10 reads", n);
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(got[i], want[i], "position %d: read %d, want %d (owner %s)", i, got[i],
+                     want[i], owners[want[i]]);
+    for (int i = 0; i < 10; i++) {
+        cr_assert_eq(o[i].r.status, 0);
+        store_read_release(&o[i].r);
+    }
+    store_close(s);
+}
+
 Test(store, history_reads_page_correctly)
 {
     struct counter c;
@@ -1359,10 +1469,9 @@ static void seen_room(void *arg, const char *room, uint64_t last_seq)
     v->seqs[v->n++] = last_seq;
 }
 
-static void seen_user(void *arg, const char *user, const char *email)
+static void seen_user(void *arg, const struct store_user *u)
 {
-    (void)email;
-    seen_room(arg, user, 0);
+    seen_room(arg, u->name, 0);
 }
 
 static void seen_id(void *arg, const char *room, const char *from, const char *id, uint64_t seq,
@@ -1414,7 +1523,7 @@ Test(store, loads_rooms_users_and_recent_ids_after_reopen)
     cr_assert_eq(seen_get(&v, "dm:ann:bob"), 1 + 1);
 
     memset(&v, 0, sizeof(v));
-    cr_assert_eq(store_load_users(s, seen_user, &v), 0);
+    cr_assert_eq(store_load_users(s, 0, seen_user, &v), 0);
     cr_assert_eq(v.n, 2);
     cr_assert(seen_get(&v, "ann") && seen_get(&v, "bob"));
 
@@ -1430,6 +1539,205 @@ Test(store, loads_rooms_users_and_recent_ids_after_reopen)
     cr_assert_eq(seen_get(&v, "dm:ann:bob/ann/fresh"), 1 + 1);
     store_close(s);
     counter_destroy(&c);
+}
+
+/* ------------------------------------------------------------ accounts */
+
+/* An account write, waited for; returns its status. */
+static int acct_wait(store_t *s, enum store_write_kind kind, const char *name, const char *hash,
+                     const char *email, bool adopt)
+{
+    struct store_write w = {.kind = kind, .password_hash = hash, .email = email, .adopt = adopt};
+    w.msg.from = name;
+    return store_submit_wait(s, &w);
+}
+
+static void user_sync(store_t *s, const char *name)
+{
+    struct counter c;
+    struct tw t;
+    counter_init(&c);
+    tw_user(&t, &c, name);
+    cr_assert_eq(store_submit(s, &t.w), 0);
+    counter_wait(&c, 1);
+    counter_destroy(&c);
+    cr_assert_eq(t.status, 0);
+}
+
+static int64_t user_int(const char *name, const char *column)
+{
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SELECT %s FROM users WHERE name = '%s'", column, name);
+    return file_int(sql);
+}
+
+static void a_name_ever_used_is_never_registered_again(void)
+{
+    store_t *s = open_store(NULL);
+    /* seen only (a token-only user): registration refuses it */
+    user_sync(s, "sso");
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "sso", "h1", "x@example.org", false), -EEXIST);
+    cr_assert_eq(file_int("SELECT count(*) FROM users WHERE name = 'sso' AND "
+                          "password_hash IS NULL AND email IS NULL"),
+                 1, "a refused registration changes nothing");
+    /* the operator may give it a password (adopt), once */
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "sso", "h1", NULL, true), 0);
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "sso", "h2", NULL, true), -EEXIST);
+    cr_assert_eq(user_int("sso", "password_hash = 'h1'"), 1);
+    cr_assert_eq(user_int("sso", "tokens_after"), 0, "adopting revokes nothing");
+
+    /* a new name registers; a second registration is refused */
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "ann", "h1", "ann@example.org", false), 0);
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "ann", "h2", NULL, false), -EEXIST);
+
+    /* deleted: no password, no e-mail, tokens revoked, the name reserved */
+    int64_t t0 = now_ms_for_test();
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_DEL, "ann", NULL, NULL, false), 0);
+    int64_t t1 = now_ms_for_test();
+    cr_assert_eq(user_int("ann", "password_hash IS NULL AND email IS NULL"), 1);
+    int64_t deleted_at = user_int("ann", "deleted_at");
+    cr_assert(deleted_at >= t0 && deleted_at <= t1, "%lld", (long long)deleted_at);
+    cr_assert_eq(user_int("ann", "tokens_after"), deleted_at + STORE_REVOKE_MARGIN_MS);
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "ann", "h3", NULL, false), -EEXIST);
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "ann", "h3", NULL, true), -EACCES);
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_PASSWD, "ann", "h3", NULL, false), -ENOENT);
+    cr_assert_eq(user_int("ann", "password_hash IS NULL"), 1);
+    /* deleting again keeps the first deletion time; a token-only name can
+     * be deleted too; a name never seen cannot */
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_DEL, "ann", NULL, NULL, false), 0);
+    cr_assert_eq(user_int("ann", "deleted_at"), deleted_at);
+    user_sync(s, "tok");
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_DEL, "tok", NULL, NULL, false), 0);
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "tok", "h1", NULL, true), -EACCES);
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_DEL, "never", NULL, NULL, false), -ENOENT);
+    cr_assert_eq(file_int("SELECT count(*) FROM users WHERE name = 'never'"), 0);
+    /* a seen row of a deleted name stays deleted (SW_USER inserts or ignores) */
+    user_sync(s, "ann");
+    cr_assert_eq(user_int("ann", "deleted_at IS NOT NULL"), 1);
+    store_close(s);
+}
+
+static void a_password_change_revokes_older_tokens(void)
+{
+    store_t *s = open_store(NULL);
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "bob", "h1", NULL, false), 0);
+    char hash[64];
+    int64_t after = -1;
+    cr_assert_eq(store_account_get(s, "bob", hash, sizeof(hash), NULL, 0, &after), 0);
+    cr_assert_str_eq(hash, "h1");
+    cr_assert_eq(after, 0);
+    int64_t t0 = now_ms_for_test();
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_PASSWD, "bob", "h2", NULL, false), 0);
+    int64_t t1 = now_ms_for_test();
+    cr_assert_eq(store_account_get(s, "bob", hash, sizeof(hash), NULL, 0, &after), 0);
+    cr_assert_str_eq(hash, "h2");
+    /* past the change by the margin: beyond its commit */
+    cr_assert(after >= t0 + STORE_REVOKE_MARGIN_MS && after <= t1 + STORE_REVOKE_MARGIN_MS,
+              "%lld", (long long)after);
+    /* it never moves back (a clock stepped back) */
+    raw_exec_file("UPDATE users SET tokens_after = 9000000000000 WHERE name = 'bob'");
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_PASSWD, "bob", "h3", NULL, false), 0);
+    cr_assert_eq(user_int("bob", "tokens_after"), 9000000000000);
+    /* no account: nothing to change */
+    user_sync(s, "sso");
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_PASSWD, "sso", "h1", NULL, false), -ENOENT);
+    cr_assert_eq(store_account_get(s, "sso", hash, sizeof(hash), NULL, 0, &after), -ENOENT);
+    store_close(s);
+}
+
+struct seen_users {
+    struct store_user u[8];
+    char names[8][40], emails[8][80];
+    int n;
+};
+
+static void collect_user(void *arg, const struct store_user *u)
+{
+    struct seen_users *v = arg;
+    cr_assert_lt(v->n, 8);
+    v->u[v->n] = *u;
+    snprintf(v->names[v->n], sizeof(v->names[0]), "%s", u->name);
+    v->u[v->n].name = v->names[v->n];
+    if (u->email) {
+        snprintf(v->emails[v->n], sizeof(v->emails[0]), "%s", u->email);
+        v->u[v->n].email = v->emails[v->n];
+    }
+    v->n++;
+}
+
+static const struct store_user *find_user(const struct seen_users *v, const char *name)
+{
+    for (int i = 0; i < v->n; i++)
+        if (strcmp(v->u[i].name, name) == 0)
+            return &v->u[i];
+    return NULL;
+}
+
+/* What a running server's main thread does each second: notice changes
+ * made through another connection (`parleyd user ...` in another process)
+ * and read only the names that changed. */
+static void account_changes_by_another_writer_are_found_by_generation(void)
+{
+    store_t *s = open_store(NULL);
+    uint64_t g0 = 99, g;
+    cr_assert_eq(store_users_gen(s, &g0), 0);
+    cr_assert_eq(g0, 0);
+    user_sync(s, "seen");
+    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "ann", "h1", "ann@example.org", false), 0);
+    cr_assert_eq(store_users_gen(s, &g), 0);
+    cr_assert_gt(g, g0, "a new account is a change");
+    uint64_t g1 = g;
+
+    /* another writer (as `parleyd user` would be) */
+    store_t *other = open_store(NULL);
+    user_sync(other, "seen2");
+    cr_assert_eq(store_users_gen(s, &g), 0);
+    cr_assert_eq(g, g1, "a name seen is not an account change");
+    cr_assert_eq(acct_wait(other, SW_ACCOUNT_ADD, "bob", "h1", NULL, false), 0);
+    cr_assert_eq(acct_wait(other, SW_ACCOUNT_DEL, "ann", NULL, NULL, false), 0);
+    store_close(other);
+    cr_assert_eq(store_users_gen(s, &g), 0);
+    cr_assert_gt(g, g1);
+
+    struct seen_users v = {0};
+    cr_assert_eq(store_load_users(s, g1, collect_user, &v), 0);
+    cr_assert_eq(v.n, 2, "only what changed after g1");
+    const struct store_user *ann = find_user(&v, "ann"), *bob = find_user(&v, "bob");
+    cr_assert(ann && bob);
+    cr_assert(ann->deleted);
+    cr_assert_null(ann->email, "a deleted name has no account");
+    cr_assert_gt(ann->tokens_after_ms, 0);
+    cr_assert_not(bob->deleted);
+    cr_assert_str_eq(bob->email, "");
+    cr_assert_eq(bob->tokens_after_ms, 0);
+    cr_assert_eq(ann->gen > bob->gen ? ann->gen : bob->gen, g);
+    cr_assert_gt(ann->gen, g1);
+    cr_assert_gt(bob->gen, g1);
+
+    /* nothing new: nothing read */
+    memset(&v, 0, sizeof(v));
+    cr_assert_eq(store_load_users(s, g, collect_user, &v), 0);
+    cr_assert_eq(v.n, 0);
+    /* the full load has every name seen, accounts or not */
+    memset(&v, 0, sizeof(v));
+    cr_assert_eq(store_load_users(s, 0, collect_user, &v), 0);
+    cr_assert_eq(v.n, 4);
+    cr_assert_null(find_user(&v, "seen")->email);
+    cr_assert_not(find_user(&v, "seen")->deleted);
+    store_close(s);
+}
+
+/* One process for the three: each criterion test costs seconds under
+ * valgrind (tools/vgwrap). */
+Test(store, accounts_reserve_names_and_revoke_tokens)
+{
+    a_name_ever_used_is_never_registered_again();
+    teardown();
+    setup();
+    a_password_change_revokes_older_tokens();
+    teardown();
+    setup();
+    account_changes_by_another_writer_are_found_by_generation();
 }
 
 /* --------------------------------------------------------- concurrency */

@@ -97,6 +97,12 @@ Test(decode, join)
     cr_expect_eq(dec("/join #general", ""), ERR_BAD_REQUEST);
     cr_expect(strstr(msg, "invalid room name"), "%s", msg);
     cr_expect_eq(dec("/join dm:bob:alice", ""), ERR_BAD_REQUEST);
+    /* "dm" is reserved for the DM rooms; names that only start with it are not */
+    cr_expect_eq(dec("/join dm", ""), ERR_BAD_REQUEST);
+    cr_expect(strstr(msg, "reserved"), "%s", msg);
+    cr_expect_eq(dec("/leave dm", "general"), ERR_BAD_REQUEST);
+    cr_expect_eq(dec("/join dms", ""), ERR_NONE);
+    cr_expect_eq(dec("/join DM", ""), ERR_NONE);
     cr_expect_eq(dec("/join a b", ""), ERR_BAD_REQUEST);
     char room65[80] = "/join ";
     memset(room65 + 6, 'r', 65);

@@ -184,6 +184,59 @@ Test(usermap, remove_if_frees_exactly_the_chosen)
     usermap_free(m);
 }
 
+/* A pruning pass in the style of counters' dump: remove the entries whose
+ * b did not move since the last pass, and note a in b for those kept. */
+static bool prune_unchanged(const char *name, void *value, void *arg)
+{
+    struct val *v = value;
+
+    (void)name;
+    (void)arg;
+    if (v->a == v->b)
+        return true;
+    v->b = v->a;
+    return false;
+}
+
+static void bump_a(void *value, bool created, void *arg)
+{
+    (void)created;
+    (void)arg;
+    ((struct val *)value)->a++;
+}
+
+Test(usermap, remove_if_may_update_the_entries_it_keeps)
+{
+    usermap_t *m = usermap_new(sizeof(struct val));
+    char name[32];
+
+    for (unsigned i = 0; i < 100; i++) {
+        snprintf(name, sizeof(name), "p%u", i);
+        usermap_with(m, name, true, bump_a, NULL);
+    }
+    cr_assert_eq(usermap_remove_if(m, prune_unchanged, NULL), 0);
+    /* a third of them stay active */
+    for (unsigned i = 0; i < 100; i += 3) {
+        snprintf(name, sizeof(name), "p%u", i);
+        usermap_with(m, name, false, bump_a, NULL);
+    }
+    cr_assert_eq(usermap_remove_if(m, prune_unchanged, NULL), 66);
+    cr_assert_eq(usermap_count(m), 34);
+    for (unsigned i = 0; i < 100; i++) {
+        struct seen s = {0};
+        snprintf(name, sizeof(name), "p%u", i);
+        bool found = usermap_with(m, name, false, note, &s);
+        cr_assert_eq(found, i % 3 == 0, "%s", name);
+        if (found)
+            cr_assert_eq(s.was.b, 2, "%s: the kept value was updated", name);
+    }
+    /* every kept one was just touched (note bumps a): nothing goes */
+    cr_assert_eq(usermap_remove_if(m, prune_unchanged, NULL), 0);
+    cr_assert_eq(usermap_remove_if(m, prune_unchanged, NULL), 34);
+    cr_assert_eq(usermap_count(m), 0);
+    usermap_free(m);
+}
+
 /* ---- threads -------------------------------------------------------- */
 
 #define NTHREADS 8
