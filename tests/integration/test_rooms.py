@@ -392,6 +392,7 @@ class SeqAfterReclaim(ServerCase):
 
         self.server.restart()
         a = await self.json_client(user=a_user)
+        await self.json_client(user=b_user)  # open mode: DMs go to users online
         self.assertEqual((await a.call({"type": "dm", "to": b_user, "text": "d3"},
                                        "ack"))["seq"], 4)
         # pipelined: the send waits behind the join's read of the room's seq
