@@ -123,7 +123,8 @@ export class ChatController {
 
     request(obj, { retrying = false } = {}) {
         if (!this.conn) {
-            return Promise.reject(new ConnError({ code: 'disconnected', message: 'not connected' }));
+            return Promise.reject(
+                new ConnError({ code: 'disconnected', message: 'not connected' }));
         }
         return retrying ? this.conn.requestRetrying(obj) : this.conn.request(obj);
     }
@@ -238,7 +239,8 @@ export class ChatController {
             if (f.code === 'shutting_down') {
                 this.ui.notice('The server is restarting; reconnecting…');
             } else {
-                this.ui.notice(`Server: ${errorText({ code: f.code, message: f.message, frame: f })}`);
+                const err = { code: f.code, message: f.message, frame: f };
+                this.ui.notice(`Server: ${errorText(err)}`);
             }
             break;
         default:
