@@ -48,6 +48,9 @@ function apiMessage(data, fallback) {
     return fallback;
 }
 
+/* The server closed the connection because its credentials were revoked. */
+export const CLOSE_REVOKED = 4003;
+
 export class Session {
     /*
      * model: the ChatModel (reset per session, saved with it); controller:
@@ -277,6 +280,12 @@ export class Session {
             this.controller.detach();
             this.conn = null;
             this.loginFailed('Cannot reach the chat server.');
+            return;
+        }
+        if (code === CLOSE_REVOKED) {
+            /* reconnecting would only be refused: the token is dead */
+            this.signOut('You were signed out: your account was deleted or its password '
+                + 'changed. Please sign in again.');
             return;
         }
         this.controller.connectionLost(code);

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ConnError } from '../../web/conn.js';
 import { ChatModel } from '../../web/model.js';
-import { SESSION_KEY, Session } from '../../web/session.js';
+import { CLOSE_REVOKED, SESSION_KEY, Session } from '../../web/session.js';
 
 
 class FakeStorage {
@@ -257,6 +257,21 @@ test('a token that no longer works signs out; name_taken on a resume is retried'
     assert.equal(t.model.me, null);
     assert.deepEqual(conn.calls, ['stop']);
     assert.equal(t.controller.named('detach').length, 1);
+});
+
+test('a close for revoked credentials (4003) signs out instead of reconnecting', () => {
+    const saved = { auth: { token: 'old' }, me: 'erin', convs: [] };
+    const t = setup({ stored: { [SESSION_KEY]: JSON.stringify(saved) } });
+    t.session.resume();
+    const conn = t.conns[0];
+    conn.h.onReady({ type: 'welcome', user: 'erin' }, true);
+    conn.h.onClose(CLOSE_REVOKED, 'credentials revoked');
+    assert.equal(CLOSE_REVOKED, 4003);
+    assert.equal(t.ui.named('signedOut').length, 1);
+    assert.match(t.ui.named('signedOut')[0][1], /signed out/);
+    assert.equal(t.controller.named('connectionLost').length, 0, 'no reconnect');
+    assert.deepEqual(conn.calls, ['stop']);
+    assert.equal(t.store.getItem(SESSION_KEY), null, 'the saved session is gone');
 });
 
 test('the retry countdown shows only while a retry is scheduled', async () => {
