@@ -158,9 +158,18 @@ static void do_login(struct accounts *a, struct acct_req *r)
     r->http_status = 200;
 }
 
+/* loop_post runs a void (*)(void *): calling r->done through that type would
+ * be undefined behaviour, so the loop calls this, which calls done() with its
+ * own type. Thread: the request's loop. */
+static void run_done(void *arg)
+{
+    struct acct_req *r = arg;
+    r->done(r);
+}
+
 static void hand_back(struct acct_req *r)
 {
-    if (loop_post(r->loop, (void (*)(void *))r->done, r) != 0) {
+    if (loop_post(r->loop, run_done, r) != 0) {
         /* the loop is gone, and with it the connection that asked */
         atomic_store(&r->cancelled, true);
         r->done(r);

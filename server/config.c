@@ -39,10 +39,16 @@ enum opt_type {
     OPT_LONG,     /* long in [min, max] */
     OPT_DOUBLE,   /* finite double in [min, max] */
     OPT_BOOL,     /* bool; "--x" sets, "--no-x" clears, JSON true/false */
-    OPT_ENUM,     /* char * holding one of choices[] */
+    OPT_ENUM,     /* an enum field set to the value of one of choices[] */
     OPT_HOSTPORT, /* "HOST:PORT" or "[V6]:PORT" -> char *host at off, int port at off2 */
     OPT_HELP,     /* action: print usage */
     OPT_VERSION,  /* action: print version */
+};
+
+/* One accepted word of an OPT_ENUM option and the enum value it stands for. */
+struct cfg_choice {
+    const char *name;
+    int value;
 };
 
 /* OPTF_ARGV_ONLY: not a config-file key (--config itself, actions). */
@@ -57,7 +63,7 @@ struct cfg_opt {
     const char *def;      /* default as typed on the command line; NULL = unset */
     void (*def_fn)(char *buf, size_t sz); /* computed default; wins over def */
     double min, max;      /* numbers: inclusive range; OPT_STR: min length */
-    const char *const *choices; /* OPT_ENUM, NULL-terminated */
+    const struct cfg_choice *choices; /* OPT_ENUM, ended by a NULL name */
     unsigned flags;
     const char *help;
 };
@@ -66,12 +72,31 @@ static void default_threads(char *buf, size_t sz);
 static void default_login_workers(char *buf, size_t sz);
 static void default_web_root(char *buf, size_t sz);
 
-static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
-static const char *const event_loops[] = {"epoll", "poll", NULL};
-static const char *const durabilities[] = {"normal", "full", NULL};
-static const char *const auth_modes[] = {"open", "accounts", NULL};
+/* In --help and error messages the words appear in this order. */
+static const struct cfg_choice log_levels[] = {
+    {"error", LOG_ERROR}, {"warn", LOG_WARN}, {"info", LOG_INFO}, {"debug", LOG_DEBUG}, {NULL, 0},
+};
+static const struct cfg_choice event_loops[] = {
+    {"epoll", CFG_EVENT_LOOP_EPOLL}, {"poll", CFG_EVENT_LOOP_POLL}, {NULL, 0},
+};
+static const struct cfg_choice durabilities[] = {
+    {"normal", CFG_DURABILITY_NORMAL}, {"full", CFG_DURABILITY_FULL}, {NULL, 0},
+};
+static const struct cfg_choice auth_modes[] = {
+    {"open", CFG_AUTH_OPEN}, {"accounts", CFG_AUTH_ACCOUNTS}, {NULL, 0},
+};
 
 #define OFF(f) offsetof(struct config, f)
+
+/* set_value stores an OPT_ENUM value through an int lvalue (an enum type is
+ * compatible with an int-sized integer type): every enum field must be that
+ * size. */
+#define ENUM_FIELD_IS_INT(f)                                                                       \
+    _Static_assert(sizeof(((struct config *)0)->f) == sizeof(int), #f " is not int-sized")
+ENUM_FIELD_IS_INT(log_level);
+ENUM_FIELD_IS_INT(durability);
+ENUM_FIELD_IS_INT(auth);
+ENUM_FIELD_IS_INT(event_loop);
 
 static const struct cfg_opt opts[] = {
     {.name = "listen", .type = OPT_HOSTPORT, .off = OFF(listen_host), .off2 = OFF(listen_port),
@@ -385,8 +410,8 @@ static void choices_text(const struct cfg_opt *o, char *buf, size_t sz)
 {
     size_t n = 0;
     buf[0] = '\0';
-    for (const char *const *ch = o->choices; *ch && n < sz; ch++)
-        n += (size_t)snprintf(buf + n, sz - n, "%s%s", ch == o->choices ? "" : "|", *ch);
+    for (const struct cfg_choice *ch = o->choices; ch->name && n < sz; ch++)
+        n += (size_t)snprintf(buf + n, sz - n, "%s%s", ch == o->choices ? "" : "|", ch->name);
 }
 
 /*
@@ -436,9 +461,9 @@ static int set_value(struct config *c, const struct cfg_opt *o, const char *v,
         fail(err, errsz, from, o, "expected true or false, got '%s'", v);
         return -1;
     case OPT_ENUM:
-        for (const char *const *ch = o->choices; *ch; ch++) {
-            if (strcmp(*ch, v) == 0) {
-                set_str(c, o->off, v, strlen(v));
+        for (const struct cfg_choice *ch = o->choices; ch->name; ch++) {
+            if (strcmp(ch->name, v) == 0) {
+                *(int *)field(c, o->off) = ch->value;
                 return 0;
             }
         }
@@ -700,7 +725,6 @@ void cfg_release(struct config *c)
     for (size_t i = 0; i < ARRAY_LEN(opts); i++) {
         switch (opts[i].type) {
         case OPT_STR:
-        case OPT_ENUM:
         case OPT_HOSTPORT:
             set_str(c, opts[i].off, NULL, 0);
             break;

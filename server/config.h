@@ -13,22 +13,39 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "log.h"
+
+/* The options with a fixed set of values are parsed into these once, so the
+ * rest of the server compares enums, never strings. */
+enum cfg_durability {
+    CFG_DURABILITY_NORMAL, /* an ack survives a crash of parleyd */
+    CFG_DURABILITY_FULL,   /* an ack survives a power cut too (fdatasync of the WAL) */
+};
+enum cfg_auth {
+    CFG_AUTH_OPEN,     /* any free name */
+    CFG_AUTH_ACCOUNTS, /* registered users with tokens */
+};
+enum cfg_event_loop {
+    CFG_EVENT_LOOP_EPOLL, /* lws on its libev plugin (epoll backend) */
+    CFG_EVENT_LOOP_POLL,  /* lws's own poll() loop */
+};
+
 struct config {
     char *listen_host;          /* --listen HOST:PORT, default 127.0.0.1:8080 */
     int listen_port;
     char *db_path;              /* --db, default data/parley.db */
     char *web_root;             /* --web-root, default PARLEY_DEFAULT_WEB_ROOT */
     int threads;                /* --threads, default = online CPUs, 1..64 */
-    char *log_level;            /* --log-level error|warn|info|debug, default info */
+    enum log_level log_level;   /* --log-level error|warn|info|debug, default info */
     double drain_timeout;       /* --drain-timeout seconds, default 5 */
     long client_queue_max;      /* --client-queue-max messages, default 1024 */
     long client_queue_bytes;    /* --client-queue-bytes, default 4194304 */
     long max_text;              /* --max-text code points, default 4000 */
     long max_frame;             /* --max-frame bytes, default 65536 */
-    char *durability;           /* --durability normal|full, default normal */
+    enum cfg_durability durability; /* --durability normal|full, default normal */
     long commit_batch;          /* --commit-batch writes per transaction, default 512 */
     long commit_window_us;      /* --commit-window-us, default 1000 */
-    char *auth;                 /* --auth open|accounts, default open */
+    enum cfg_auth auth;         /* --auth open|accounts, default open */
     char *token_secret_file;    /* --token-secret-file, default <db dir>/token.secret */
     long token_ttl;             /* --token-ttl seconds for /api/login tokens, default 86400 */
     char *admin_token_file;     /* --admin-token-file, default none */
@@ -71,7 +88,7 @@ struct config {
     long max_room_members;      /* --max-room-members, default 10000 */
     bool check_config;          /* --check-config: validate and exit */
     long flush_interval_us;     /* --flush-interval-us: least time between write rounds */
-    char *event_loop;           /* --event-loop epoll|poll, default epoll */
+    enum cfg_event_loop event_loop; /* --event-loop epoll|poll, default epoll */
     char *config_file;          /* --config FILE (JSON) */
 };
 

@@ -7,7 +7,6 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
-#include <string.h>
 #include <time.h>
 
 static _Atomic int g_level = LOG_INFO;
@@ -22,17 +21,6 @@ void log_set_level(enum log_level lvl)
 enum log_level log_get_level(void)
 {
     return (enum log_level)atomic_load_explicit(&g_level, memory_order_relaxed);
-}
-
-int log_level_parse(const char *s, enum log_level *out)
-{
-    for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {
-        if (strcmp(s, level_names[i]) == 0) {
-            *out = (enum log_level)i;
-            return 0;
-        }
-    }
-    return -1;
 }
 
 void log_write(enum log_level lvl, const char *module, const char *fmt, ...)

@@ -10,8 +10,6 @@ enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
 /* Thread: main, before any other thread starts. */
 void log_set_level(enum log_level lvl);
-/* Parse "error|warn|info|debug"; returns 0 or -1. Thread: any. */
-int log_level_parse(const char *s, enum log_level *out);
 /* Thread: any; lines from concurrent threads never interleave. */
 enum log_level log_get_level(void);
 void log_write(enum log_level lvl, const char *module, const char *fmt, ...)

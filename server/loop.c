@@ -135,7 +135,7 @@ struct loop *loop_new(struct server *srv, int index, char *err, size_t errsz)
      * per wake-up. On libev's epoll backend (lws's evlib plugin) a pass
      * costs what is ready. */
     void *foreign[1] = {NULL};
-    if (strcmp(cfg->event_loop, "epoll") == 0) {
+    if (cfg->event_loop == CFG_EVENT_LOOP_EPOLL) {
         l->ev = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
         if (l->ev) {
             foreign[0] = l->ev;

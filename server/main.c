@@ -206,8 +206,7 @@ int main(int argc, char **argv)
         return rc;
     }
 
-    enum log_level lvl = LOG_INFO;
-    log_level_parse(cfg.log_level, &lvl);
+    enum log_level lvl = cfg.log_level;
     log_set_level(lvl);
     lws_set_log_level(lvl >= LOG_DEBUG ? LLL_ERR | LLL_WARN | LLL_NOTICE : LLL_ERR | LLL_WARN,
                       lws_log_emit);
@@ -223,7 +222,7 @@ int main(int argc, char **argv)
 
     struct store_opts so = {
         .path = cfg.db_path,
-        .durability_full = strcmp(cfg.durability, "full") == 0,
+        .durability_full = cfg.durability == CFG_DURABILITY_FULL,
         .batch_max = (int)cfg.commit_batch,
         .batch_window_us = (int)cfg.commit_window_us,
         .readers = 1,
@@ -258,7 +257,7 @@ int main(int argc, char **argv)
         log_error("main", "%s", err);
         goto out;
     }
-    if (strcmp(cfg.auth, "accounts") == 0) {
+    if (cfg.auth == CFG_AUTH_ACCOUNTS) {
         srv.accounts = accounts_new(&srv, err, sizeof(err));
         if (!srv.accounts) {
             log_error("main", "%s", err);

@@ -1,8 +1,11 @@
 /*
- * model — the client's view of one conversation (a public room or a DM), with
- * no DOM and no network: messages merged by seq, optimistic sends waiting for
- * their ack, unread counting and gap detection. Kept pure so that node can
- * test it without a browser (tests/browser/model.test.mjs).
+ * model — the client's state, with no DOM and no network: one Conversation
+ * per public room or DM (messages merged by seq, optimistic sends waiting for
+ * their ack, unread counting and gap detection) and the ChatModel that holds
+ * them with what the server told us (who we are, its limits, its public
+ * rooms). Only the controller (controller.js) changes it; the views read it.
+ * Kept pure so that node can test it without a browser
+ * (tests/browser/model.test.mjs).
  */
 
 /* Consecutive messages of one author closer than this are shown as a group. */
@@ -74,6 +77,8 @@ export class Conversation {
         this.members = new Set();
         this.typing = new Map();   /* user -> expiry time (ms) */
         this.joined = false;
+        this.loadingOlder = false; /* a history {before} request is out */
+        this.gapBusy = false;      /* a gap-filling history request is out */
     }
 
     maxSeq() {
@@ -245,6 +250,94 @@ export class Conversation {
             }
         }
         return out.sort();
+    }
+}
+
+/* The limits a server states in `welcome` until it says otherwise. */
+export const DEFAULT_LIMITS = Object.freeze({ max_text: 4000, max_frame: 65536 });
+
+/*
+ * Everything one signed-in tab knows: the conversations by name, the one on
+ * screen, and what the server told us. reset() starts over for a new
+ * session; the public room list and the limits are kept until the server
+ * sends fresh ones.
+ */
+export class ChatModel {
+    constructor(me = null) {
+        this.me = me;
+        this.convs = new Map();    /* room name -> Conversation */
+        this.active = null;        /* the Conversation on screen, or null */
+        this.publicRooms = [];     /* [{name, members}] from the last `rooms` reply */
+        this.limits = { ...DEFAULT_LIMITS };
+        this.dmHistory = true;     /* false: the server serves no DM history (open mode) */
+    }
+
+    reset(me) {
+        this.me = me;
+        this.convs.clear();
+        this.active = null;
+        this.dmHistory = true;
+    }
+
+    get(name) {
+        return this.convs.get(name) || null;
+    }
+
+    has(name) {
+        return this.convs.has(name);
+    }
+
+    /* The conversation of that name, created (empty, not joined) if new. */
+    conv(name) {
+        let c = this.convs.get(name);
+        if (!c) {
+            c = new Conversation(name, this.me);
+            this.convs.set(name, c);
+        }
+        return c;
+    }
+
+    remove(name) {
+        this.convs.delete(name);
+    }
+
+    list() {
+        return [...this.convs.values()];
+    }
+
+    /* Take the limits a `welcome` states; anything missing or bogus keeps ours. */
+    setLimits(lim) {
+        for (const k of ['max_text', 'max_frame']) {
+            if (lim && Number.isSafeInteger(lim[k]) && lim[k] > 0) {
+                this.limits[k] = lim[k];
+            }
+        }
+    }
+
+    setPublicRooms(rooms) {
+        this.publicRooms = (Array.isArray(rooms) ? rooms : [])
+            .filter((x) => x && typeof x.name === 'string');
+    }
+
+    /* What a reload needs to come back: names, read marks, the active one. */
+    snapshot() {
+        return {
+            convs: this.list().map((c) => ({ name: c.name, read: c.readSeq })),
+            active: this.active ? this.active.name : null,
+        };
+    }
+
+    /* The inverse of snapshot(), from untrusted storage: bad entries are skipped. */
+    restore(saved) {
+        for (const c of (saved && Array.isArray(saved.convs) ? saved.convs : [])) {
+            if (!c || typeof c.name !== 'string' || (!isValidRoom(c.name) && !parseDm(c.name))) {
+                continue;
+            }
+            const conv = this.conv(c.name);
+            conv.readSeq = Number.isSafeInteger(c.read) ? c.read : 0;
+        }
+        this.active = (saved && typeof saved.active === 'string' && this.get(saved.active)) ||
+            null;
     }
 }
 

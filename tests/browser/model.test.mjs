@@ -2,8 +2,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-    Conversation, GROUP_WINDOW_MS, MAX_GAP_FILL, backoffDelay, codePoints, completions,
-    dmPeer, dmRoom, mentionAt, parseDm, sameGroup, typingText,
+    ChatModel, Conversation, DEFAULT_LIMITS, GROUP_WINDOW_MS, MAX_GAP_FILL, backoffDelay,
+    codePoints, completions, dmPeer, dmRoom, mentionAt, parseDm, sameGroup, typingText,
 } from '../../web/model.js';
 
 const msg = (seq, from = 'bob', extra = {}) =>
@@ -142,4 +142,48 @@ test('typing text and code points', () => {
     assert.equal(typingText(['a', 'b']), 'a and b are typing…');
     assert.equal(typingText(['a', 'b', 'c']), 'several people are typing…');
     assert.equal(codePoints('a😀b'), 3);
+});
+
+test('the chat model: conversations by name, snapshot and restore', () => {
+    const m = new ChatModel('alice');
+    const lobby = m.conv('lobby');
+    assert.equal(m.conv('lobby'), lobby, 'one conversation per name');
+    assert.equal(m.conv('dm:alice:bob').peer, 'bob');
+    lobby.readSeq = 9;
+    m.active = lobby;
+    const snap = m.snapshot();
+    assert.deepEqual(snap, {
+        convs: [{ name: 'lobby', read: 9 }, { name: 'dm:alice:bob', read: 0 }], active: 'lobby',
+    });
+
+    m.dmHistory = false;
+    m.reset('alice');
+    assert.equal(m.convs.size, 0);
+    assert.equal(m.active, null);
+    assert.equal(m.dmHistory, true);
+    m.restore({ convs: [...snap.convs, { name: 'no spaces' }, null, { name: 'dm:bob:alice' },
+        { name: 'x', read: 'NaN' }], active: 'lobby' });
+    assert.deepEqual([...m.convs.keys()], ['lobby', 'dm:alice:bob', 'x'],
+        'invalid names are skipped');
+    assert.equal(m.get('lobby').readSeq, 9);
+    assert.equal(m.get('x').readSeq, 0);
+    assert.equal(m.active, m.get('lobby'));
+    m.reset('bob');
+    m.restore({ convs: 'junk', active: 'gone' });
+    assert.equal(m.convs.size, 0);
+    assert.equal(m.active, null);
+});
+
+test('the chat model takes sane limits and public rooms only', () => {
+    const m = new ChatModel('alice');
+    assert.deepEqual(m.limits, DEFAULT_LIMITS);
+    m.setLimits({ max_text: 10, max_frame: -1 });
+    assert.deepEqual(m.limits, { max_text: 10, max_frame: DEFAULT_LIMITS.max_frame });
+    m.setLimits(undefined);
+    assert.equal(m.limits.max_text, 10);
+    assert.deepEqual(new ChatModel().limits, DEFAULT_LIMITS, 'the defaults are not shared');
+    m.setPublicRooms([{ name: 'a', members: 1 }, { name: 3 }, null]);
+    assert.deepEqual(m.publicRooms, [{ name: 'a', members: 1 }]);
+    m.setPublicRooms('nope');
+    assert.deepEqual(m.publicRooms, []);
 });

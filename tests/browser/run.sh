@@ -1,6 +1,7 @@
 #!/bin/sh
-# Runs the web client's tests: the model unit tests and the end-to-end test
-# of web/ against a real parleyd in headless Chromium (node's test runner).
+# Runs the web client's tests: the unit tests of its model, controller and
+# session (node alone) and the end-to-end test of web/ against a real parleyd
+# in headless Chromium (node's test runner).
 #   PARLEYD=build/server/parleyd PARLEY_SOURCE=. tests/browser/run.sh
 # Needs node >= 20, Debian's chromium (or CHROMIUM=/path), and npm for the
 # first run (installs playwright-core into tests/browser/node_modules).
@@ -28,4 +29,4 @@ if [ ! -f node_modules/playwright-core/package.json ]; then
     npm install --no-audit --no-fund --loglevel=error
 fi
 mkdir -p out
-exec node --test model.test.mjs e2e.test.mjs
+exec node --test model.test.mjs controller.test.mjs session.test.mjs e2e.test.mjs

@@ -106,13 +106,13 @@ static void assert_defaults(const struct config *c)
     cr_assert_not_null(c->web_root);
     cr_assert_gt(strlen(c->web_root), 0);
     cr_assert_eq(c->threads, want_threads);
-    cr_assert_str_eq(c->log_level, "info");
+    cr_assert_eq(c->log_level, LOG_INFO);
     cr_assert_float_eq(c->drain_timeout, 5.0, 1e-9);
     cr_assert_eq(c->client_queue_max, 1024);
     cr_assert_eq(c->client_queue_bytes, 4194304);
     cr_assert_eq(c->max_text, 4000);
     cr_assert_eq(c->max_frame, 65536);
-    cr_assert_str_eq(c->durability, "normal");
+    cr_assert_eq(c->durability, CFG_DURABILITY_NORMAL);
     cr_assert_eq(c->commit_batch, 512);
     cr_assert_eq(c->commit_window_us, 1000);
     cr_assert_null(c->config_file);
@@ -152,8 +152,8 @@ Test(config, flag_space_value_and_equals_value)
                  CFG_OK, "%s", err);
     cr_assert_eq(cfg.threads, 3);
     cr_assert_str_eq(cfg.db_path, "/tmp/x.db");
-    cr_assert_str_eq(cfg.log_level, "debug");
-    cr_assert_str_eq(cfg.durability, "full");
+    cr_assert_eq(cfg.log_level, LOG_DEBUG);
+    cr_assert_eq(cfg.durability, CFG_DURABILITY_FULL);
     cr_assert_float_eq(cfg.drain_timeout, 0.25, 1e-12);
     cr_assert_eq(cfg.client_queue_max, 7);
     cr_assert_eq(cfg.client_queue_bytes, 8192);
@@ -296,6 +296,68 @@ Test(config, bad_enum_choice)
     expect_error("--durability: expected one of normal|full, got 'off'", "--durability=off", NULL);
 }
 
+/* Every enum option: each word maps to its own value from the command line
+ * and from the file, and a word outside the set is refused by name. */
+Test(config, enum_options_parse_to_their_values)
+{
+    cr_assert_eq(parse(NULL), CFG_OK, "%s", err);
+    cr_assert_eq(cfg.auth, CFG_AUTH_OPEN);
+    cr_assert_eq(cfg.event_loop, CFG_EVENT_LOOP_EPOLL);
+
+    static const struct {
+        const char *word;
+        enum log_level want;
+    } levels[] = {{"error", LOG_ERROR}, {"warn", LOG_WARN}, {"info", LOG_INFO},
+                  {"debug", LOG_DEBUG}};
+    for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++) {
+        char arg[64];
+        snprintf(arg, sizeof(arg), "--log-level=%s", levels[i].word);
+        cr_assert_eq(parse(arg, NULL), CFG_OK, "%s", err);
+        cr_assert_eq(cfg.log_level, levels[i].want, "%s", arg);
+    }
+
+    cr_assert_eq(parse("--auth=accounts", "--event-loop", "poll", "--durability=full", NULL),
+                 CFG_OK, "%s", err);
+    cr_assert_eq(cfg.auth, CFG_AUTH_ACCOUNTS);
+    cr_assert_eq(cfg.event_loop, CFG_EVENT_LOOP_POLL);
+    cr_assert_eq(cfg.durability, CFG_DURABILITY_FULL);
+    /* and back: a later flag sets the first word of each set again */
+    cr_assert_eq(parse("--auth=accounts", "--auth=open", "--event-loop=poll",
+                       "--event-loop=epoll", "--durability=full", "--durability=normal", NULL),
+                 CFG_OK, "%s", err);
+    cr_assert_eq(cfg.auth, CFG_AUTH_OPEN);
+    cr_assert_eq(cfg.event_loop, CFG_EVENT_LOOP_EPOLL);
+    cr_assert_eq(cfg.durability, CFG_DURABILITY_NORMAL);
+
+    const char *f = write_file("e.json", "{\"auth\": \"accounts\", \"event-loop\": \"poll\", "
+                                         "\"durability\": \"full\", \"log-level\": \"error\"}");
+    cr_assert_eq(parse("--config", f, NULL), CFG_OK, "%s", err);
+    cr_assert_eq(cfg.auth, CFG_AUTH_ACCOUNTS);
+    cr_assert_eq(cfg.event_loop, CFG_EVENT_LOOP_POLL);
+    cr_assert_eq(cfg.durability, CFG_DURABILITY_FULL);
+    cr_assert_eq(cfg.log_level, LOG_ERROR);
+    cr_assert_eq(parse("--config", f, "--auth", "open", NULL), CFG_OK, "%s", err);
+    cr_assert_eq(cfg.auth, CFG_AUTH_OPEN, "the flag beats the file");
+}
+
+Test(config, enum_options_refuse_other_words)
+{
+    expect_error("--auth: expected one of open|accounts, got 'closed'", "--auth=closed", NULL);
+    cr_assert_str_eq(err, "--auth: expected one of open|accounts, got 'closed'");
+    cr_assert_eq(cfg.auth, CFG_AUTH_OPEN, "a refused word leaves the default");
+    expect_error("--auth: expected one of open|accounts, got 'Accounts'", "--auth", "Accounts",
+                 NULL);
+    expect_error("--event-loop: expected one of epoll|poll, got 'select'", "--event-loop=select",
+                 NULL);
+    cr_assert_eq(cfg.event_loop, CFG_EVENT_LOOP_EPOLL);
+    expect_error("--event-loop: expected one of epoll|poll, got ''", "--event-loop=", NULL);
+    expect_error("--durability: expected one of normal|full, got '1'", "--durability=1", NULL);
+    expect_error("event-loop: expected one of epoll|poll, got 'kqueue'", "--config",
+                 write_file("a.json", "{\"event-loop\": \"kqueue\"}"), NULL);
+    expect_error("auth: expected a string, got an integer", "--config",
+                 write_file("b.json", "{\"auth\": 1}"), NULL);
+}
+
 Test(config, actions_take_no_value)
 {
     expect_error("option '--help' takes no value", "--help=yes", NULL);
@@ -379,13 +441,13 @@ Test(config, file_sets_every_kind_of_key)
     cr_assert_str_eq(cfg.db_path, "/var/lib/p.db");
     cr_assert_str_eq(cfg.web_root, "/srv/web");
     cr_assert_eq(cfg.threads, 7);
-    cr_assert_str_eq(cfg.log_level, "warn");
+    cr_assert_eq(cfg.log_level, LOG_WARN);
     cr_assert_float_eq(cfg.drain_timeout, 1.5, 1e-12);
     cr_assert_eq(cfg.client_queue_max, 9);
     cr_assert_eq(cfg.client_queue_bytes, 65536);
     cr_assert_eq(cfg.max_text, 100);
     cr_assert_eq(cfg.max_frame, 4096);
-    cr_assert_str_eq(cfg.durability, "full");
+    cr_assert_eq(cfg.durability, CFG_DURABILITY_FULL);
     cr_assert_eq(cfg.commit_batch, 3);
     cr_assert_eq(cfg.commit_window_us, 10);
 }
@@ -526,6 +588,6 @@ Test(config, release_clears_and_is_repeatable)
     cr_assert_null(cfg.db_path);
     cr_assert_null(cfg.listen_host);
     cr_assert_null(cfg.web_root);
-    cr_assert_null(cfg.log_level);
+    cr_assert_null(cfg.smtp_from);
     cfg_release(&cfg);
 }
