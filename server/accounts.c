@@ -35,6 +35,7 @@
 #include "metrics.h"
 #include "ratelimit.h"
 #include "server.h"
+#include "store.h"
 #include "store_accounts.h"
 #include "throttle.h"
 #include "util.h"

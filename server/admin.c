@@ -13,6 +13,7 @@
 #include "codec.h"
 #include "config.h"
 #include "log.h"
+#include "store.h"
 #include "store_accounts.h"
 #include "util.h"
 

@@ -1,6 +1,7 @@
 /*
- * store — dispatch from the storage seam's functions to an engine's ops
- * tables (store_engine.h), and what every engine shares.
+ * store — dispatch from the storage seam's functions (store.h,
+ * store_accounts.h, store_outbox.h) to an engine's ops tables
+ * (store_engine.h), and what every engine shares.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -134,4 +135,33 @@ int store_account_get(store_t *s, const char *name, char *hash, size_t hashsz, c
     return ACCTS(s) ? ACCTS(s)->account_get(s, name, hash, hashsz, email, emailsz,
                                             tokens_after_ms)
                     : -ENOTSUP;
+}
+
+/* ---- outbox (store_outbox.h) */
+
+int store_outbox_add(store_t *s, struct store_outbox_add *o)
+{
+    return STORE_BASE(s)->outbox ? STORE_BASE(s)->outbox->add(s, o) : -ENOTSUP;
+}
+
+int store_outbox_pending(store_t *s, int64_t now_ms, size_t max, struct store_outbox_row **rows,
+                         size_t *n)
+{
+    return STORE_BASE(s)->outbox ? STORE_BASE(s)->outbox->pending(s, now_ms, max, rows, n)
+                                 : -ENOTSUP;
+}
+
+void store_outbox_rows_free(struct store_outbox_row *rows, size_t n)
+{
+    for (size_t i = 0; rows && i < n; i++)
+        free(rows[i].text);
+    free(rows);
+}
+
+int store_outbox_mark(store_t *s, const char *const *ids, size_t n, const char *state,
+                      int attempts, int64_t next_at_ms)
+{
+    return STORE_BASE(s)->outbox
+               ? STORE_BASE(s)->outbox->mark(s, ids, n, state, attempts, next_at_ms)
+               : -ENOTSUP;
 }

@@ -19,7 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "store.h"
+#include "codec.h"
+#include "store_op.h"
 
 /* A row of the users table: every name ever seen, with its account state. */
 struct store_user {

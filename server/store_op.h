@@ -15,6 +15,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* An open store (any engine); store.h opens and closes one. Repeated here
+ * so the account and outbox headers need not include the event-log seam. */
+typedef struct store store_t;
+
 enum store_op_kind {
     SOP_APPEND,         /* struct store_append */
     SOP_USER_SEEN,      /* struct store_user_seen */

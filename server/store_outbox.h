@@ -14,7 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "store.h"
+#include "codec.h"
+#include "store_op.h"
 
 /* Record a notification as pending. Thread: any (never blocks); same rules
  * as store_append. Strings are owned by the submitter until done(). */
