@@ -67,6 +67,22 @@ QUIET = 0.3
 _counter = itertools.count(1)
 
 
+def sanitized():
+    """True under ASan/TSan or a stretched time scale: RSS and timing mean
+    little there (quarantine, shadow memory)."""
+    return bool(os.environ.get("ASAN_OPTIONS") or os.environ.get("TSAN_OPTIONS") or
+                os.environ.get("PARLEY_TIMEOUT_SCALE"))
+
+
+def rss_kb(pid):
+    """A process's resident memory in KiB (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/PID/status")
+
+
 def uniq(prefix="x"):
     """A name unique within this test process, valid as a user or room."""
     return f"{prefix}{os.getpid() % 10000}_{next(_counter)}"

@@ -29,14 +29,6 @@ WORKERS = 16
 RSS_SLACK_KB = 8 * 1024
 
 
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS in /proc/PID/status")
-
-
 def reset_socket(port):
     """A connected TCP socket that is reset (RST), not closed, when closed:
     SO_LINGER on with a zero timeout."""
@@ -46,11 +38,6 @@ def reset_socket(port):
     s.connect(("127.0.0.1", port))
     s.setblocking(False)
     return s
-
-
-def sanitized():
-    return bool(os.environ.get("ASAN_OPTIONS") or os.environ.get("TSAN_OPTIONS") or
-                os.environ.get("PARLEY_TIMEOUT_SCALE"))
 
 
 class Churn(ServerCase):
@@ -241,7 +228,7 @@ class Churn(ServerCase):
                         t.result()  # raises what went wrong
                         self.fail("talking or listening ended early")
                 await self.settle(f"round {rnd}")
-                rss.append(rss_kb(pid))
+                rss.append(harness.rss_kb(pid))
             stop.set()
             await asyncio.wait_for(asyncio.gather(*tasks), 30 * SCALE)
         finally:
@@ -269,7 +256,7 @@ class Churn(ServerCase):
 
         print(f"churn RSS: {rss[0]} KiB after the warm-up round, {rss[1]} KiB after the "
               f"second ({rss[1] - rss[0]:+d} KiB)", flush=True)
-        if sanitized():
+        if harness.sanitized():
             return  # RSS means little under sanitizers (quarantine, shadow memory)
         self.assertLess(rss[1] - rss[0], RSS_SLACK_KB,
                         f"RSS grew from {rss[0]} to {rss[1]} KiB over {counts[1]} cycles")

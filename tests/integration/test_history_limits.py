@@ -42,14 +42,6 @@ TEXT = 3900
 RSS_SLACK = (32 << 20) + ((96 << 20) if os.environ.get("ASAN_OPTIONS") else 0)
 
 
-def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/PID/status")
-
-
 async def populate(server, room, n=MESSAGES, size=TEXT, window=64, client=None):
     """Send n messages of size characters to room (acks awaited in windows
     of `window`) from client (signed in and joined to room), or from a new
@@ -130,7 +122,7 @@ class HistoryFlood(ServerCase):
 
         m0 = srv.metrics()
         req0 = m0["parley_requests_total"][""]
-        base = rss_bytes(srv.proc.pid)
+        base = harness.rss_kb(srv.proc.pid) * 1024
 
         flood = await JClient.connect(srv, user=uniq("flood"),
                                       sock=harness.small_rcvbuf_socket(srv.port))
@@ -145,7 +137,7 @@ class HistoryFlood(ServerCase):
         peak = base
         deadline = time.monotonic() + 30 * SCALE
         while True:
-            peak = max(peak, rss_bytes(srv.proc.pid))
+            peak = max(peak, harness.rss_kb(srv.proc.pid) * 1024)
             if peak - base > bound:
                 self.fail(f"parleyd RSS grew by {(peak - base) >> 20} MiB, bound "
                           f"{bound >> 20} MiB (queue {QUEUE_BYTES >> 20} MiB, reply "
@@ -158,7 +150,7 @@ class HistoryFlood(ServerCase):
                 self.fail(f"the flood was not settled in time (RSS +{(peak - base) >> 20} MiB, "
                           f"reads in flight {inflight})")
             await asyncio.sleep(0.02)
-        peak = max(peak, rss_bytes(srv.proc.pid))
+        peak = max(peak, harness.rss_kb(srv.proc.pid) * 1024)
         self.assertLess(peak - base, bound)
 
         # the connection was refused (rate_limited, with a retry hint) or cut

@@ -1212,14 +1212,6 @@ NAME_WORKERS = 16
 NAMES_RSS_SLACK_KB = 768
 
 
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS in /proc/PID/status")
-
-
 def read_dump_lines(path):
     try:
         with open(path, "rb") as f:
@@ -1316,7 +1308,7 @@ class OpenModeNames(HostileCase):
         pid = self.server.proc.pid
         await self.names_round(uniq("w"), 2 * NAMES_CHUNK)
         self.dump_now()
-        rss0 = rss_kb(pid)
+        rss0 = harness.rss_kb(pid)
 
         await self.names_round(uniq("n"), OPEN_NAMES)
         # the next dump lists only who was active since: the pair, if that
@@ -1329,12 +1321,11 @@ class OpenModeNames(HostileCase):
                              "stats still hold names that are gone")
         # open mode writes no row per name
         self.assertEqual(self.users_rows(), 0)
-        grown = rss_kb(pid) - rss0
+        grown = harness.rss_kb(pid) - rss0
         print(f"open-mode names RSS: {rss0} KiB after the warm-up, {grown:+d} KiB after "
               f"{OPEN_NAMES} more names", flush=True)
         # RSS means little under sanitizers (quarantine, shadow memory)
-        if not (os.environ.get("ASAN_OPTIONS") or os.environ.get("TSAN_OPTIONS") or
-                os.environ.get("PARLEY_TIMEOUT_SCALE")):
+        if not harness.sanitized():
             self.assertLess(grown, NAMES_RSS_SLACK_KB,
                             f"RSS grew {grown} KiB for {OPEN_NAMES} names that are gone")
         await self.chatting("at the end")
