@@ -27,11 +27,9 @@
 #include <time.h>
 
 #include "auth.h"
-#include "broker.h"
 #include "config.h"
 #include "fairq.h"
 #include "log.h"
-#include "loop.h"
 #include "metrics.h"
 #include "ratelimit.h"
 #include "server.h"
@@ -55,6 +53,8 @@
 
 struct accounts {
     struct server *srv;
+    accounts_user_added_fn *user_added; /* fixed; may be NULL */
+    void *user_added_arg;
     unsigned char key[256];
     size_t keylen;
     /* A real hash of a random password: unknown users are "verified" against
@@ -112,7 +112,8 @@ static void do_register(struct accounts *a, struct acct_req *r)
     } else if (rc != 0) {
         answer(r, 500, "{\"error\":\"internal\",\"message\":\"cannot store the account\"}");
     } else {
-        broker_user_added(a->srv->broker, c->user, c->email ? c->email : "");
+        if (a->user_added)
+            a->user_added(a->user_added_arg, c->user, c->email ? c->email : "");
         log_info("accounts", "registered '%s'", c->user);
         answer(r, 201, "{\"ok\":true}");
     }
@@ -158,18 +159,9 @@ static void do_login(struct accounts *a, struct acct_req *r)
     r->http_status = 200;
 }
 
-/* loop_post runs a void (*)(void *): calling r->done through that type would
- * be undefined behaviour, so the loop calls this, which calls done() with its
- * own type. Thread: the request's loop. */
-static void run_done(void *arg)
-{
-    struct acct_req *r = arg;
-    r->done(r);
-}
-
 static void hand_back(struct acct_req *r)
 {
-    if (loop_post(r->loop, run_done, r) != 0) {
+    if (r->hand_back(r) != 0) {
         /* the loop is gone, and with it the connection that asked */
         atomic_store(&r->cancelled, true);
         r->done(r);
@@ -428,7 +420,8 @@ int accounts_sign(struct accounts *a, const char *user, int64_t iat_ms, int64_t 
     return auth_jwt_sign(a->key, a->keylen, user, iat_ms, now + ttl_s, out, outsz);
 }
 
-struct accounts *accounts_new(struct server *srv, char *err, size_t errsz)
+struct accounts *accounts_new(struct server *srv, accounts_user_added_fn *user_added,
+                              void *user_added_arg, char *err, size_t errsz)
 {
     const struct config *cfg = srv->cfg;
     struct accounts *a = xcalloc(1, sizeof(*a));
@@ -436,6 +429,8 @@ struct accounts *accounts_new(struct server *srv, char *err, size_t errsz)
     char pw[64];
 
     a->srv = srv;
+    a->user_added = user_added;
+    a->user_added_arg = user_added_arg;
     pthread_mutex_init(&a->lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

@@ -11,8 +11,10 @@
  * queue (--login-queue-per-ip) or a full queue (--login-queue) is refused
  * with 429 and the time to wait. The queue takes turns between addresses.
  * A worker fills in the HTTP status and JSON body, records a login's
- * outcome with the throttle, and hands the request back to the loop it
- * came from with loop_post, where done() answers it.
+ * outcome with the throttle, and hands the request back with the
+ * submitter's hand_back (http.c: loop_post to the loop it came from), where
+ * done() answers it. accounts calls nothing above it: a new account is
+ * announced through the user_added hook main gives accounts_new.
  */
 #ifndef PARLEY_ACCOUNTS_H
 #define PARLEY_ACCOUNTS_H
@@ -27,7 +29,6 @@
 #include "fairq.h"
 
 struct server;
-struct loop;
 struct accounts;
 
 enum acct_op { ACCT_REGISTER, ACCT_LOGIN };
@@ -35,7 +36,11 @@ enum acct_op { ACCT_REGISTER, ACCT_LOGIN };
 struct acct_req {
     enum acct_op op;
     struct credentials cred;  /* owned; wiped when the request is freed */
-    struct loop *loop;        /* where done() runs */
+    /* Thread: a worker. Hand r over to where done() runs (the submitter's
+     * thread); 0, or -1 if that is gone: done() is then called at once with
+     * cancelled set. */
+    int (*hand_back)(struct acct_req *r);
+    void *home;               /* for hand_back: where done() runs (http.c: the loop) */
     void (*done)(struct acct_req *r); /* frees r (acct_req_free) */
     void *arg;
     char addr[64];            /* the client's address as text (set by the submitter) */
@@ -56,10 +61,15 @@ struct accounts_stats {
     size_t throttle_entries; /* names and addresses the throttles hold */
 };
 
+/* Called on a worker when an account was registered (main: the broker's
+ * user map, for no_such_user). Thread: a worker. */
+typedef void accounts_user_added_fn(void *arg, const char *name, const char *email);
+
 /* Thread: main. Loads (or creates) the token secret, starts the workers.
  * NULL with err on failure. (The admin token is the server's, in every
- * mode: main loads it.) */
-struct accounts *accounts_new(struct server *srv, char *err, size_t errsz);
+ * mode: main loads it.) user_added (with arg) may be NULL. */
+struct accounts *accounts_new(struct server *srv, accounts_user_added_fn *user_added,
+                              void *user_added_arg, char *err, size_t errsz);
 /* Thread: main, after the loops stopped. Joins the workers; queued requests
  * are answered 503. NULL is fine. */
 void accounts_free(struct accounts *a);

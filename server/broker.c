@@ -29,7 +29,6 @@
 #include "counters.h"
 #include "config.h"
 #include "log.h"
-#include "loop.h"
 #include "metrics.h"
 #include "notify.h"
 #include "ratelimit.h"
@@ -102,7 +101,7 @@ struct broker {
 /*
  * A connection waiting for a room to load (its seq read from storage). What
  * it sent from the request that needs the room on waits here, in order, and
- * its socket is not read meanwhile (loop_rx_flow); once the room is loaded
+ * its socket is not read meanwhile (client_rx_flow); once the room is loaded
  * the frames are handled as if they had just arrived.
  */
 struct pframe {
@@ -657,7 +656,7 @@ static void park(struct client *c, struct room *rm, const char *ref)
     pk->tail = &pk->head;
     str_lcpy(pk->ref, ref, sizeof(pk->ref));
     c->park = pk;
-    loop_rx_flow(c->loop, c, false);
+    client_rx_flow(c, false);
 }
 
 /* {c's home loop}. rm's load finished: handle what c sent meanwhile. */
@@ -715,7 +714,7 @@ static void resume_job(void *arg)
     }
     park_free(b, pk);
     if (!c->park)
-        loop_rx_flow(c->loop, c, true);
+        client_rx_flow(c, true);
     client_unref(&rs->c);
     free(rs);
 }
@@ -742,7 +741,7 @@ static void load_finish(struct room_load *ld, bool ok, uint64_t seq)
     for (size_t i = 0; i < n; i++) {
         struct resume *rs = xmalloc(sizeof(*rs));
         *rs = (struct resume){.b = b, .c = w[i], .rm = rm, .ok = ok};
-        if (loop_post(w[i]->loop, resume_job, rs) != 0) {
+        if (client_post(w[i], resume_job, rs) != 0) {
             client_unref(&rs->c); /* the loop has stopped: nobody to resume */
             free(rs);
         }

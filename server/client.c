@@ -1,6 +1,9 @@
 /*
- * client — see client.h. Lock order: room lock -> client lock -> loop lock.
- * The client lock is held only for queue operations, never across I/O.
+ * client — see client.h. Lock order: room lock -> client lock -> loop lock
+ * (the wake may take the loop's). The client lock is held only for queue
+ * operations, never across I/O. This file alone locks and pops the queue
+ * and keeps its share of the queue_bytes gauge: charged on push and fill,
+ * uncharged on take and when the queue is dropped.
  */
 #include "client.h"
 
@@ -9,20 +12,27 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "loop.h"
 #include "metrics.h"
 #include "server.h"
 #include "util.h"
 
-struct client *client_new(struct server *srv, struct loop *loop, size_t qmax, size_t qbytes)
+struct client *client_new(struct server *srv, size_t qmax, size_t qbytes,
+                          const struct client_io *io, void *io_arg)
 {
     struct client *c = xcalloc(1, sizeof(*c));
     pthread_mutex_init(&c->lock, NULL);
     cq_init(&c->q, qmax, qbytes);
     atomic_init(&c->refs, 1);
-    c->loop = loop;
+    c->io = io;
+    c->io_arg = io_arg;
     c->srv = srv;
     return c;
+}
+
+/* The fan-out path's one indirect call. */
+static inline void wake_home(struct client *c)
+{
+    c->io->wake(c->io_arg, c);
 }
 
 struct client *client_ref(struct client *c)
@@ -36,8 +46,9 @@ static void client_free(struct client *c)
     METRIC_SUB(&c->srv->metrics, queue_bytes, (int64_t)cq_bytes(&c->q));
     cq_release(&c->q);
     pthread_mutex_destroy(&c->lock);
-    free(c->rx);
     free(c->joined);
+    if (c->io && c->io->release)
+        c->io->release(c->io_arg);
     free(c);
 }
 
@@ -102,7 +113,7 @@ int client_push(struct client *c, msg_t *m)
     pthread_mutex_unlock(&c->lock);
     msg_unref(&m);
     if (wake)
-        loop_schedule(c->loop, c);
+        wake_home(c);
     return rc;
 }
 
@@ -130,7 +141,7 @@ int client_fill(struct client *c, msg_t *p, msg_t *content)
     pthread_mutex_unlock(&c->lock);
     msg_unref(&content);
     if (rc == 0 || rc == -1)
-        loop_schedule(c->loop, c);
+        wake_home(c);
     return rc;
 }
 
@@ -170,7 +181,7 @@ void client_kill(struct client *c, int code, const char *reason)
     }
     pthread_mutex_unlock(&c->lock);
     if (wake)
-        loop_schedule(c->loop, c);
+        wake_home(c);
 }
 
 void client_mark_dead(struct client *c)
@@ -179,4 +190,41 @@ void client_mark_dead(struct client *c)
     c->dead = true;
     drop_queue_locked(c);
     pthread_mutex_unlock(&c->lock);
+}
+
+size_t client_take(struct client *c, msg_t **out, size_t max, size_t max_bytes,
+                   struct client_take *r)
+{
+    size_t n, bytes = 0;
+
+    pthread_mutex_lock(&c->lock);
+    r->close_code = c->close_code;
+    r->reason = c->close_reason;
+    n = cq_pop_batch(&c->q, out, max, max_bytes);
+    r->more = cq_count(&c->q) && !cq_blocked(&c->q);
+    r->close_now = r->close_code && cq_count(&c->q) == 0;
+    pthread_mutex_unlock(&c->lock);
+
+    if (!n)
+        return 0;
+    /* a frame's size is fixed once it is queued (a placeholder's once it is
+     * filled, and an unfilled one is never popped): what push or fill
+     * charged comes back here */
+    for (size_t i = 0; i < n; i++)
+        bytes += msg_size(out[i]);
+    METRIC_SUB(&c->srv->metrics, queue_bytes, (int64_t)bytes);
+    /* a close still waiting behind this batch needs one more round */
+    if (r->close_code && !r->close_now)
+        r->more = true;
+    return n;
+}
+
+int client_post(struct client *c, void (*fn)(void *arg), void *arg)
+{
+    return c->io->post(c->io_arg, fn, arg);
+}
+
+void client_rx_flow(struct client *c, bool on)
+{
+    c->io->rx_flow(c->io_arg, c, on);
 }

@@ -2,10 +2,11 @@
  * client — one WebSocket connection's state that other threads may touch:
  * its bounded outgoing queue, its close request and its reference count.
  *
- * A client is created and its lws side driven by exactly one I/O loop (its
- * "home"). Publishers on any thread push frames with client_push, which
- * never blocks on I/O (it takes the client's short lock) and asks the home
- * loop to drain the queue. Rooms, the user map and in-flight storage writes
+ * A client is created and its socket side driven by exactly one I/O loop
+ * (its "home"), which it reaches only through the struct client_io it was
+ * created with. Publishers on any thread push frames with client_push,
+ * which never blocks on I/O (it takes the client's short lock) and wakes
+ * the home loop to drain the queue (client_take). Rooms, the user map and in-flight storage writes
  * each hold a reference, so a client outlives its socket until the last of
  * them lets go; client_push on a closed client is a quiet no-op.
  */
@@ -20,14 +21,36 @@
 #include "codec.h"
 #include "cq.h"
 
-struct loop;
 struct server;
 struct joined;
 struct park;
 struct room;
+struct client;
+
+/*
+ * What the I/O side (the connection's home loop) does for a client, given
+ * to client_new with the argument every call gets (ws.c: the connection's
+ * socket-side state, whose lifetime is the client's). The client and the
+ * broker reach the loop only through these, so they never name it.
+ */
+struct client_io {
+    /* Thread: any. Make the home loop drain c's queue (or close it) soon;
+     * called when the queue goes from empty to non-empty, and for a close. */
+    void (*wake)(void *arg, struct client *c);
+    /* Thread: any. Run fn(fnarg) on the home loop soon (FIFO). 0, or -1 if
+     * the loop has stopped (fn not called; the caller still owns fnarg). */
+    int (*post)(void *arg, void (*fn)(void *fnarg), void *fnarg);
+    /* Thread: home loop. Stop (false) or restart (true) reading the socket. */
+    void (*rx_flow)(void *arg, struct client *c, bool on);
+    /* Thread: any (the last client_unref). The client is freed: free arg. */
+    void (*release)(void *arg);
+};
 
 /* Fields are grouped by who may touch them and ordered to pack: every
- * connection has one, so its size is part of the per-connection budget. */
+ * connection has one, so its size is part of the per-connection budget.
+ * What only lives as long as the socket (the wsi, rx reassembly, idle
+ * timing, the loop's lists, the peer address) is the I/O side's, behind
+ * io_arg (struct conn in loop.h), not here. */
 struct client {
     pthread_mutex_t lock;
     struct cq q;          /* {lock} */
@@ -35,41 +58,41 @@ struct client {
     int close_code;       /* {lock} nonzero: close with this code when next writable */
     _Atomic unsigned refs;
 
-    struct loop *loop;    /* home loop, fixed */
+    const struct client_io *io; /* fixed */
+    void *io_arg;         /* fixed; opaque to everyone but the I/O side */
     struct server *srv;   /* fixed */
-    struct client *pending_next; /* {loop->lock} */
 
     /* ---- home-loop thread only ---- */
-    void *wsi;                     /* struct lws *, NULL once closed */
-    struct client *loop_prev, *loop_next; /* the loop's list of live clients */
     struct room *current;          /* text mode: the room joined last (one of joined) */
     struct joined *joined;         /* rooms this connection has joined */
     struct park *park;             /* waiting for a room to load (broker.c), or NULL */
     struct room **pres_due;        /* rooms owing others a presence change of ours */
-    unsigned char *rx;             /* reassembly of a fragmented message */
-    uint32_t rx_len, rx_cap;
-    uint32_t rx_start_s;           /* loop tick of the first piece of that message */
     unsigned njoined;
     unsigned npres_due;
-    uint32_t seen_s;               /* loop tick of the last frame from the peer */
     enum codec_fmt fmt;
     char user[CODEC_USER_MAX + 1];
     char session[17];
-    uint8_t addr[16];              /* peer address, IPv4 in its IPv6-mapped form */
 
     uint8_t reads;        /* {lock} history reads in flight (client_read_begin) */
     bool dead;            /* {lock} socket gone: pushes are dropped */
-    bool scheduled;       /* {loop->lock} on the loop's pending list */
     bool authed;                   /* home loop */
-    bool discard;                  /* home loop: closing for bad input, ignore what arrives */
-    bool rx_hot;                   /* home loop: on the loop's read-again list */
-    bool rx_open;                  /* home loop: a message has begun and not yet ended */
-    bool ping_out;                 /* home loop: pinged since the last frame from the peer */
-    bool ip_counted;               /* home loop: holds a slot in srv->iplimit */
+    bool discard;                  /* home loop: closing for bad input (set by the broker
+                                    * or the I/O side), ignore what arrives */
 };
 
-/* Thread: home loop. Refcount 1 (the socket's). */
-struct client *client_new(struct server *srv, struct loop *loop, size_t qmax, size_t qbytes);
+/* What client_take handed out besides frames. */
+struct client_take {
+    int close_code;       /* nonzero: c is to be closed with it */
+    const char *reason;   /* with close_code */
+    bool close_now;       /* ... and nothing is left to send first */
+    bool more;            /* frames (or the close) remain for another round */
+};
+
+/* Thread: home loop. Refcount 1 (the socket's). io (with io_arg) is how the
+ * client reaches its home loop; NULL for a client that is never pushed to,
+ * woken or parked (tests). */
+struct client *client_new(struct server *srv, size_t qmax, size_t qbytes,
+                          const struct client_io *io, void *io_arg);
 /* Thread: any. */
 struct client *client_ref(struct client *c);
 void client_unref(struct client **cp);
@@ -103,5 +126,23 @@ void client_read_end(struct client *c);
 void client_kill(struct client *c, int code, const char *reason);
 /* The socket is gone: drop the queue and refuse further pushes. Thread: home loop. */
 void client_mark_dead(struct client *c);
+
+/*
+ * Take up to max frames / max_bytes bytes from the head of c's queue into
+ * out (the references move to the caller), uncharging them from the queue
+ * and the queue_bytes gauge, and report the close request in *r. A client
+ * being closed still hands out what was queued before its close (the
+ * shutdown drain); a slow consumer's queue was already dropped. The queue
+ * stops at a placeholder not yet filled. Returns the number of frames.
+ * Thread: home loop (the only taker).
+ */
+size_t client_take(struct client *c, msg_t **out, size_t max, size_t max_bytes,
+                   struct client_take *r);
+
+/* Thread: home loop. Run fn(arg) on c's home loop later (FIFO), via
+ * c->io->post: 0, or -1 if the loop has stopped (the caller keeps arg). */
+int client_post(struct client *c, void (*fn)(void *arg), void *arg);
+/* Thread: home loop. Stop (false) or restart (true) reading c's socket. */
+void client_rx_flow(struct client *c, bool on);
 
 #endif

@@ -14,6 +14,7 @@
 #include "auth.h"
 #include "broker.h"
 #include "counters.h"
+#include "loop.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
@@ -321,7 +322,22 @@ static int respond_acct(struct lws *wsi, struct http_state *st, const struct acc
     return respond_json(wsi, st, (unsigned)r->http_status, r->body);
 }
 
-/* Thread: the loop, via loop_post from the accounts worker. */
+/* loop_post runs a void (*)(void *): calling r->done through that type would
+ * be undefined behaviour, so the loop calls this, which calls done() with its
+ * own type. Thread: the request's loop. */
+static void run_done(void *arg)
+{
+    struct acct_req *r = arg;
+    r->done(r);
+}
+
+/* Thread: an accounts worker. Back to the loop the request came from. */
+static int api_hand_back(struct acct_req *r)
+{
+    return loop_post(r->home, run_done, r);
+}
+
+/* Thread: the loop, via api_hand_back from the accounts worker. */
 static void api_done(struct acct_req *r)
 {
     struct http_state *st = r->arg;
@@ -358,7 +374,8 @@ int http_body_complete(struct lws *wsi, struct server *srv, struct http_state *s
         }
     }
     r->op = st->api == API_REGISTER ? ACCT_REGISTER : ACCT_LOGIN;
-    r->loop = lws_context_user(lws_get_context(wsi));
+    r->home = lws_context_user(lws_get_context(wsi));
+    r->hand_back = api_hand_back;
     r->done = api_done;
     r->arg = st;
     /* throttled per address: an unknown one ("") is one key of its own */

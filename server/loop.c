@@ -20,7 +20,6 @@
 #include "tls.h"
 #include "server.h"
 #include "util.h"
-#include "ws.h"
 
 #define SCRATCH_CAP (64 * 1024)
 /* Extra reads per service pass for connections that just received: bounds
@@ -42,6 +41,7 @@ struct job {
 
 struct loop {
     struct server *srv;
+    const struct loop_ops *ops;  /* the I/O side above: kick, idle check, protocols */
     int index;
     struct lws_context *ctx;
     pthread_t thread;
@@ -49,8 +49,8 @@ struct loop {
     bool started_once;           /* the thread owns (and destroys) ctx */
 
     pthread_mutex_t lock;
-    struct client *pending;      /* {lock} singly linked via pending_next */
-    struct client **pending_tail; /* {lock} */
+    struct conn *pending;        /* {lock} singly linked via pending_next */
+    struct conn **pending_tail;  /* {lock} */
     bool stop_requested;         /* {lock} */
     bool alive;                  /* {lock} ctx may be woken; false once destroy begins */
     bool awake;                  /* {lock} between passes, before the last look at the
@@ -61,7 +61,7 @@ struct loop {
     struct job *jobs, **jobs_tail; /* {lock} posted work, FIFO */
 
     /* ---- loop thread only ---- */
-    struct client *clients;      /* live connections, for the shutdown drain */
+    struct conn *clients;        /* live connections, for the shutdown drain */
     bool draining;
     int64_t drain_deadline_ms;
     lws_sorted_usec_list_t drain_sul;
@@ -75,7 +75,8 @@ struct loop {
     bool kick_wanted;            /* pending clients await a flush; kick_sul armed */
     lws_sorted_usec_list_t flush_sul;
     lws_sorted_usec_list_t kick_sul;
-    struct client **hot, **hot_next; /* received in this pass: read again */
+    struct conn **hot, **hot_next; /* received in this pass: read again (each holds
+                                    * a reference on its client) */
     size_t nhot, hot_cap;
     void *ssl_ctx;               /* server SSL_CTX, NULL without TLS */
     unsigned char scratch[LWS_PRE + SCRATCH_CAP];
@@ -86,15 +87,17 @@ static void loop_flush(struct loop *l);
 static void loop_want_flush(struct loop *l);
 static void loop_adopt_handoffs(struct loop *l);
 static void loop_run_jobs(struct loop *l);
-static struct client *loop_take_pending(struct loop *l);
+static struct conn *loop_take_pending(struct loop *l);
 
-struct loop *loop_new(struct server *srv, int index, char *err, size_t errsz)
+struct loop *loop_new(struct server *srv, int index, const struct loop_ops *ops, char *err,
+                      size_t errsz)
 {
     const struct config *cfg = srv->cfg;
     struct lws_context_creation_info info;
     struct loop *l = xcalloc(1, sizeof(*l));
 
     l->srv = srv;
+    l->ops = ops;
     l->index = index;
     pthread_mutex_init(&l->lock, NULL);
     l->pending_tail = &l->pending;
@@ -105,7 +108,7 @@ struct loop *loop_new(struct server *srv, int index, char *err, size_t errsz)
     /* loop 0 listens and dispatches; the others only adopt sockets */
     info.port = index == 0 ? cfg->listen_port : CONTEXT_PORT_NO_LISTEN_SERVER;
     info.iface = index == 0 ? cfg->listen_host : NULL;
-    info.protocols = ws_protocols();
+    info.protocols = ops->protocols();
     info.vhost_name = "parley";
     info.user = l;
     info.count_threads = 1;
@@ -173,8 +176,8 @@ static void begin_drain(struct loop *l)
 {
     l->draining = true;
     l->drain_deadline_ms = now_mono_ms() + (int64_t)(l->srv->cfg->drain_timeout * 1000);
-    for (struct client *c = l->clients; c; c = c->loop_next)
-        client_kill(c, 1001, "server shutting down");
+    for (struct conn *k = l->clients; k; k = k->loop_next)
+        client_kill(k->c, 1001, "server shutting down");
     lws_sul_schedule(l->ctx, 0, &l->drain_sul, drain_timer,
                      (lws_usec_t)(l->srv->cfg->drain_timeout * LWS_US_PER_SEC));
 }
@@ -192,23 +195,25 @@ static void wake_locked(struct loop *l)
 static void drop_hot(struct loop *l)
 {
     for (size_t i = 0; i < l->nhot; i++) {
+        struct client *c = l->hot[i]->c;
         l->hot[i]->rx_hot = false;
-        client_unref(&l->hot[i]);
+        client_unref(&c);
     }
     l->nhot = 0;
 }
 
-void loop_note_rx(struct loop *l, struct client *c)
+void loop_note_rx(struct loop *l, struct conn *k)
 {
-    if (c->rx_hot)
+    if (k->rx_hot)
         return;
     if (l->nhot == l->hot_cap) {
         l->hot_cap = l->hot_cap ? 2 * l->hot_cap : 64;
         l->hot = xrealloc(l->hot, l->hot_cap * sizeof(*l->hot));
         l->hot_next = xrealloc(l->hot_next, l->hot_cap * sizeof(*l->hot_next));
     }
-    c->rx_hot = true;
-    l->hot[l->nhot++] = client_ref(c);
+    k->rx_hot = true;
+    client_ref(k->c);
+    l->hot[l->nhot++] = k;
 }
 
 /* lws reads at most rx_buffer_size bytes per connection per poll round, so a
@@ -221,36 +226,37 @@ void loop_note_rx(struct loop *l, struct client *c)
 static void read_more(struct loop *l)
 {
     for (int round = 0; round < READ_MORE_ROUNDS && l->nhot; round++) {
-        struct client **cur = l->hot;
+        struct conn **cur = l->hot;
         size_t n = l->nhot;
         l->hot = l->hot_next;
         l->hot_next = cur;
         l->nhot = 0;
         for (size_t i = 0; i < n; i++) {
-            struct client *c = cur[i];
-            c->rx_hot = false;
-            struct lws *wsi = c->wsi;
+            struct conn *k = cur[i];
+            struct client *c = k->c;
+            k->rx_hot = false;
+            struct lws *wsi = k->wsi;
             if (wsi && !c->discard) {
                 struct lws_pollfd pfd = {.fd = lws_get_socket_fd(wsi), .events = POLLIN,
                                          .revents = POLLIN};
                 if (pfd.fd >= 0)
                     lws_service_fd(l->ctx, &pfd);
             }
-            client_unref(&cur[i]);
+            client_unref(&c);
         }
     }
     drop_hot(l); /* still busy after the last round: the next poll sees it */
 }
 
-void loop_rx_flow(struct loop *l, struct client *c, bool on)
+void loop_rx_flow(struct loop *l, struct conn *k, bool on)
 {
-    struct lws *wsi = c->wsi;
+    struct lws *wsi = k->wsi;
     if (!wsi)
         return;
     /* inside a callback lws applies this when the callback returns, and
      * keeps the unparsed rest of what it read for later */
     lws_rx_flow_control(wsi, on ? 1 : 0);
-    if (on && !c->discard) {
+    if (on && !k->c->discard) {
         /* what lws kept is in its own buffer, not the socket: no poll would
          * report it, so service the connection now, as read_more does */
         struct lws_pollfd pfd = {.fd = lws_get_socket_fd(wsi), .events = POLLIN,
@@ -280,8 +286,8 @@ static void take_handed_over(struct loop *l)
 }
 
 /* Once a second, every client of the loop: ping it after --ping-interval
- * without a frame from it, hang up after twice that (ws_idle_check; it never
- * unlinks a client). One walk over the loop's list is a few microseconds
+ * without a frame from it, hang up after twice that (ops->idle_check; it
+ * never unlinks a connection). One walk over the loop's list is a few microseconds
  * per thousand clients. */
 static void idle_timer(lws_sorted_usec_list_t *sul)
 {
@@ -289,8 +295,8 @@ static void idle_timer(lws_sorted_usec_list_t *sul)
     uint32_t ping_s = (uint32_t)l->srv->cfg->ping_interval;
 
     l->tick++;
-    for (struct client *c = l->clients; c; c = c->loop_next)
-        ws_idle_check(c, l->tick, ping_s);
+    for (struct conn *k = l->clients; k; k = k->loop_next)
+        l->ops->idle_check(k, l->tick, ping_s);
     lws_sul_schedule(l->ctx, 0, &l->idle_sul, idle_timer, LWS_US_PER_SEC);
 }
 
@@ -382,8 +388,9 @@ void loop_free(struct loop *l)
     loop_run_jobs(l);
     free(l->handoff);
     /* clients still pending hold a reference taken in loop_schedule */
-    for (struct client *c = l->pending, *n; c; c = n) {
-        n = c->pending_next;
+    for (struct conn *k = l->pending, *n; k; k = n) {
+        n = k->pending_next;
+        struct client *c = k->c;
         client_unref(&c);
     }
     free(l->hot);
@@ -392,16 +399,17 @@ void loop_free(struct loop *l)
     free(l);
 }
 
-void loop_schedule(struct loop *l, struct client *c)
+void loop_schedule(struct loop *l, struct conn *k)
 {
     bool wake = false;
     pthread_mutex_lock(&l->lock);
-    if (!c->scheduled) {
-        c->scheduled = true;
-        c->pending_next = NULL;
-        *l->pending_tail = client_ref(c);
-        l->pending_tail = &c->pending_next;
-        wake = l->pending == c; /* list was empty: one wake per batch */
+    if (!k->scheduled) {
+        k->scheduled = true;
+        k->pending_next = NULL;
+        client_ref(k->c);
+        *l->pending_tail = k;
+        l->pending_tail = &k->pending_next;
+        wake = l->pending == k; /* list was empty: one wake per batch */
     }
     if (wake && tl_loop == l) {
         /* the loop's own thread needs no wake-up through the pipe */
@@ -456,12 +464,13 @@ static void loop_flush(struct loop *l)
         return;
     }
     l->last_flush_ns = now;
-    struct client *c = loop_take_pending(l);
-    while (c) {
-        struct client *next = c->pending_next;
-        ws_kick(c, l);
-        client_unref(&c);
-        c = next;
+    struct conn *k = loop_take_pending(l);
+    while (k) {
+        struct conn *next = k->pending_next;
+        struct client *c = k->c;
+        l->ops->kick(k);
+        client_unref(&c); /* may free k */
+        k = next;
     }
 }
 
@@ -476,14 +485,14 @@ static void loop_want_flush(struct loop *l)
     }
 }
 
-static struct client *loop_take_pending(struct loop *l)
+static struct conn *loop_take_pending(struct loop *l)
 {
     pthread_mutex_lock(&l->lock);
-    struct client *list = l->pending;
+    struct conn *list = l->pending;
     l->pending = NULL;
     l->pending_tail = &l->pending;
-    for (struct client *c = list; c; c = c->pending_next)
-        c->scheduled = false;
+    for (struct conn *k = list; k; k = k->pending_next)
+        k->scheduled = false;
     pthread_mutex_unlock(&l->lock);
     return list;
 }
@@ -638,24 +647,24 @@ unsigned char *loop_scratch(struct loop *l, size_t *cap)
     return l->scratch + LWS_PRE;
 }
 
-void loop_attach(struct loop *l, struct client *c)
+void loop_attach(struct loop *l, struct conn *k)
 {
     atomic_fetch_add_explicit(&l->nconn, 1, memory_order_relaxed);
-    c->loop_prev = NULL;
-    c->loop_next = l->clients;
+    k->loop_prev = NULL;
+    k->loop_next = l->clients;
     if (l->clients)
-        l->clients->loop_prev = c;
-    l->clients = c;
+        l->clients->loop_prev = k;
+    l->clients = k;
 }
 
-void loop_detach(struct loop *l, struct client *c)
+void loop_detach(struct loop *l, struct conn *k)
 {
     atomic_fetch_sub_explicit(&l->nconn, 1, memory_order_relaxed);
-    if (c->loop_prev)
-        c->loop_prev->loop_next = c->loop_next;
+    if (k->loop_prev)
+        k->loop_prev->loop_next = k->loop_next;
     else
-        l->clients = c->loop_next;
-    if (c->loop_next)
-        c->loop_next->loop_prev = c->loop_prev;
-    c->loop_prev = c->loop_next = NULL;
+        l->clients = k->loop_next;
+    if (k->loop_next)
+        k->loop_next->loop_prev = k->loop_prev;
+    k->loop_prev = k->loop_next = NULL;
 }

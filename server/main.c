@@ -35,6 +35,7 @@
 #include "tls.h"
 #include "util.h"
 #include "webcache.h"
+#include "ws.h"
 
 /* How often main looks for account changes made by another process. */
 #define USERS_POLL_NS ((int64_t)1000000000)
@@ -112,6 +113,22 @@ static void reload_tls(struct server *srv)
 }
 
 /* --check-config: everything start-up would read, without serving. */
+/* The wiring that keeps the layers one-way: the loop calls up into ws.c
+ * through this table, and accounts announces a new account to the broker
+ * through this hook, so neither names the layer above it. */
+static const struct loop_ops io_ops = {
+    .kick = ws_kick,
+    .idle_check = ws_idle_check,
+    .protocols = ws_protocols,
+};
+
+/* Thread: an accounts worker. srv->broker exists before any request can. */
+static void user_added(void *arg, const char *name, const char *email)
+{
+    struct server *srv = arg;
+    broker_user_added(srv->broker, name, email);
+}
+
 static int check_config(const struct config *cfg)
 {
     char err[512];
@@ -258,7 +275,7 @@ int main(int argc, char **argv)
         goto out;
     }
     if (cfg.auth == CFG_AUTH_ACCOUNTS) {
-        srv.accounts = accounts_new(&srv, err, sizeof(err));
+        srv.accounts = accounts_new(&srv, user_added, &srv, err, sizeof(err));
         if (!srv.accounts) {
             log_error("main", "%s", err);
             goto out;
@@ -278,7 +295,7 @@ int main(int argc, char **argv)
     srv.nloops = cfg.threads;
     srv.loops = xcalloc((size_t)srv.nloops, sizeof(*srv.loops));
     for (int i = 0; i < srv.nloops; i++) {
-        srv.loops[i] = loop_new(&srv, i, err, sizeof(err));
+        srv.loops[i] = loop_new(&srv, i, &io_ops, err, sizeof(err));
         if (!srv.loops[i]) {
             log_error("main", "%s", err);
             goto stop;

@@ -1,7 +1,8 @@
 /*
  * ws — see ws.h. Everything here runs on the loop thread that owns the wsi;
- * other threads reach a connection only through its client (client.h) and
- * the loop (loop_schedule, loop_post).
+ * other threads reach a connection only through its client (client.h),
+ * whose client_io (conn_io below) leads to the loop (loop_schedule,
+ * loop_post, loop_rx_flow). The socket-side state is the struct conn.
  */
 #include "ws.h"
 
@@ -27,7 +28,7 @@
 /* Kept small: lws allocates it for every connection. HTTP state exists
  * only while a connection is doing HTTP. */
 struct pss {
-    struct client *c;     /* WebSocket connections */
+    struct conn *k;       /* WebSocket connections */
     struct http_state *h; /* plain HTTP, allocated on the first request */
 };
 
@@ -82,23 +83,58 @@ static const char *addr_text(const uint8_t addr[16], char out[INET6_ADDRSTRLEN])
     return inet_ntop(AF_INET6, addr, out, INET6_ADDRSTRLEN);
 }
 
+/* The client's way to its home loop (client_io): arg is the conn. */
+static void conn_wake(void *arg, struct client *c)
+{
+    struct conn *k = arg;
+    (void)c;
+    loop_schedule(k->loop, k);
+}
+
+static int conn_post(void *arg, void (*fn)(void *fnarg), void *fnarg)
+{
+    struct conn *k = arg;
+    return loop_post(k->loop, fn, fnarg);
+}
+
+static void conn_rx_flow(void *arg, struct client *c, bool on)
+{
+    struct conn *k = arg;
+    (void)c;
+    loop_rx_flow(k->loop, k, on);
+}
+
+static void conn_release(void *arg)
+{
+    struct conn *k = arg;
+    free(k->rx);
+    free(k);
+}
+
+static const struct client_io conn_io = {
+    .wake = conn_wake, .post = conn_post, .rx_flow = conn_rx_flow, .release = conn_release,
+};
+
 static int on_established(struct lws *wsi, struct pss *pss, struct loop *l)
 {
     struct server *srv = loop_server(l);
     const struct config *cfg = srv->cfg;
     char user[64], token[CODEC_TOKEN_MAX + 8], room[96], fmt[16];
 
-    struct client *c = client_new(srv, l, (size_t)cfg->client_queue_max,
-                                  (size_t)cfg->client_queue_bytes);
-    c->wsi = wsi;
+    struct conn *k = xcalloc(1, sizeof(*k));
+    struct client *c = client_new(srv, (size_t)cfg->client_queue_max,
+                                  (size_t)cfg->client_queue_bytes, &conn_io, k);
+    k->c = c;
+    k->loop = l;
+    k->wsi = wsi;
     const struct lws_protocols *p = lws_get_protocol(wsi);
     url_arg(wsi, "format=", fmt, sizeof(fmt));
     c->fmt = (p && strcmp(p->name, "parley.text") == 0) || strcmp(fmt, "text") == 0 ? FMT_TEXT
                                                                                     : FMT_JSON;
-    peer_addr(wsi, c->addr);
-    pss->c = c;
-    c->seen_s = loop_tick(l);
-    loop_attach(l, c);
+    peer_addr(wsi, k->addr);
+    pss->k = k;
+    k->seen_s = loop_tick(l);
+    loop_attach(l, k);
     METRIC_INC(&srv->metrics, connections);
 
     /* Limits are checked once the upgrade is done so the client gets a
@@ -110,8 +146,8 @@ static int on_established(struct lws *wsi, struct pss *pss, struct loop *l)
         return 0;
     }
     char ip[INET6_ADDRSTRLEN];
-    c->ip_counted = iplimit_acquire(srv->iplimit, addr_text(c->addr, ip));
-    if (!c->ip_counted) {
+    k->ip_counted = iplimit_acquire(srv->iplimit, addr_text(k->addr, ip));
+    if (!k->ip_counted) {
         client_kill(c, 1013, "too many connections from your address");
         c->discard = true;
         return 0;
@@ -125,32 +161,33 @@ static int on_established(struct lws *wsi, struct pss *pss, struct loop *l)
 }
 
 /* Something came from the peer: it is alive (see ws_idle_check). */
-static void mark_seen(struct client *c)
+static void mark_seen(struct conn *k)
 {
-    c->seen_s = loop_tick(c->loop);
-    c->ping_out = false;
+    k->seen_s = loop_tick(k->loop);
+    k->ping_out = false;
 }
 
 /* The message being reassembled is done with: idle connections keep no
  * reassembly buffer. */
-static void rx_release(struct client *c)
+static void rx_release(struct conn *k)
 {
-    free(c->rx);
-    c->rx = NULL;
-    c->rx_len = c->rx_cap = 0;
-    c->rx_open = false;
+    free(k->rx);
+    k->rx = NULL;
+    k->rx_len = k->rx_cap = 0;
+    k->rx_open = false;
 }
 
-static int on_receive(struct lws *wsi, struct client *c, const unsigned char *in, size_t len)
+static int on_receive(struct lws *wsi, struct conn *k, const unsigned char *in, size_t len)
 {
+    struct client *c = k->c;
     struct server *srv = c->srv;
     size_t max = (size_t)srv->cfg->max_frame;
     size_t remaining = lws_remaining_packet_payload(wsi);
 
     if (c->discard)
         return 0;
-    mark_seen(c);
-    loop_note_rx(c->loop, c);
+    mark_seen(k);
+    loop_note_rx(k->loop, k);
     /* Bad input closes from the writable callback, which sends the close
      * frame and waits for the peer's; returning -1 here would drop the
      * socket with the rest of the frame unread, and the peer would see a
@@ -160,68 +197,51 @@ static int on_receive(struct lws *wsi, struct client *c, const unsigned char *in
         client_kill(c, 1003, "binary frames are not accepted");
         return 0;
     }
-    if (c->rx_len + len + remaining > max) {
+    if (k->rx_len + len + remaining > max) {
         c->discard = true;
         client_kill(c, 1009, "message too big");
         return 0;
     }
     bool final = lws_is_final_fragment(wsi);
-    if (final && c->rx_len == 0) {
+    if (final && k->rx_len == 0) {
         /* the common case: a whole message in one piece, no copy */
-        c->rx_open = false;
+        k->rx_open = false;
         broker_frame(srv->broker, c, (const char *)in, len);
         return 0;
     }
-    if (!c->rx_open) {
+    if (!k->rx_open) {
         /* a message arriving in pieces (fragments, or one frame bigger
          * than lws's read buffer): ws_idle_check bounds how long it takes */
-        c->rx_open = true;
-        c->rx_start_s = loop_tick(c->loop);
+        k->rx_open = true;
+        k->rx_start_s = loop_tick(k->loop);
     }
     if (len == 0)
         return 0; /* an empty non-final piece: nothing to keep */
-    if (c->rx_len + len > c->rx_cap) {
-        size_t cap = c->rx_cap ? c->rx_cap : 1024;
-        while (cap < c->rx_len + len + remaining)
+    if (k->rx_len + len > k->rx_cap) {
+        size_t cap = k->rx_cap ? k->rx_cap : 1024;
+        while (cap < k->rx_len + len + remaining)
             cap *= 2;
-        c->rx = xrealloc(c->rx, cap > max ? max : cap);
-        c->rx_cap = cap > max ? max : cap;
+        k->rx = xrealloc(k->rx, cap > max ? max : cap);
+        k->rx_cap = cap > max ? max : cap;
     }
-    memcpy(c->rx + c->rx_len, in, len);
-    c->rx_len += len;
+    memcpy(k->rx + k->rx_len, in, len);
+    k->rx_len += len;
     if (final) {
-        broker_frame(srv->broker, c, (const char *)c->rx, c->rx_len);
-        rx_release(c);
+        broker_frame(srv->broker, c, (const char *)k->rx, k->rx_len);
+        rx_release(k);
     }
     return 0;
 }
 
-/* What send_queued left to do. */
-struct sent {
-    int close_code;         /* nonzero: c is to be closed with it */
-    const char *reason;     /* with close_code */
-    bool close_now;         /* ... and nothing is left to send first */
-    bool more;              /* frames (or the close) remain for another round */
-};
-
-/* Send up to one batch of c's queued frames in one write. Returns -1 if
+/* Send up to one batch of k's queued frames in one write. Returns -1 if
  * the socket failed. */
-static int send_queued(struct lws *wsi, struct client *c, struct loop *l, struct sent *r)
+static int send_queued(struct lws *wsi, struct conn *k, struct client_take *r)
 {
     msg_t *batch[BATCH_MAX];
-    size_t cap, n, queued_bytes = 0;
-    unsigned char *scratch = loop_scratch(l, &cap);
+    size_t cap, n;
+    unsigned char *scratch = loop_scratch(k->loop, &cap);
 
-    pthread_mutex_lock(&c->lock);
-    r->close_code = c->close_code;
-    r->reason = c->close_reason;
-    /* a connection being closed still gets what was queued before (the
-     * shutdown drain); a slow consumer's queue was already dropped */
-    n = cq_pop_batch(&c->q, batch, BATCH_MAX, cap);
-    r->more = cq_count(&c->q) && !cq_blocked(&c->q);
-    r->close_now = r->close_code && cq_count(&c->q) == 0;
-    pthread_mutex_unlock(&c->lock);
-
+    n = client_take(k->c, batch, BATCH_MAX, cap, r);
     if (!n)
         return 0;
     /* Several ready frames go out in one write: each stays its own
@@ -229,8 +249,6 @@ static int send_queued(struct lws *wsi, struct client *c, struct loop *l, struct
      * they are. */
     const unsigned char *out;
     size_t total = 0, fl;
-    for (size_t i = 0; i < n; i++)
-        queued_bytes += msg_size(batch[i]);
     if (n == 1) {
         out = msg_frame(msg_resolve(batch[0]), &total);
     } else {
@@ -244,18 +262,14 @@ static int send_queued(struct lws *wsi, struct client *c, struct loop *l, struct
     int w = lws_write(wsi, (unsigned char *)out, total, LWS_WRITE_RAW);
     for (size_t i = 0; i < n; i++)
         msg_unref(&batch[i]);
-    METRIC_SUB(&c->srv->metrics, queue_bytes, (int64_t)queued_bytes);
-    /* a close still waiting behind this batch needs one more round */
-    if (r->close_code && !r->close_now)
-        r->more = true;
     return w < 0 ? -1 : 0;
 }
 
-static int on_writeable(struct lws *wsi, struct client *c, struct loop *l)
+static int on_writeable(struct lws *wsi, struct conn *k)
 {
-    struct sent r;
+    struct client_take r;
 
-    if (send_queued(wsi, c, l, &r) < 0)
+    if (send_queued(wsi, k, &r) < 0)
         return -1;
     if (r.close_now) {
         close_with(wsi, r.close_code, r.reason);
@@ -268,28 +282,30 @@ static int on_writeable(struct lws *wsi, struct client *c, struct loop *l)
 
 static void on_closed(struct pss *pss, struct loop *l)
 {
-    struct client *c = pss->c;
-    if (!c)
+    struct conn *k = pss->k;
+    if (!k)
         return;
-    pss->c = NULL;
+    pss->k = NULL;
+    struct client *c = k->c;
     struct server *srv = c->srv;
     broker_disconnected(srv->broker, c);
     client_mark_dead(c);
-    c->wsi = NULL;
-    loop_detach(l, c);
+    k->wsi = NULL;
+    rx_release(k); /* the socket's buffer goes with the socket */
+    loop_detach(l, k);
     METRIC_SUB(&srv->metrics, connections, 1);
     atomic_fetch_sub_explicit(&srv->ws_conns, 1, memory_order_relaxed);
-    if (c->ip_counted) {
+    if (k->ip_counted) {
         char ip[INET6_ADDRSTRLEN];
-        iplimit_release(srv->iplimit, addr_text(c->addr, ip));
+        iplimit_release(srv->iplimit, addr_text(k->addr, ip));
     }
-    client_unref(&c);
+    client_unref(&c); /* frees k with the client once nobody holds it */
 }
 
-void ws_kick(struct client *c, struct loop *l)
+void ws_kick(struct conn *k)
 {
-    struct lws *wsi = c->wsi;
-    struct sent r;
+    struct lws *wsi = k->wsi;
+    struct client_take r;
 
     if (!wsi)
         return;
@@ -301,7 +317,7 @@ void ws_kick(struct client *c, struct loop *l)
         lws_callback_on_writable(wsi);
         return;
     }
-    if (send_queued(wsi, c, l, &r) < 0) {
+    if (send_queued(wsi, k, &r) < 0) {
         lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         return;
     }
@@ -314,14 +330,15 @@ void ws_kick(struct client *c, struct loop *l)
 }
 
 
-void ws_idle_check(struct client *c, uint32_t now_s, uint32_t ping_s)
+void ws_idle_check(struct conn *k, uint32_t now_s, uint32_t ping_s)
 {
+    struct client *c = k->c;
     /* a ping frame, sent as it is like every other frame; it carries one
      * byte because lws 4.1 does not report an empty pong */
     static const unsigned char ping[LWS_PRE + 3] = {[LWS_PRE] = 0x89, [LWS_PRE + 1] = 0x01,
                                                     [LWS_PRE + 2] = 'p'};
-    struct lws *wsi = c->wsi;
-    uint32_t quiet = now_s - c->seen_s;
+    struct lws *wsi = k->wsi;
+    uint32_t quiet = now_s - k->seen_s;
 
     if (c->npres_due)
         broker_tick(c->srv->broker, c);
@@ -331,9 +348,9 @@ void ws_idle_check(struct client *c, uint32_t now_s, uint32_t ping_s)
      * --fragment-timeout seconds to finish, so a peer cannot park that
      * memory by sending a first fragment and then only answering pings.
      * Ticks are whole seconds: "more than" gives it at least the full time. */
-    if (c->rx_open && now_s - c->rx_start_s > (uint32_t)c->srv->cfg->fragment_timeout) {
+    if (k->rx_open && now_s - k->rx_start_s > (uint32_t)c->srv->cfg->fragment_timeout) {
         c->discard = true;
-        rx_release(c);
+        rx_release(k);
         METRIC_INC(&c->srv->metrics, fragment_timeouts_total);
         client_kill(c, 1008, "message not finished in time");
         return;
@@ -346,8 +363,8 @@ void ws_idle_check(struct client *c, uint32_t now_s, uint32_t ping_s)
         return;
     }
     /* a socket lws is still flushing is busy, not idle: ping it next time */
-    if (quiet >= ping_s && !c->ping_out && !lws_partial_buffered(wsi)) {
-        c->ping_out = true;
+    if (quiet >= ping_s && !k->ping_out && !lws_partial_buffered(wsi)) {
+        k->ping_out = true;
         if (lws_write(wsi, (unsigned char *)ping + LWS_PRE, 3, LWS_WRITE_RAW) < 0)
             lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
     }
@@ -400,17 +417,17 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_ESTABLISHED:
         return on_established(wsi, pss, l);
     case LWS_CALLBACK_RECEIVE:
-        if (!pss->c)
+        if (!pss->k)
             return -1;
-        return on_receive(wsi, pss->c, in, len);
+        return on_receive(wsi, pss->k, in, len);
     case LWS_CALLBACK_RECEIVE_PONG:
-        if (pss->c)
-            mark_seen(pss->c);
+        if (pss->k)
+            mark_seen(pss->k);
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
-        if (!pss->c)
+        if (!pss->k)
             return -1;
-        return on_writeable(wsi, pss->c, l);
+        return on_writeable(wsi, pss->k);
     case LWS_CALLBACK_CLOSED:
         on_closed(pss, l);
         return 0;
@@ -437,7 +454,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 }
 
 /* rx_buffer_size is small because lws allocates it per connection;
- * longer messages arrive in pieces and are reassembled in client->rx.
+ * longer messages arrive in pieces and are reassembled in conn->rx.
  * tx_packet_size lets one write carry a whole batch (64 KiB). */
 static const struct lws_protocols protocols[] = {
     {"parley", callback, sizeof(struct pss), 128, 0, NULL, 80 * 1024},

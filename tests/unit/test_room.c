@@ -5,9 +5,9 @@
  * concurrent acquire/release from many threads (run under TSan by
  * tools/test).
  *
- * Clients are real struct client objects on a zeroed server with no loop:
+ * Clients are real struct client objects on a zeroed server with no I/O side:
  * client_new only stores those pointers, and these tests never push (a push
- * would schedule on the NULL loop).
+ * would wake through the NULL client_io).
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -30,7 +30,7 @@ static struct server srv; /* zeroed: the metrics client_free updates */
 
 static struct client *new_client(const char *user)
 {
-    struct client *c = client_new(&srv, NULL, 16, 1 << 20);
+    struct client *c = client_new(&srv, 16, 1 << 20, NULL, NULL);
     cr_assert_not_null(c);
     cr_assert_lt(strlen(user), sizeof(c->user));
     strcpy(c->user, user);
@@ -953,7 +953,7 @@ static void *race_worker(void *p)
     struct race *rc = a->race;
     char user[16];
     snprintf(user, sizeof(user), "user%d", a->id);
-    struct client *me = client_new(&srv, NULL, 16, 1 << 20);
+    struct client *me = client_new(&srv, 16, 1 << 20, NULL, NULL);
     strcpy(me->user, user);
 
     for (int round = 0; round < ROUNDS; round++) {
@@ -1137,7 +1137,7 @@ struct churn_arg {
 static void *churn_worker(void *p)
 {
     struct churn_arg *a = p;
-    struct client *me = client_new(&srv, NULL, 16, 1 << 20);
+    struct client *me = client_new(&srv, 16, 1 << 20, NULL, NULL);
     snprintf(me->user, sizeof(me->user), "churn%d", a->id);
     uint32_t rnd = 77u + (uint32_t)a->id;
 
