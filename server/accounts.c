@@ -34,6 +34,7 @@
 #include "ratelimit.h"
 #include "server.h"
 #include "store.h"
+#include "store_accounts.h"
 #include "throttle.h"
 #include "util.h"
 
@@ -102,11 +103,8 @@ static void do_register(struct accounts *a, struct acct_req *r)
         answer(r, 500, "{\"error\":\"internal\",\"message\":\"cannot hash the password\"}");
         return;
     }
-    struct store_write w = {.kind = SW_ACCOUNT_ADD};
-    w.password_hash = hash;
-    w.email = c->email;
-    w.msg.from = c->user;
-    int rc = store_submit_wait(a->srv->store, &w);
+    struct store_account_add add = {.name = c->user, .password_hash = hash, .email = c->email};
+    int rc = store_account_add(a->srv->store, &add);
     if (rc == -EEXIST) {
         answer(r, 409, "{\"error\":\"taken\",\"message\":\"that user name is taken\"}");
     } else if (rc != 0) {

@@ -14,6 +14,7 @@
 #include "config.h"
 #include "log.h"
 #include "store.h"
+#include "store_accounts.h"
 #include "util.h"
 
 bool admin_is_command(int argc, char **argv)
@@ -91,14 +92,11 @@ static int cmd_user(struct config *cfg, const char *op, const char *user, const 
     char err[512], pw[1100], pw2[1100], hash[256];
     int rc = 1;
     struct store_opts so = {.path = cfg->db_path, .readers = 1};
-    struct store_write w = {0};
+    struct store_account_add add = {.name = user};
+    bool del = strcmp(op, "del") == 0;
     store_t *st = NULL;
 
-    w.msg.from = user;
-    if (strcmp(op, "del") == 0) {
-        w.kind = SW_ACCOUNT_DEL;
-    } else {
-        w.kind = strcmp(op, "add") == 0 ? SW_ACCOUNT_ADD : SW_ACCOUNT_PASSWD;
+    if (!del) {
         if (email && !auth_email_ok(email)) {
             fprintf(stderr, "parleyd user: malformed email address\n");
             return 2;
@@ -121,19 +119,21 @@ static int cmd_user(struct config *cfg, const char *op, const char *user, const 
             fprintf(stderr, "parleyd user: cannot hash the password\n");
             return 1;
         }
-        w.password_hash = hash;
-        w.email = email;
+        add.password_hash = hash;
+        add.email = email;
         /* the operator may give a password to a name that signed in with
          * backend tokens only (the same identity, now with a password too);
          * registration over HTTP never may */
-        w.adopt = true;
+        add.adopt = true;
     }
     st = store_open(&so, err, sizeof(err));
     if (!st) {
         fprintf(stderr, "parleyd user: %s\n", err);
         return 1;
     }
-    int s = store_submit_wait(st, &w);
+    int s = del                        ? store_account_del(st, user)
+            : strcmp(op, "add") == 0 ? store_account_add(st, &add)
+                                     : store_account_passwd(st, user, hash);
     if (s == 0) {
         printf("%s: %s\n", op, user);
         rc = 0;
@@ -143,7 +143,7 @@ static int cmd_user(struct config *cfg, const char *op, const char *user, const 
         fprintf(stderr, "parleyd user: '%s' was deleted; a deleted name stays reserved\n", user);
     } else if (s == -ENOENT) {
         fprintf(stderr, "parleyd user: %s '%s'\n",
-                w.kind == SW_ACCOUNT_DEL ? "no user has ever been called" : "no account", user);
+                del ? "no user has ever been called" : "no account", user);
     } else {
         fprintf(stderr, "parleyd user: cannot update the database (%s)\n", strerror(-s));
     }

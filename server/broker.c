@@ -35,6 +35,8 @@
 #include "room.h"
 #include "server.h"
 #include "store.h"
+#include "store_accounts.h"
+#include "store_outbox.h"
 #include "strmap.h"
 #include "util.h"
 
@@ -123,7 +125,7 @@ struct park {
  * before it, that room's messages included, is committed), then a read of
  * the room's latest message. */
 struct room_load {
-    struct store_write w;
+    struct store_barrier bar;
     struct store_read r;
     struct broker *b;
     struct room *rm; /* a reference */
@@ -139,16 +141,24 @@ struct resume {
 
 /* A storage write in flight, owned by the store until done(). */
 struct pending_write {
-    struct store_write w;
+    union {
+        struct store_append a;    /* a message */
+        struct store_barrier bar; /* the ack of a duplicate */
+    };
     struct broker *b;
     struct client *c;      /* sender, gets the ack */
-    struct hist *h;        /* SW_MESSAGE content */
+    struct hist *h;        /* a message's content */
     enum codec_fmt fmt;
-    uint64_t seq;          /* SW_BARRIER: the original seq to ack */
+    uint64_t seq;          /* the message's seq; a duplicate's: the original's */
     char room[CODEC_ROOMID_MAX + 1];
     char id[CODEC_ID_MAX + 1];
     char ref[CODEC_REF_MAX + 1];
-    char user[CODEC_USER_MAX + 1]; /* SW_USER */
+};
+
+/* A user name on its way to the users table. */
+struct seen_write {
+    struct store_user_seen u;
+    char user[CODEC_USER_MAX + 1];
 };
 
 enum read_kind { READ_JOINED, READ_HISTORY };
@@ -270,19 +280,20 @@ static void user_free(void *p)
     free(u);
 }
 
-static void write_done(struct store_write *w);
+static void seen_done(struct store_user_seen *u)
+{
+    free(STORE_CONTAINER(u, struct seen_write, u));
+}
 
 static void remember_user(struct broker *b, const char *name)
 {
-    struct pending_write *pw = xcalloc(1, sizeof(*pw));
-    pw->b = b;
-    pw->w.kind = SW_USER;
-    str_lcpy(pw->user, name, sizeof(pw->user));
-    pw->w.msg.from = pw->user;
-    pw->w.done = write_done;
-    if (store_submit(b->srv->store, &pw->w) != 0) {
+    struct seen_write *sw = xcalloc(1, sizeof(*sw));
+    str_lcpy(sw->user, name, sizeof(sw->user));
+    sw->u.name = sw->user;
+    sw->u.done = seen_done;
+    if (store_user_seen(b->srv->store, &sw->u) != 0) {
         log_warn("broker", "cannot queue user '%s' for storage", name);
-        free(pw);
+        free(sw);
     }
 }
 
@@ -403,14 +414,14 @@ void broker_tick(struct broker *b, struct client *c)
 
 /* ------------------------------------------------------------ storage */
 
-static void write_done(struct store_write *w)
+/* A message or a duplicate's barrier is durable (status 0; seq: what to
+ * ack) or failed. */
+static void write_finish(struct pending_write *pw, int status, uint64_t seq)
 {
-    struct pending_write *pw = (struct pending_write *)w;
     struct metrics *mt = &pw->b->srv->metrics;
 
     if (pw->c) {
-        if (w->status == 0) {
-            uint64_t seq = w->kind == SW_BARRIER ? pw->seq : (w->dup_seq ? w->dup_seq : pw->seq);
+        if (status == 0) {
             client_push(pw->c, codec_ack(pw->fmt, pw->room, seq, pw->id, pw->ref));
         } else {
             METRIC_INC(mt, protocol_errors_total);
@@ -425,6 +436,18 @@ static void write_done(struct store_write *w)
     free(pw);
 }
 
+static void append_done(struct store_append *a)
+{
+    struct pending_write *pw = STORE_CONTAINER(a, struct pending_write, a);
+    write_finish(pw, a->status, a->dup_seq ? a->dup_seq : pw->seq);
+}
+
+static void barrier_done(struct store_barrier *bar)
+{
+    struct pending_write *pw = STORE_CONTAINER(bar, struct pending_write, bar);
+    write_finish(pw, bar->status, pw->seq);
+}
+
 /* Ack a duplicate id once everything queued before it is durable (the
  * original included), without storing anything. */
 static void ack_duplicate(struct broker *b, struct client *c, const char *room, uint64_t seq,
@@ -432,15 +455,14 @@ static void ack_duplicate(struct broker *b, struct client *c, const char *room, 
 {
     struct pending_write *pw = xcalloc(1, sizeof(*pw));
     pw->b = b;
-    pw->w.kind = SW_BARRIER;
-    pw->w.done = write_done;
+    pw->bar.done = barrier_done;
     pw->c = client_ref(c);
     pw->fmt = c->fmt;
     pw->seq = seq;
     str_lcpy(pw->room, room, sizeof(pw->room));
     str_lcpy(pw->id, id, sizeof(pw->id));
     str_lcpy(pw->ref, ref, sizeof(pw->ref));
-    if (store_submit(b->srv->store, &pw->w) != 0) {
+    if (store_barrier(b->srv->store, &pw->bar) != 0) {
         client_unref(&pw->c);
         free(pw);
         reply_error(c, ERR_INTERNAL, "storage is overloaded, try again", ref);
@@ -475,6 +497,13 @@ static void read_answer(struct pending_read *pr, msg_t *content)
                                 pr->ref, -1));
 }
 
+/* A stored event as the codec takes it (only messages are stored today). */
+static struct chat_msg event_msg(const struct room_event *e)
+{
+    return (struct chat_msg){.room = e->room, .seq = e->seq, .from = e->from, .text = e->text,
+                             .text_len = e->text_len, .ts = e->ts, .id = e->id};
+}
+
 static msg_t *encode_read(struct pending_read *pr, const struct chat_msg *msgs, size_t n)
 {
     if (pr->kind == READ_JOINED)
@@ -496,7 +525,7 @@ static void read_done(struct store_read *r)
         size_t n = 0;
         struct chat_msg *all = xmalloc((r->n + pr->nwin + 1) * sizeof(*all));
         for (size_t i = 0; i < r->n; i++)
-            all[n++] = r->msgs[i];
+            all[n++] = event_msg(&r->evs[i]);
         for (size_t i = 0; i < pr->nwin; i++)
             all[n++] = pr->win[i]->m;
         content = encode_read(pr, all, n);
@@ -755,15 +784,15 @@ static void load_read_done(struct store_read *r)
 {
     struct room_load *ld = (struct room_load *)((char *)r - offsetof(struct room_load, r));
     bool ok = r->status == 0;
-    uint64_t seq = ok && r->n ? r->msgs[r->n - 1].seq : 0;
+    uint64_t seq = ok && r->n ? r->evs[r->n - 1].seq : 0;
     store_read_release(r);
     load_finish(ld, ok, seq);
 }
 
-static void load_barrier_done(struct store_write *w)
+static void load_barrier_done(struct store_barrier *bar)
 {
-    struct room_load *ld = (struct room_load *)w;
-    if (w->status != 0) {
+    struct room_load *ld = STORE_CONTAINER(bar, struct room_load, bar);
+    if (bar->status != 0) {
         load_finish(ld, false, 0);
         return;
     }
@@ -782,10 +811,9 @@ static void room_load(struct broker *b, struct room *rm)
     struct room_load *ld = xcalloc(1, sizeof(*ld));
     ld->b = b;
     ld->rm = rooms_ref(rm);
-    ld->w.kind = SW_BARRIER;
-    ld->w.done = load_barrier_done;
+    ld->bar.done = load_barrier_done;
     METRIC_INC(&b->srv->metrics, room_loads_total);
-    if (store_submit(b->srv->store, &ld->w) != 0)
+    if (store_barrier(b->srv->store, &ld->bar) != 0)
         load_finish(ld, false, 0);
 }
 
@@ -1016,18 +1044,18 @@ int broker_poll_users(struct broker *b)
 
 /* An outbox row in flight to the storage writer. */
 struct outbox_write {
-    struct store_write w;
+    struct store_outbox_add w;
     char id[33], recipient[CODEC_USER_MAX + 1], email[255], from[CODEC_USER_MAX + 1];
     char room[CODEC_ROOMID_MAX + 1];
     char text[];
 };
 
-static void outbox_done(struct store_write *w)
+static void outbox_done(struct store_outbox_add *w)
 {
+    struct outbox_write *ow = STORE_CONTAINER(w, struct outbox_write, w);
     if (w->status != 0)
-        log_warn("broker", "notification for '%s' not recorded in the outbox",
-                 ((struct outbox_write *)w)->recipient);
-    free(w);
+        log_warn("broker", "notification for '%s' not recorded in the outbox", ow->recipient);
+    free(ow);
 }
 
 /* {users_lock}. Add user as a target if offline with an address. */
@@ -1092,16 +1120,15 @@ static void notify_targets(struct broker *b, const struct note_target *t, size_t
         str_lcpy(ow->from, m->from, sizeof(ow->from));
         str_lcpy(ow->room, m->room, sizeof(ow->room));
         memcpy(ow->text, m->text, m->text_len);
-        ow->w.kind = SW_OUTBOX_ADD;
-        ow->w.outbox_id = ow->id;
+        ow->w.id = ow->id;
         ow->w.recipient = ow->recipient;
         ow->w.email = ow->email;
         ow->w.note_kind = dm ? "dm" : "mention";
-        ow->w.msg.from = ow->from;
-        ow->w.msg.room = ow->room;
-        ow->w.msg.text = ow->text;
-        ow->w.msg.text_len = m->text_len;
-        ow->w.msg.ts = m->ts;
+        ow->w.from = ow->from;
+        ow->w.room = ow->room;
+        ow->w.text = ow->text;
+        ow->w.text_len = m->text_len;
+        ow->w.ts = m->ts;
         ow->w.done = outbox_done;
 
         struct notification note = {.kind = dm ? NOTE_DM : NOTE_MENTION, .text = m->text,
@@ -1112,7 +1139,7 @@ static void notify_targets(struct broker *b, const struct note_target *t, size_t
         str_lcpy(note.from, m->from, sizeof(note.from));
         str_lcpy(note.room, m->room, sizeof(note.room));
 
-        if (store_submit(b->srv->store, &ow->w) != 0) {
+        if (store_outbox_add(b->srv->store, &ow->w) != 0) {
             log_warn("broker", "outbox full: notification for '%s' kept in memory only",
                      t[i].user);
             free(ow);
@@ -1225,8 +1252,7 @@ static void publish(struct broker *b, struct client *c, struct room *rm, const c
 
     struct pending_write *pw = xcalloc(1, sizeof(*pw));
     pw->b = b;
-    pw->w.kind = SW_MESSAGE;
-    pw->w.done = write_done;
+    pw->a.done = append_done;
     pw->c = client_ref(c);
     pw->fmt = c->fmt;
     str_lcpy(pw->room, rm->name, sizeof(pw->room));
@@ -1245,11 +1271,14 @@ static void publish(struct broker *b, struct client *c, struct room *rm, const c
     int64_t ts = now_wall_ms();
     pw->seq = rm->seq + 1;
     pw->h = hist_new(rm->name, pw->seq, c->user, r->text, r->text_len, ts, r->id);
-    pw->w.msg = pw->h->m;
+    const struct chat_msg *hm = &pw->h->m;
+    pw->a.ev = (struct room_event){.kind = EV_MESSAGE, .room = hm->room, .seq = hm->seq,
+                                   .from = hm->from, .ts = hm->ts, .id = hm->id,
+                                   .text = hm->text, .text_len = hm->text_len};
     struct hist *h = hist_ref(pw->h);
     /* Queue the write first: if storage refuses, nothing was announced and
      * the seq is not consumed. After this the store owns pw. */
-    if (store_submit(b->srv->store, &pw->w) != 0) {
+    if (store_append(b->srv->store, &pw->a) != 0) {
         pthread_mutex_unlock(&rm->lock);
         hist_unref(&h);
         hist_unref(&pw->h);

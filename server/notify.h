@@ -44,7 +44,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "store.h"
+#include "store_outbox.h"
 
 typedef struct notify notify_t;
 

@@ -15,8 +15,9 @@
  * closing it cannot drop one of SQLite's POSIX locks).
  *
  * DESIGN
- * Writes: store_submit appends to a bounded FIFO under s->lock and wakes the
- * writer only when that can matter (queue became non-empty, or reached a
+ * Writes: store_append (and every other queued request: barriers, users
+ * seen, outbox rows, the blocking account calls) appends to a bounded FIFO
+ * of struct store_op under s->lock and wakes the writer only when that can matter (queue became non-empty, or reached a
  * full batch). The writer takes the first write, waits up to the batch
  * window for more, and commits up to batch_max writes in one transaction
  * with prepared statements (group commit): one WAL append and, with
@@ -78,6 +79,9 @@
  * never edited; a new change is a new entry.
  */
 #include "store.h"
+#include "store_accounts.h"
+#include "store_engine.h"
+#include "store_outbox.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -181,7 +185,7 @@ static const double commit_le[STORE_COMMIT_BUCKETS] = {
 /* One write as the executor sees it: pointers into the submitter's write,
  * or into `owned` for a retry copy. */
 struct row {
-    enum store_write_kind kind;
+    enum store_op_kind kind;
     const char *room, *from, *text, *id; /* id NULL: none */
     size_t text_len;
     uint64_t seq;
@@ -211,6 +215,7 @@ struct reader {
 };
 
 struct store {
+    struct store_base base; /* first: the ops tables (store_engine.h) */
     char *path;
     struct store_opts o; /* defaults applied; o.path unused */
 
@@ -241,7 +246,7 @@ struct store {
 
     pthread_mutex_t lock;
     pthread_cond_t wcond;           /* writer: new work, full batch, close */
-    struct store_write *qhead, *qtail; /* {lock} */
+    struct store_op *qhead, *qtail; /* {lock} */
     size_t qn;                      /* {lock} */
     int64_t q_first_ns;             /* {lock} mono time the queue last became non-empty */
     bool closing;                   /* {lock} store_close began */
@@ -262,7 +267,7 @@ struct store {
 
     /* writer thread only */
     struct row *batch;
-    struct store_write **batch_w;
+    struct store_op **batch_w;
     const struct row **sorted;
     struct row *retry;
     size_t nretry;
@@ -271,7 +276,7 @@ struct store {
     bool sync_thread;
     pthread_mutex_t sy_lock;
     pthread_cond_t sy_cond;      /* sync thread: work, stop; writer: room */
-    struct store_write *sy_head, *sy_tail; /* {sy_lock} done() waiting for a sync */
+    struct store_op *sy_head, *sy_tail; /* {sy_lock} done() waiting for a sync */
     size_t sy_n;                 /* {sy_lock} */
     bool sy_stop;                /* {sy_lock} the writer has exited */
     pthread_t sy_tid;
@@ -714,7 +719,7 @@ static int chunk_stored(store_t *s, const struct row *r, bool *stored)
 }
 
 /*
- * Insert rows[0..k) (all SW_MESSAGE, k = chunk_rows[c]) with one statement.
+ * Insert rows[0..k) (all SOP_APPEND, k = chunk_rows[c]) with one statement.
  * Per-statement work (cursor open/close, VDBE setup and halt) is a third of
  * a one-row insert, and with the cursors kept open across the rows an
  * append to a room's tail often needs no descent from the root; callgrind:
@@ -766,7 +771,7 @@ static int chunk_at(const struct row *rows, size_t i, size_t n)
         if (n - i < k)
             continue;
         size_t j = 0;
-        while (j < k && rows[i + j].kind == SW_MESSAGE)
+        while (j < k && rows[i + j].kind == SOP_APPEND)
             j++;
         if (j == k)
             return c;
@@ -783,7 +788,7 @@ static int insert_user(store_t *s, const struct row *r)
     return run_stmt(s->st_user);
 }
 
-/* SW_ACCOUNT_ADD with adopt found nothing to change: was the name deleted? */
+/* SOP_ACCOUNT_ADD with adopt found nothing to change: was the name deleted? */
 static int add_refusal(store_t *s, const struct row *r)
 {
     sqlite3_stmt *st = NULL;
@@ -811,21 +816,21 @@ static int run_rare(store_t *s, struct row *r)
      * commit, so a login that read the old row before the commit cannot
      * date its token after it (logins date theirs past tokens_after). */
     static const char *const sql[] = {
-        [SW_ACCOUNT_ADD] = "INSERT INTO users(name, created_at, password_hash, email)"
+        [SOP_ACCOUNT_ADD] = "INSERT INTO users(name, created_at, password_hash, email)"
                            " VALUES(?1, ?2, ?3, ?4) ON CONFLICT(name) DO UPDATE SET"
                            " password_hash = excluded.password_hash, email = excluded.email"
                            " WHERE ?14 AND users.password_hash IS NULL"
                            " AND users.deleted_at IS NULL",
-        [SW_ACCOUNT_PASSWD] = "UPDATE users SET password_hash = ?3,"
+        [SOP_ACCOUNT_PASSWD] = "UPDATE users SET password_hash = ?3,"
                               " tokens_after = max(tokens_after, ?2 + ?15)"
                               " WHERE name = ?1 AND password_hash IS NOT NULL",
-        [SW_ACCOUNT_DEL] = "UPDATE users SET password_hash = NULL, email = NULL,"
+        [SOP_ACCOUNT_DEL] = "UPDATE users SET password_hash = NULL, email = NULL,"
                            " deleted_at = COALESCE(deleted_at, ?2),"
                            " tokens_after = max(tokens_after, ?2 + ?15) WHERE name = ?1",
-        [SW_OUTBOX_ADD] = "INSERT INTO outbox(id, recipient, email, kind, sender, room, text, ts,"
+        [SOP_OUTBOX_ADD] = "INSERT INTO outbox(id, recipient, email, kind, sender, room, text, ts,"
                           " created_at) VALUES(?5, ?6, ?4, ?7, ?1, ?8, ?9, ?10, ?2)"
                           " ON CONFLICT(id) DO NOTHING",
-        [SW_OUTBOX_MARK] = "UPDATE outbox SET state = ?11, attempts = ?12, next_at = ?13"
+        [SOP_OUTBOX_MARK] = "UPDATE outbox SET state = ?11, attempts = ?12, next_at = ?13"
                            " WHERE id = ?5 AND ?2 IS NOT NULL",
     };
     sqlite3_stmt *st = NULL;
@@ -836,11 +841,11 @@ static int run_rare(store_t *s, struct row *r)
     sqlite3_bind_int64(st, 2, now_wall_ms());
     sqlite3_bind_text(st, 3, r->hash, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, r->email ? r->email : NULL, -1, SQLITE_STATIC);
-    if (r->kind == SW_ACCOUNT_ADD)
+    if (r->kind == SOP_ACCOUNT_ADD)
         sqlite3_bind_int(st, 14, r->adopt);
-    if (r->kind == SW_ACCOUNT_PASSWD || r->kind == SW_ACCOUNT_DEL)
+    if (r->kind == SOP_ACCOUNT_PASSWD || r->kind == SOP_ACCOUNT_DEL)
         sqlite3_bind_int(st, 15, STORE_REVOKE_MARGIN_MS);
-    if (r->kind == SW_OUTBOX_ADD || r->kind == SW_OUTBOX_MARK) {
+    if (r->kind == SOP_OUTBOX_ADD || r->kind == SOP_OUTBOX_MARK) {
         sqlite3_bind_text(st, 5, r->outbox_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 6, r->recipient, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 7, r->note_kind, -1, SQLITE_STATIC);
@@ -854,8 +859,8 @@ static int run_rare(store_t *s, struct row *r)
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {
         rc = SQLITE_OK;
-        if (sqlite3_changes(s->wdb) == 0 && r->kind != SW_OUTBOX_ADD)
-            r->status = r->kind != SW_ACCOUNT_ADD ? -ENOENT
+        if (sqlite3_changes(s->wdb) == 0 && r->kind != SOP_OUTBOX_ADD)
+            r->status = r->kind != SOP_ACCOUNT_ADD ? -ENOENT
                         : r->adopt                ? add_refusal(s, r)
                                                   : -EEXIST;
     }
@@ -874,7 +879,7 @@ static int upsert_rooms(store_t *s, struct row *rows, size_t n)
 {
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
-        if (rows[i].kind == SW_MESSAGE)
+        if (rows[i].kind == SOP_APPEND)
             s->sorted[m++] = &rows[i];
     if (m > 1)
         qsort(s->sorted, m, sizeof(*s->sorted), cmp_room);
@@ -924,7 +929,7 @@ static int exec_batch(store_t *s, struct row *rows, size_t n, bool chunks, size_
     for (i = 0; i < n; i++) {
         rows[i].dup_seq = 0;
         rows[i].status = 0;
-        if (rows[i].kind != SW_BARRIER)
+        if (rows[i].kind != SOP_BARRIER)
             nrows++;
     }
     /* Barriers alone need no transaction: every earlier write has already
@@ -942,20 +947,20 @@ static int exec_batch(store_t *s, struct row *rows, size_t n, bool chunks, size_
             continue;
         }
         switch (rows[i].kind) {
-        case SW_MESSAGE:
+        case SOP_APPEND:
             rc = insert_msg(s, &rows[i]);
             break;
-        case SW_USER:
+        case SOP_USER_SEEN:
             rc = insert_user(s, &rows[i]);
             break;
-        case SW_BARRIER:
+        case SOP_BARRIER:
             rc = SQLITE_OK;
             break;
-        case SW_ACCOUNT_ADD:
-        case SW_ACCOUNT_PASSWD:
-        case SW_ACCOUNT_DEL:
-        case SW_OUTBOX_ADD:
-        case SW_OUTBOX_MARK:
+        case SOP_ACCOUNT_ADD:
+        case SOP_ACCOUNT_PASSWD:
+        case SOP_ACCOUNT_DEL:
+        case SOP_OUTBOX_ADD:
+        case SOP_OUTBOX_MARK:
             rc = run_rare(s, &rows[i]);
             break;
         }
@@ -985,29 +990,74 @@ fail:
     return errno_from_sqlite(rc);
 }
 
-static void row_from_write(struct row *r, const struct store_write *w)
+/* A blocking request of this engine's own (accounts, outbox marks): the
+ * row itself, pointing into the caller's strings, and the caller waiting. */
+struct sq_job {
+    struct store_op op;
+    struct row r;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+};
+
+static void row_from_op(struct row *r, const struct store_op *op)
 {
-    const struct chat_msg *m = &w->msg;
-    r->kind = w->kind;
-    r->room = m->room;
-    r->from = m->from;
-    r->text = m->text;
-    r->text_len = m->text_len;
-    r->id = m->id;
-    r->seq = m->seq;
-    r->ts = m->ts;
-    r->dup_seq = 0;
-    r->hash = w->password_hash;
-    r->email = w->email;
-    r->adopt = w->adopt;
-    r->outbox_id = w->outbox_id;
-    r->recipient = w->recipient;
-    r->note_kind = w->note_kind;
-    r->state = w->state;
-    r->attempts = w->attempts;
-    r->next_at_ms = w->next_at_ms;
-    r->status = 0;
-    r->owned = NULL;
+    *r = (struct row){.kind = op->kind};
+    switch (op->kind) {
+    case SOP_APPEND: {
+        const struct room_event *e = &STORE_CONTAINER(op, struct store_append, op)->ev;
+        r->room = e->room;
+        r->from = e->from;
+        r->text = e->text;
+        r->text_len = e->text_len;
+        r->id = e->id;
+        r->seq = e->seq;
+        r->ts = e->ts;
+        break;
+    }
+    case SOP_USER_SEEN:
+        r->from = STORE_CONTAINER(op, struct store_user_seen, op)->name;
+        break;
+    case SOP_BARRIER:
+        break;
+    case SOP_OUTBOX_ADD: {
+        const struct store_outbox_add *o = STORE_CONTAINER(op, struct store_outbox_add, op);
+        r->outbox_id = o->id;
+        r->recipient = o->recipient;
+        r->email = o->email;
+        r->note_kind = o->note_kind;
+        r->from = o->from;
+        r->room = o->room;
+        r->text = o->text;
+        r->text_len = o->text_len;
+        r->ts = o->ts;
+        break;
+    }
+    case SOP_ACCOUNT_ADD:
+    case SOP_ACCOUNT_PASSWD:
+    case SOP_ACCOUNT_DEL:
+    case SOP_OUTBOX_MARK:
+        *r = STORE_CONTAINER(op, struct sq_job, op)->r;
+        r->kind = op->kind;
+        r->dup_seq = 0;
+        r->status = 0;
+        r->owned = NULL;
+        break;
+    }
+}
+
+/* The request's final status is set: hand it back (may free it). */
+static void op_finish(struct store_op *op)
+{
+    if (op->kind >= SOP_ACCOUNT_ADD && op->kind != SOP_OUTBOX_ADD) {
+        struct sq_job *j = STORE_CONTAINER(op, struct sq_job, op);
+        pthread_mutex_lock(&j->lock);
+        j->done = true;
+        pthread_cond_signal(&j->cond);
+        pthread_mutex_unlock(&j->lock);
+        return;
+    }
+    store_op_complete(op);
 }
 
 /* Append src (n bytes) and a NUL at *p; return where it went, or NULL for
@@ -1092,11 +1142,11 @@ static bool backoff_wait(store_t *s, int64_t wake_ns)
  * submitters, or, when acks wait for the sync thread, queue them (one lock
  * for the batch) behind the commits before them. The writer stays at most
  * about queue_max completions ahead of the disk. */
-static void report_writes(store_t *s, struct store_write **w, size_t n)
+static void report_writes(store_t *s, struct store_op **w, size_t n)
 {
     if (!s->sync_thread) {
         for (size_t i = 0; i < n; i++)
-            w[i]->done(w[i]); /* may free w[i] */
+            op_finish(w[i]); /* may free w[i] */
         return;
     }
     if (!n)
@@ -1172,13 +1222,13 @@ static void *sync_main(void *arg)
             pthread_cond_wait(&s->sy_cond, &s->sy_lock);
         if (!s->sy_head)
             break;
-        struct store_write *w = s->sy_head;
+        struct store_op *w = s->sy_head;
         size_t n = s->sy_n;
         s->sy_head = s->sy_tail = NULL;
         pthread_mutex_unlock(&s->sy_lock);
 
         bool any_ok = false;
-        for (struct store_write *x = w; x; x = x->next)
+        for (struct store_op *x = w; x; x = x->next)
             any_ok |= x->status == 0;
         int rc = s->sy_failed;
         if (any_ok && !rc) {
@@ -1196,13 +1246,13 @@ static void *sync_main(void *arg)
             }
         }
         while (w) {
-            struct store_write *next = w->next;
+            struct store_op *next = w->next;
             if (rc && w->status == 0) {
                 w->status = -EIO;
                 w->dup_seq = 0;
                 atomic_fetch_add_explicit(&s->n_failures, 1, memory_order_relaxed);
             }
-            w->done(w); /* may free w */
+            op_finish(w); /* may free w */
             w = next;
         }
 
@@ -1218,13 +1268,13 @@ static void *sync_main(void *arg)
 static size_t fail_queue(store_t *s, int status)
 {
     pthread_mutex_lock(&s->lock);
-    struct store_write *w = s->qhead;
+    struct store_op *w = s->qhead;
     size_t n = s->qn;
     s->qhead = s->qtail = NULL;
     s->qn = 0;
     pthread_mutex_unlock(&s->lock);
     while (w) {
-        struct store_write *next = w->next;
+        struct store_op *next = w->next;
         w->status = status;
         w->dup_seq = 0;
         atomic_fetch_add_explicit(&s->n_failures, 1, memory_order_relaxed);
@@ -1238,7 +1288,7 @@ static size_t fail_queue(store_t *s, int status)
  * behind it, and count it as lost. */
 static void drop_row(store_t *s, const struct row *r, const char *cause)
 {
-    if (r->kind == SW_MESSAGE)
+    if (r->kind == SOP_APPEND)
         log_error(MOD, "dropping message %s/%" PRIu64 " from '%s': it cannot be stored: %s",
                   r->room, r->seq, r->from, cause);
     else
@@ -1327,7 +1377,7 @@ static size_t take_batch(store_t *s)
                 break;
     }
     while (n < max && s->qhead) {
-        struct store_write *w = s->qhead;
+        struct store_op *w = s->qhead;
         s->qhead = w->next;
         s->batch_w[n++] = w;
     }
@@ -1348,7 +1398,7 @@ static void *writer_main(void *arg)
         if (!n)
             break;
         for (size_t i = 0; i < n; i++)
-            row_from_write(&s->batch[i], s->batch_w[i]);
+            row_from_op(&s->batch[i], s->batch_w[i]);
         size_t bad;
         int rc = exec_batch(s, s->batch, n, true, &bad, cause, sizeof(cause));
         if (rc == 0) {
@@ -1366,7 +1416,7 @@ static void *writer_main(void *arg)
         for (size_t i = 0; i < n; i++) {
             if (i == bad)
                 drop_row(s, &s->batch[i], cause);
-            else if (s->batch[i].kind != SW_BARRIER)
+            else if (s->batch[i].kind != SOP_BARRIER)
                 row_own(&s->retry[s->nretry++], &s->batch[i]);
         }
         atomic_store_explicit(&s->n_retrying, s->nretry, memory_order_relaxed);
@@ -1540,11 +1590,12 @@ static int do_read(struct reader *rd, struct store_read *r)
 
 done:
     r->n = n;
-    r->msgs = n ? xmalloc(n * sizeof(*r->msgs)) : NULL;
+    r->evs = n ? xmalloc(n * sizeof(*r->evs)) : NULL;
     r->priv = block;
     for (size_t i = 0; i < n; i++) {
         const struct rrow *x = &rows[desc ? n - 1 - i : i];
-        struct chat_msg *m = &r->msgs[i];
+        struct room_event *m = &r->evs[i];
+        *m = (struct room_event){.kind = EV_MESSAGE};
         m->room = r->room;
         m->seq = x->seq;
         m->from = block + x->from;
@@ -1739,6 +1790,10 @@ static void store_destroy(store_t *s)
     free(s);
 }
 
+static const struct store_log_ops sq_log_ops;
+static const struct store_accounts_ops sq_accounts_ops;
+static const struct store_outbox_ops sq_outbox_ops;
+
 store_t *store_open(const struct store_opts *o, char *err, size_t errsz)
 {
     int rc;
@@ -1748,6 +1803,7 @@ store_t *store_open(const struct store_opts *o, char *err, size_t errsz)
         return NULL;
     }
     store_t *s = xcalloc(1, sizeof(*s));
+    s->base = (struct store_base){&sq_log_ops, &sq_accounts_ops, &sq_outbox_ops};
     s->path = xstrdup(o->path);
     s->o = *o;
     s->o.path = NULL;
@@ -1871,7 +1927,7 @@ fail_early:
     return NULL;
 }
 
-void store_close(store_t *s)
+static void sq_close(store_t *s)
 {
     if (!s)
         return;
@@ -1884,28 +1940,8 @@ void store_close(store_t *s)
 
 /* ------------------------------------------------------------- submit */
 
-int store_submit(store_t *s, struct store_write *w)
+static int submit_op(store_t *s, struct store_op *w)
 {
-    if (!w || !w->done)
-        return -EINVAL;
-    if (w->kind == SW_MESSAGE &&
-        (!w->msg.room || !w->msg.from || !w->msg.text || w->msg.text_len > INT32_MAX))
-        return -EINVAL;
-    if (w->kind == SW_USER && !w->msg.from)
-        return -EINVAL;
-    if ((w->kind == SW_ACCOUNT_ADD || w->kind == SW_ACCOUNT_PASSWD) &&
-        (!w->msg.from || !w->password_hash))
-        return -EINVAL;
-    if (w->kind == SW_ACCOUNT_DEL && !w->msg.from)
-        return -EINVAL;
-    if (w->kind == SW_OUTBOX_ADD &&
-        (!w->outbox_id || !w->recipient || !w->email || !w->note_kind || !w->msg.from ||
-         !w->msg.room || !w->msg.text))
-        return -EINVAL;
-    if (w->kind == SW_OUTBOX_MARK && (!w->outbox_id || !w->state))
-        return -EINVAL;
-    if (w->kind > SW_OUTBOX_MARK)
-        return -EINVAL;
     w->next = NULL;
     w->status = 0;
     w->dup_seq = 0;
@@ -1934,14 +1970,49 @@ int store_submit(store_t *s, struct store_write *w)
     return 0;
 }
 
-int store_read_submit(store_t *s, struct store_read *r)
+static int sq_append(store_t *s, struct store_append *a)
+{
+    const struct room_event *e = a ? &a->ev : NULL;
+    if (!a || !a->done || e->kind != EV_MESSAGE || e->body || !e->room || !e->from ||
+        !e->text || e->text_len > INT32_MAX)
+        return -EINVAL;
+    a->op.kind = SOP_APPEND;
+    return submit_op(s, &a->op);
+}
+
+static int sq_barrier(store_t *s, struct store_barrier *b)
+{
+    if (!b || !b->done)
+        return -EINVAL;
+    b->op.kind = SOP_BARRIER;
+    return submit_op(s, &b->op);
+}
+
+static int sq_user_seen(store_t *s, struct store_user_seen *u)
+{
+    if (!u || !u->done || !u->name)
+        return -EINVAL;
+    u->op.kind = SOP_USER_SEEN;
+    return submit_op(s, &u->op);
+}
+
+static int sq_outbox_add(store_t *s, struct store_outbox_add *o)
+{
+    if (!o || !o->done || !o->id || !o->recipient || !o->email || !o->note_kind || !o->from ||
+        !o->room || !o->text)
+        return -EINVAL;
+    o->op.kind = SOP_OUTBOX_ADD;
+    return submit_op(s, &o->op);
+}
+
+static int sq_read_submit(store_t *s, struct store_read *r)
 {
     if (!r || !r->done || r->limit < 0 ||
         (r->mode != SR_LATEST && r->mode != SR_SINCE && r->mode != SR_BEFORE))
         return -EINVAL;
     r->next = NULL;
     r->owner[sizeof(r->owner) - 1] = '\0';
-    r->msgs = NULL;
+    r->evs = NULL;
     r->priv = NULL;
     r->n = 0;
     r->more = false;
@@ -1977,17 +2048,6 @@ int store_read_submit(store_t *s, struct store_read *r)
     return 0;
 }
 
-void store_read_release(struct store_read *r)
-{
-    if (!r)
-        return;
-    free(r->msgs);
-    free(r->priv);
-    r->msgs = NULL;
-    r->priv = NULL;
-    r->n = 0;
-}
-
 /* ------------------------------------------------------ start-up loads */
 
 static int load_fail(store_t *s, const char *what)
@@ -1996,7 +2056,7 @@ static int load_fail(store_t *s, const char *what)
     return -1;
 }
 
-int store_load_rooms(store_t *s, void (*cb)(void *arg, const char *room, uint64_t last_seq),
+static int sq_load_rooms(store_t *s, void (*cb)(void *arg, const char *room, uint64_t last_seq),
                      void *arg)
 {
     sqlite3_stmt *st = NULL;
@@ -2017,7 +2077,7 @@ int store_load_rooms(store_t *s, void (*cb)(void *arg, const char *room, uint64_
     return 0;
 }
 
-int store_load_users(store_t *s, uint64_t since_gen,
+static int sq_load_users(store_t *s, uint64_t since_gen,
                      void (*cb)(void *arg, const struct store_user *u), void *arg)
 {
     /* the partial index serves the since_gen form: acct_gen > 0 is spelt
@@ -2055,7 +2115,7 @@ int store_load_users(store_t *s, uint64_t since_gen,
     return 0;
 }
 
-int store_users_gen(store_t *s, uint64_t *gen)
+static int sq_users_gen(store_t *s, uint64_t *gen)
 {
     int version = 0;
     /* changes only when another connection committed (our own writer
@@ -2090,7 +2150,7 @@ fail:
  * still refused by the unique index, only later (as a dup_seq). */
 #define ID_LOAD_SLACK_MS (10 * 60 * 1000)
 
-int store_load_ids(store_t *s, int64_t since_ms,
+static int sq_load_ids(store_t *s, int64_t since_ms,
                    void (*cb)(void *arg, const char *room, const char *from, const char *id,
                               uint64_t seq, int64_t ts),
                    void *arg)
@@ -2142,7 +2202,7 @@ out:
 
 /* --------------------------------------------------------------- stats */
 
-void store_stats(store_t *s, struct store_stats *out)
+static void sq_stats(store_t *s, struct store_stats *out)
 {
     memset(out, 0, sizeof(*out));
     out->commits = atomic_load_explicit(&s->n_commits, memory_order_relaxed);
@@ -2169,39 +2229,49 @@ void store_stats(store_t *s, struct store_stats *out)
 
 /* ------------------------------------------------- blocking helpers */
 
-struct waiter {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    bool done;
-};
-
-static void wake_waiter(struct store_write *w)
+/* Queue j (its row filled in) and wait for the commit: its status. */
+static int run_job(store_t *s, struct sq_job *j, enum store_op_kind kind)
 {
-    struct waiter *wt = w->arg;
-    pthread_mutex_lock(&wt->lock);
-    wt->done = true;
-    pthread_cond_signal(&wt->cond);
-    pthread_mutex_unlock(&wt->lock);
+    j->op.kind = kind;
+    j->done = false;
+    pthread_mutex_init(&j->lock, NULL);
+    pthread_cond_init(&j->cond, NULL);
+    int rc = submit_op(s, &j->op);
+    if (rc == 0) {
+        pthread_mutex_lock(&j->lock);
+        while (!j->done)
+            pthread_cond_wait(&j->cond, &j->lock);
+        pthread_mutex_unlock(&j->lock);
+        rc = j->op.status;
+    }
+    pthread_cond_destroy(&j->cond);
+    pthread_mutex_destroy(&j->lock);
+    return rc;
 }
 
-int store_submit_wait(store_t *s, struct store_write *w)
+static int sq_account_add(store_t *s, const struct store_account_add *a)
 {
-    struct waiter wt = {.done = false};
-    pthread_mutex_init(&wt.lock, NULL);
-    pthread_cond_init(&wt.cond, NULL);
-    w->done = wake_waiter;
-    w->arg = &wt;
-    int rc = store_submit(s, w);
-    if (rc == 0) {
-        pthread_mutex_lock(&wt.lock);
-        while (!wt.done)
-            pthread_cond_wait(&wt.cond, &wt.lock);
-        pthread_mutex_unlock(&wt.lock);
-        rc = w->status;
-    }
-    pthread_cond_destroy(&wt.cond);
-    pthread_mutex_destroy(&wt.lock);
-    return rc;
+    if (!a || !a->name || !a->password_hash)
+        return -EINVAL;
+    struct sq_job j = {.r = {.from = a->name, .hash = a->password_hash, .email = a->email,
+                             .adopt = a->adopt}};
+    return run_job(s, &j, SOP_ACCOUNT_ADD);
+}
+
+static int sq_account_passwd(store_t *s, const char *name, const char *password_hash)
+{
+    if (!name || !password_hash)
+        return -EINVAL;
+    struct sq_job j = {.r = {.from = name, .hash = password_hash}};
+    return run_job(s, &j, SOP_ACCOUNT_PASSWD);
+}
+
+static int sq_account_del(store_t *s, const char *name)
+{
+    if (!name)
+        return -EINVAL;
+    struct sq_job j = {.r = {.from = name}};
+    return run_job(s, &j, SOP_ACCOUNT_DEL);
 }
 
 /* A short-lived read-only connection for the rare blocking reads of worker
@@ -2218,7 +2288,7 @@ static sqlite3 *open_side_reader(store_t *s)
     return db;
 }
 
-int store_account_get(store_t *s, const char *name, char *hash, size_t hashsz, char *email,
+static int sq_account_get(store_t *s, const char *name, char *hash, size_t hashsz, char *email,
                       size_t emailsz, int64_t *tokens_after_ms)
 {
     sqlite3_stmt *st = NULL;
@@ -2251,7 +2321,7 @@ out:
     return rc;
 }
 
-int store_outbox_pending(store_t *s, int64_t now_ms, size_t max, struct store_outbox_row **rows,
+static int sq_outbox_pending(store_t *s, int64_t now_ms, size_t max, struct store_outbox_row **rows,
                          size_t *n)
 {
     sqlite3_stmt *st = NULL;
@@ -2299,25 +2369,48 @@ out:
     return rc;
 }
 
-void store_outbox_rows_free(struct store_outbox_row *rows, size_t n)
-{
-    for (size_t i = 0; rows && i < n; i++)
-        free(rows[i].text);
-    free(rows);
-}
-
-int store_outbox_mark(store_t *s, const char *const *ids, size_t n, const char *state,
+static int sq_outbox_mark(store_t *s, const char *const *ids, size_t n, const char *state,
                       int attempts, int64_t next_at_ms)
 {
     int first = 0;
     /* a row that is not there yet (its insert still queued behind) is not
      * an error: the notifier marks what it knows and moves on */
     for (size_t i = 0; i < n; i++) {
-        struct store_write w = {.kind = SW_OUTBOX_MARK, .outbox_id = ids[i], .state = state,
-                                .attempts = attempts, .next_at_ms = next_at_ms};
-        int rc = store_submit_wait(s, &w);
+        if (!ids[i] || !state)
+            return -EINVAL;
+        struct sq_job j = {.r = {.outbox_id = ids[i], .state = state, .attempts = attempts,
+                                 .next_at_ms = next_at_ms}};
+        int rc = run_job(s, &j, SOP_OUTBOX_MARK);
         if (rc != 0 && rc != -ENOENT && !first)
             first = rc;
     }
     return first;
 }
+
+/* ------------------------------------------------------------- engine */
+
+static const struct store_log_ops sq_log_ops = {
+    .close = sq_close,
+    .stats = sq_stats,
+    .append = sq_append,
+    .barrier = sq_barrier,
+    .read_submit = sq_read_submit,
+    .load_rooms = sq_load_rooms,
+    .load_ids = sq_load_ids,
+};
+
+static const struct store_accounts_ops sq_accounts_ops = {
+    .load_users = sq_load_users,
+    .users_gen = sq_users_gen,
+    .user_seen = sq_user_seen,
+    .account_add = sq_account_add,
+    .account_passwd = sq_account_passwd,
+    .account_del = sq_account_del,
+    .account_get = sq_account_get,
+};
+
+static const struct store_outbox_ops sq_outbox_ops = {
+    .add = sq_outbox_add,
+    .pending = sq_outbox_pending,
+    .mark = sq_outbox_mark,
+};

@@ -47,7 +47,7 @@
 static bool verbose;
 
 struct bmsg {
-    struct store_write w;
+    struct store_append w;
     char room[24];
     char from[24];
     char id[32];
@@ -92,7 +92,7 @@ struct sender {
     pthread_t tid;
 };
 
-static void msg_done(struct store_write *w)
+static void msg_done(struct store_append *w)
 {
     struct bmsg *m = (struct bmsg *)w;
     struct run *r = m->run;
@@ -138,7 +138,7 @@ static void *sender_main(void *arg)
             m->due_ns = now;
         }
         for (;;) {
-            int rc = store_submit(r->s, &m->w);
+            int rc = store_append(r->s, &m->w);
             if (rc == 0)
                 break;
             if (rc != -EAGAIN) {
@@ -203,14 +203,13 @@ static int run_one(struct run *r)
         snprintf(m->from, sizeof(m->from), "user%d", sender);
         snprintf(m->id, sizeof(m->id), "c%d-%d", sender, i / r->senders);
         m->run = r;
-        m->w.kind = SW_MESSAGE;
-        m->w.msg.room = m->room;
-        m->w.msg.seq = (uint64_t)(i / r->senders) + 1;
-        m->w.msg.from = m->from;
-        m->w.msg.text = r->text;
-        m->w.msg.text_len = TEXT_BYTES;
-        m->w.msg.ts = now_wall_ms();
-        m->w.msg.id = m->id;
+        m->w.ev.room = m->room;
+        m->w.ev.seq = (uint64_t)(i / r->senders) + 1;
+        m->w.ev.from = m->from;
+        m->w.ev.text = r->text;
+        m->w.ev.text_len = TEXT_BYTES;
+        m->w.ev.ts = now_wall_ms();
+        m->w.ev.id = m->id;
         m->w.done = msg_done;
     }
     atomic_store(&r->acked, 0);

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "store.h"
+#include "store_accounts.h"
 
 /* The v1 schema exactly as shipped, to build an "older file" by hand. */
 static const char v1_sql[] =
@@ -178,8 +179,13 @@ static void gate_open(struct gate *g)
 }
 
 /* A test write with its own string storage and completion record. */
+enum tw_kind { TW_MSG, TW_USER, TW_BARRIER };
+
 struct tw {
-    struct store_write w;
+    enum tw_kind kind;
+    struct store_append a;     /* TW_MSG */
+    struct store_user_seen u;  /* TW_USER */
+    struct store_barrier b;    /* TW_BARRIER */
     char room[CODEC_ROOMID_MAX + 1];
     char from[CODEC_USER_MAX + 1];
     char id[CODEC_ID_MAX + 1];
@@ -195,11 +201,10 @@ struct tw {
     uint64_t syncs_seen;
 };
 
-static void tw_done(struct store_write *w)
+static void tw_done(struct tw *t, int status, uint64_t dup_seq)
 {
-    struct tw *t = (struct tw *)w;
-    t->status = w->status;
-    t->dup_seq = w->dup_seq;
+    t->status = status;
+    t->dup_seq = dup_seq;
     if (t->order)
         t->done_order = atomic_fetch_add(t->order, 1);
     if (t->store) {
@@ -214,6 +219,35 @@ static void tw_done(struct store_write *w)
         counter_add(t->cnt);
 }
 
+static void tw_append_done(struct store_append *a)
+{
+    tw_done(STORE_CONTAINER(a, struct tw, a), a->status, a->dup_seq);
+}
+
+static void tw_seen_done(struct store_user_seen *u)
+{
+    tw_done(STORE_CONTAINER(u, struct tw, u), u->status, 0);
+}
+
+static void tw_barrier_done(struct store_barrier *b)
+{
+    tw_done(STORE_CONTAINER(b, struct tw, b), b->status, 0);
+}
+
+/* Queue t by its kind. */
+static int tw_submit(store_t *s, struct tw *t)
+{
+    switch (t->kind) {
+    case TW_MSG:
+        return store_append(s, &t->a);
+    case TW_USER:
+        return store_user_seen(s, &t->u);
+    case TW_BARRIER:
+        return store_barrier(s, &t->b);
+    }
+    return -EINVAL;
+}
+
 static void tw_msg(struct tw *t, struct counter *c, const char *room, uint64_t seq,
                    const char *from, const char *id, const char *text)
 {
@@ -222,15 +256,15 @@ static void tw_msg(struct tw *t, struct counter *c, const char *room, uint64_t s
     snprintf(t->from, sizeof(t->from), "%s", from);
     snprintf(t->id, sizeof(t->id), "%s", id ? id : "");
     snprintf(t->text, sizeof(t->text), "%s", text);
-    t->w.kind = SW_MESSAGE;
-    t->w.msg.room = t->room;
-    t->w.msg.seq = seq;
-    t->w.msg.from = t->from;
-    t->w.msg.text = t->text;
-    t->w.msg.text_len = strlen(t->text);
-    t->w.msg.ts = 1700000000000 + (int64_t)seq;
-    t->w.msg.id = t->id;
-    t->w.done = tw_done;
+    t->kind = TW_MSG;
+    t->a.ev.room = t->room;
+    t->a.ev.seq = seq;
+    t->a.ev.from = t->from;
+    t->a.ev.text = t->text;
+    t->a.ev.text_len = strlen(t->text);
+    t->a.ev.ts = 1700000000000 + (int64_t)seq;
+    t->a.ev.id = t->id;
+    t->a.done = tw_append_done;
     t->cnt = c;
 }
 
@@ -238,17 +272,17 @@ static void tw_user(struct tw *t, struct counter *c, const char *name)
 {
     memset(t, 0, sizeof(*t));
     snprintf(t->from, sizeof(t->from), "%s", name);
-    t->w.kind = SW_USER;
-    t->w.msg.from = t->from;
-    t->w.done = tw_done;
+    t->kind = TW_USER;
+    t->u.name = t->from;
+    t->u.done = tw_seen_done;
     t->cnt = c;
 }
 
 static void tw_barrier(struct tw *t, struct counter *c)
 {
     memset(t, 0, sizeof(*t));
-    t->w.kind = SW_BARRIER;
-    t->w.done = tw_done;
+    t->kind = TW_BARRIER;
+    t->b.done = tw_barrier_done;
     t->cnt = c;
 }
 
@@ -339,7 +373,7 @@ static int put_sync(store_t *s, const char *room, uint64_t seq, const char *from
     struct tw t;
     counter_init(&c);
     tw_msg(&t, &c, room, seq, from, id, text);
-    cr_assert_eq(store_submit(s, &t.w), 0);
+    cr_assert_eq(tw_submit(s, &t), 0);
     counter_wait(&c, 1);
     counter_destroy(&c);
     cr_assert_eq(atomic_load(&t.ndone), 1);
@@ -451,14 +485,14 @@ Test(store, rejects_malformed_requests)
     store_t *s = open_store(NULL);
     struct tw t;
     tw_msg(&t, NULL, "r", 1, "ann", NULL, "x");
-    t.w.done = NULL;
-    cr_assert_eq(store_submit(s, &t.w), -EINVAL);
+    t.a.done = NULL;
+    cr_assert_eq(tw_submit(s, &t), -EINVAL);
     tw_msg(&t, NULL, "r", 1, "ann", NULL, "x");
-    t.w.msg.room = NULL;
-    cr_assert_eq(store_submit(s, &t.w), -EINVAL);
+    t.a.ev.room = NULL;
+    cr_assert_eq(tw_submit(s, &t), -EINVAL);
     tw_user(&t, NULL, "ann");
-    t.w.msg.from = NULL;
-    cr_assert_eq(store_submit(s, &t.w), -EINVAL);
+    t.u.name = NULL;
+    cr_assert_eq(tw_submit(s, &t), -EINVAL);
 
     struct store_read r = {0};
     snprintf(r.room, sizeof(r.room), "r");
@@ -480,12 +514,12 @@ Test(store, committed_writes_are_visible_to_another_connection)
         char text[32];
         snprintf(text, sizeof(text), "hello %d \xc3\xa9", i + 1);
         tw_msg(&t[i], &c, "lobby", (uint64_t)i + 1, "ann", i % 2 ? "" : NULL, text);
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     }
     tw_user(&t[10], &c, "ann");
     tw_user(&t[11], &c, "ann"); /* seen twice: insert or ignore */
-    cr_assert_eq(store_submit(s, &t[10].w), 0);
-    cr_assert_eq(store_submit(s, &t[11].w), 0);
+    cr_assert_eq(tw_submit(s, &t[10]), 0);
+    cr_assert_eq(tw_submit(s, &t[11]), 0);
     counter_wait(&c, 12);
     for (int i = 0; i < 12; i++) {
         cr_assert_eq(t[i].status, 0);
@@ -535,11 +569,11 @@ static void group_commit_case(int batch_max, int n, uint64_t want_commits)
 
     tw_msg(&t[0], &c, "g", 1, "ann", NULL, "first");
     t[0].gate = &g;
-    cr_assert_eq(store_submit(s, &t[0].w), 0);
+    cr_assert_eq(tw_submit(s, &t[0]), 0);
     gate_wait_entered(&g); /* write 1 is committed; the writer waits in its done() */
     for (int i = 1; i <= n; i++) {
         tw_msg(&t[i], &c, "g", (uint64_t)i + 1, "ann", NULL, "queued");
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     }
     struct store_stats st;
     store_stats(s, &st);
@@ -602,12 +636,12 @@ Test(store, duplicate_id_reports_the_original_seq_and_keeps_seqs_gapless)
     gate_init(&g);
     tw_msg(&t[0], &c, "r", 4, "ann", NULL, "hold");
     t[0].gate = &g;
-    cr_assert_eq(store_submit(s, &t[0].w), 0);
+    cr_assert_eq(tw_submit(s, &t[0]), 0);
     gate_wait_entered(&g);
     tw_msg(&t[1], &c, "r", 5, "cat", "m2", "orig");
     tw_msg(&t[2], &c, "r", 6, "cat", "m2", "resend");
-    cr_assert_eq(store_submit(s, &t[1].w), 0);
-    cr_assert_eq(store_submit(s, &t[2].w), 0);
+    cr_assert_eq(tw_submit(s, &t[1]), 0);
+    cr_assert_eq(tw_submit(s, &t[2]), 0);
     gate_open(&g);
     counter_wait(&c, 3);
     cr_assert_eq(t[1].status, 0);
@@ -653,7 +687,7 @@ Test(store, long_batches_keep_duplicate_and_conflict_handling)
 
     tw_msg(&hold, &c, "h", 1, "ann", NULL, "hold");
     hold.gate = &g;
-    cr_assert_eq(store_submit(s, &hold.w), 0);
+    cr_assert_eq(tw_submit(s, &hold), 0);
     gate_wait_entered(&g);
     for (int i = 0; i < N; i++) {
         char id[32];
@@ -669,9 +703,9 @@ Test(store, long_batches_keep_duplicate_and_conflict_handling)
         tw_msg(&t[i], &c, "k", seq, "ann", use, "text");
         if (seq == 30) {
             snprintf(t[i].from, sizeof(t[i].from), "zed");
-            t[i].w.msg.id = NULL;
+            t[i].a.ev.id = NULL;
         }
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     }
     gate_open(&g);
     counter_wait(&c, N + 1);
@@ -720,20 +754,20 @@ Test(store, a_bad_row_in_a_long_batch_is_dropped_alone)
     store_t *s = open_store(NULL);
     tw_msg(&hold, &c, "h", 1, "ann", NULL, "hold");
     hold.gate = &g;
-    cr_assert_eq(store_submit(s, &hold.w), 0);
+    cr_assert_eq(tw_submit(s, &hold), 0);
     gate_wait_entered(&g);
     for (int i = 0; i < N; i++) {
         tw_msg(&t[i], &c, "p", (uint64_t)i + 1, "ann", NULL, i == 17 ? "poison" : "fine");
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     }
     tw_barrier(&b, &c);
-    cr_assert_eq(store_submit(s, &b.w), 0);
+    cr_assert_eq(tw_submit(s, &b), 0);
     gate_open(&g);
     counter_wait(&c, N + 2);
     /* the retry committed before the barrier ran: wait for the barrier's own */
     struct tw b2;
     tw_barrier(&b2, &c);
-    cr_assert_eq(store_submit(s, &b2.w), 0);
+    cr_assert_eq(tw_submit(s, &b2), 0);
     counter_wait(&c, N + 3);
     cr_assert_eq(b2.status, 0);
     struct store_stats st;
@@ -763,16 +797,16 @@ Test(store, barrier_completes_after_every_earlier_write)
     tw_msg(&t[0], &c, "b", 1, "ann", NULL, "hold");
     t[0].gate = &g;
     t[0].order = &order;
-    cr_assert_eq(store_submit(s, &t[0].w), 0);
+    cr_assert_eq(tw_submit(s, &t[0]), 0);
     gate_wait_entered(&g);
     for (int i = 1; i < N; i++) {
         tw_msg(&t[i], &c, "b", (uint64_t)i + 1, "ann", NULL, "x");
         t[i].order = &order;
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     }
     tw_barrier(&t[N], &c);
     t[N].order = &order;
-    cr_assert_eq(store_submit(s, &t[N].w), 0);
+    cr_assert_eq(tw_submit(s, &t[N]), 0);
     gate_open(&g);
     counter_wait(&c, N + 1);
     cr_assert_eq(t[N].status, 0);
@@ -781,7 +815,7 @@ Test(store, barrier_completes_after_every_earlier_write)
 
     /* a barrier alone */
     tw_barrier(&t[N + 1], &c);
-    cr_assert_eq(store_submit(s, &t[N + 1].w), 0);
+    cr_assert_eq(tw_submit(s, &t[N + 1]), 0);
     counter_wait(&c, N + 2);
     cr_assert_eq(t[N + 1].status, 0);
     store_close(s);
@@ -831,7 +865,7 @@ Test(store, full_durability_acks_only_after_a_wal_sync_in_order)
     t[0].gate = &g;
     t[0].order = &order;
     t[0].store = s;
-    cr_assert_eq(store_submit(s, &t[0].w), 0);
+    cr_assert_eq(tw_submit(s, &t[0]), 0);
     gate_wait_entered(&g);
     for (int i = 1; i < N; i++) {
         char id[16], text[16];
@@ -840,7 +874,7 @@ Test(store, full_durability_acks_only_after_a_wal_sync_in_order)
         tw_msg(&t[i], &c, "d", (uint64_t)i + 1, "ann", i % 3 ? NULL : id, text);
         t[i].order = &order;
         t[i].store = s;
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     }
     /* the writer is not held by a waiting ack: it commits everything */
     struct store_stats st = poll_stats(s, offsetof(struct store_stats, writes), N);
@@ -922,11 +956,11 @@ Test(store, full_durability_reports_failed_commits_in_order_then_recovers)
     /* the first ack held at the sync thread: the failures queue behind it */
     t[0].gate = &g;
     for (int i = 0; i < B; i++)
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     gate_wait_entered(&g);
     make_fs_fail();
     for (int i = B; i < 2 * B; i++)
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     struct store_stats st = poll_stats(s, offsetof(struct store_stats, failures), B);
     cr_assert_eq(st.failures, B, "the writer failed the batch");
     cr_assert_eq(counter_get(&c), 0, "a failure overtook the held ack");
@@ -944,7 +978,7 @@ Test(store, full_durability_reports_failed_commits_in_order_then_recovers)
 
     make_fs_work();
     for (int i = 2 * B; i < 3 * B; i++)
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     counter_wait(&c, 3 * B);
     for (int i = 2 * B; i < 3 * B; i++) {
         cr_assert_eq(t[i].status, 0, "write %d: status %d", i, t[i].status);
@@ -1022,7 +1056,8 @@ static void expect_range(store_t *s, enum store_read_mode mode, uint64_t key, in
     cr_assert_eq(t.r.n, want, "mode %d key %" PRIu64 " limit %d: n %zu, want %zu", mode, key,
                  limit, t.r.n, want);
     for (size_t i = 0; i < t.r.n; i++) {
-        const struct chat_msg *m = &t.r.msgs[i];
+        const struct room_event *m = &t.r.evs[i];
+        cr_assert_eq(m->kind, EV_MESSAGE);
         uint64_t seq = first + i;
         char text[64];
         snprintf(text, sizeof(text), "message %" PRIu64, seq);
@@ -1044,7 +1079,7 @@ static void expect_range(store_t *s, enum store_read_mode mode, uint64_t key, in
     cr_assert_eq(t.r.more, more, "mode %d key %" PRIu64 " limit %d: more %d", mode, key, limit,
                  t.r.more);
     store_read_release(&t.r);
-    cr_assert_null(t.r.msgs);
+    cr_assert_null(t.r.evs);
 }
 
 /* Reads that record the order their done() runs in; read 0's done holds
@@ -1150,7 +1185,7 @@ Test(store, history_reads_page_correctly)
         snprintf(text, sizeof(text), "message %" PRIu64, seq);
         snprintf(id, sizeof(id), "id%" PRIu64, seq);
         tw_msg(&t[i], &c, "h", seq, seq % 2 ? "ann" : "bob", seq % 3 == 0 ? id : NULL, text);
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     }
     counter_wait(&c, 10);
 
@@ -1208,11 +1243,11 @@ Test(store, failed_commit_reports_once_then_retries_until_committed)
     /* hold the writer so that all NF writes form one batch, which fails */
     tw_msg(&hold, &hc, "f", 2, "ann", NULL, "hold");
     hold.gate = &g;
-    cr_assert_eq(store_submit(s, &hold.w), 0);
+    cr_assert_eq(tw_submit(s, &hold), 0);
     gate_wait_entered(&g);
     for (int i = 0; i < NF; i++) {
         tw_msg(&t[i], &c, "f", (uint64_t)i + 3, "ann", i == 0 ? "a2" : NULL, "during");
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     }
     make_fs_fail();
     gate_open(&g);
@@ -1233,7 +1268,7 @@ Test(store, failed_commit_reports_once_then_retries_until_committed)
     tw_user(&t[NF + 1], &c, "zed");
     tw_barrier(&t[NF + 2], &c);
     for (int i = NF; i < NF + 3; i++)
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
 
     make_fs_work();
     counter_wait(&c, NF + 3);
@@ -1270,12 +1305,12 @@ Test(store, close_gives_up_on_a_lasting_fault_after_its_timeout)
     cr_assert_eq(put_sync(s, "z", 1, "ann", NULL, "kept", NULL), 0);
     make_fs_fail();
     tw_msg(&t[0], &c, "z", 2, "ann", NULL, "failed");
-    cr_assert_eq(store_submit(s, &t[0].w), 0);
+    cr_assert_eq(tw_submit(s, &t[0]), 0);
     counter_wait(&c, 1);
     cr_assert_lt(t[0].status, 0);
     for (int i = 1; i < 4; i++) {
         tw_msg(&t[i], &c, "z", (uint64_t)i + 2, "ann", NULL, "queued");
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     }
     store_close(s);
     /* every write heard exactly once; the queued ones as failures */
@@ -1300,14 +1335,14 @@ Test(store, a_row_that_can_never_be_stored_is_dropped_not_retried_forever)
     store_t *s = open_store(NULL);
     tw_msg(&t[0], &c, "p", 1, "ann", NULL, "hold");
     t[0].gate = &g;
-    cr_assert_eq(store_submit(s, &t[0].w), 0);
+    cr_assert_eq(tw_submit(s, &t[0]), 0);
     gate_wait_entered(&g);
     tw_msg(&t[1], &c, "p", 2, "ann", NULL, "fine");
     tw_msg(&t[2], &c, "p", 3, "ann", NULL, "poison");
     tw_msg(&t[3], &c, "p", 4, "ann", NULL, "also fine");
     tw_barrier(&t[4], &c);
     for (int i = 1; i < 5; i++)
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     gate_open(&g);
     counter_wait(&c, 5);
     cr_assert_eq(t[0].status, 0);
@@ -1318,7 +1353,7 @@ Test(store, a_row_that_can_never_be_stored_is_dropped_not_retried_forever)
     /* the same batch retried without the poisoned row: wait with a barrier */
     struct tw b;
     tw_barrier(&b, &c);
-    cr_assert_eq(store_submit(s, &b.w), 0);
+    cr_assert_eq(tw_submit(s, &b), 0);
     counter_wait(&c, 6);
     cr_assert_eq(b.status, 0);
     struct store_stats st;
@@ -1348,9 +1383,9 @@ Test(store, wal_is_checkpointed_in_the_background)
     store_t *s = open_store(NULL);
     for (int i = 0; i < N; i++) {
         tw_msg(&t[i], &c, "w", (uint64_t)i + 1, "ann", NULL, "");
-        t[i].w.msg.text = big; /* ~6 MB of WAL in all, past the checkpoint mark */
-        t[i].w.msg.text_len = sizeof(big) - 1;
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        t[i].a.ev.text = big; /* ~6 MB of WAL in all, past the checkpoint mark */
+        t[i].a.ev.text_len = sizeof(big) - 1;
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     }
     counter_wait(&c, N);
     struct stat sb;
@@ -1383,7 +1418,7 @@ Test(store, close_flushes_the_queue)
     store_t *s = open_store(&(struct store_opts){.batch_window_us = 10000000, .batch_max = 4096});
     for (int i = 0; i < N; i++) {
         tw_msg(&t[i], &c, "q", (uint64_t)i + 1, "ann", NULL, "flush me");
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     }
     store_close(s);
     cr_assert_eq(counter_get(&c), N);
@@ -1427,14 +1462,14 @@ Test(store, submit_after_close_began_is_refused)
     x.s = open_store(&(struct store_opts){.queue_max = 16});
     tw_msg(&first, &x.cnt, "c", 1, "ann", NULL, "first");
     first.gate = &x.gate;
-    cr_assert_eq(store_submit(x.s, &first.w), 0);
+    cr_assert_eq(tw_submit(x.s, &first), 0);
     gate_wait_entered(&x.gate);
     cr_assert_eq(pthread_create(&closer, NULL, closer_main, &x), 0);
     for (;;) {
         cr_assert_lt(x.nextra, 256);
         struct tw *t = &x.extra[x.nextra];
         tw_msg(t, &x.cnt, "c", (uint64_t)x.nextra + 2, "ann", NULL, "racing close");
-        x.last_rc = store_submit(x.s, &t->w);
+        x.last_rc = tw_submit(x.s, t);
         if (x.last_rc == 0)
             x.nextra++;
         else if (x.last_rc == -EAGAIN)
@@ -1504,13 +1539,13 @@ Test(store, loads_rooms_users_and_recent_ids_after_reopen)
     for (uint64_t i = 1; i <= 5; i++)
         tw_msg(&t[k++], &c, "beta", i, "bob", NULL, "b");
     tw_msg(&t[k++], &c, "dm:ann:bob", 1, "ann", "fresh", "psst");
-    t[k - 1].w.msg.ts = 1700000000000 + 86400000;
-    t[k - 5].w.msg.id = "stale"; /* beta seq 2 */
+    t[k - 1].a.ev.ts = 1700000000000 + 86400000;
+    t[k - 5].a.ev.id = "stale"; /* beta seq 2 */
     tw_user(&t[k++], &c, "ann");
     tw_user(&t[k++], &c, "bob");
     tw_user(&t[k++], &c, "ann");
     for (int i = 0; i < k; i++)
-        cr_assert_eq(store_submit(s, &t[i].w), 0);
+        cr_assert_eq(tw_submit(s, &t[i]), 0);
     counter_wait(&c, k);
     store_close(s);
 
@@ -1544,12 +1579,16 @@ Test(store, loads_rooms_users_and_recent_ids_after_reopen)
 /* ------------------------------------------------------------ accounts */
 
 /* An account write, waited for; returns its status. */
-static int acct_wait(store_t *s, enum store_write_kind kind, const char *name, const char *hash,
+enum acct_op { ACCT_ADD, ACCT_PASSWD, ACCT_DEL };
+
+static int acct_wait(store_t *s, enum acct_op op, const char *name, const char *hash,
                      const char *email, bool adopt)
 {
-    struct store_write w = {.kind = kind, .password_hash = hash, .email = email, .adopt = adopt};
-    w.msg.from = name;
-    return store_submit_wait(s, &w);
+    struct store_account_add a = {.name = name, .password_hash = hash, .email = email,
+                                  .adopt = adopt};
+    return op == ACCT_ADD      ? store_account_add(s, &a)
+           : op == ACCT_PASSWD ? store_account_passwd(s, name, hash)
+                               : store_account_del(s, name);
 }
 
 static void user_sync(store_t *s, const char *name)
@@ -1558,7 +1597,7 @@ static void user_sync(store_t *s, const char *name)
     struct tw t;
     counter_init(&c);
     tw_user(&t, &c, name);
-    cr_assert_eq(store_submit(s, &t.w), 0);
+    cr_assert_eq(tw_submit(s, &t), 0);
     counter_wait(&c, 1);
     counter_destroy(&c);
     cr_assert_eq(t.status, 0);
@@ -1576,42 +1615,42 @@ static void a_name_ever_used_is_never_registered_again(void)
     store_t *s = open_store(NULL);
     /* seen only (a token-only user): registration refuses it */
     user_sync(s, "sso");
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "sso", "h1", "x@example.org", false), -EEXIST);
+    cr_assert_eq(acct_wait(s, ACCT_ADD, "sso", "h1", "x@example.org", false), -EEXIST);
     cr_assert_eq(file_int("SELECT count(*) FROM users WHERE name = 'sso' AND "
                           "password_hash IS NULL AND email IS NULL"),
                  1, "a refused registration changes nothing");
     /* the operator may give it a password (adopt), once */
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "sso", "h1", NULL, true), 0);
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "sso", "h2", NULL, true), -EEXIST);
+    cr_assert_eq(acct_wait(s, ACCT_ADD, "sso", "h1", NULL, true), 0);
+    cr_assert_eq(acct_wait(s, ACCT_ADD, "sso", "h2", NULL, true), -EEXIST);
     cr_assert_eq(user_int("sso", "password_hash = 'h1'"), 1);
     cr_assert_eq(user_int("sso", "tokens_after"), 0, "adopting revokes nothing");
 
     /* a new name registers; a second registration is refused */
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "ann", "h1", "ann@example.org", false), 0);
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "ann", "h2", NULL, false), -EEXIST);
+    cr_assert_eq(acct_wait(s, ACCT_ADD, "ann", "h1", "ann@example.org", false), 0);
+    cr_assert_eq(acct_wait(s, ACCT_ADD, "ann", "h2", NULL, false), -EEXIST);
 
     /* deleted: no password, no e-mail, tokens revoked, the name reserved */
     int64_t t0 = now_ms_for_test();
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_DEL, "ann", NULL, NULL, false), 0);
+    cr_assert_eq(acct_wait(s, ACCT_DEL, "ann", NULL, NULL, false), 0);
     int64_t t1 = now_ms_for_test();
     cr_assert_eq(user_int("ann", "password_hash IS NULL AND email IS NULL"), 1);
     int64_t deleted_at = user_int("ann", "deleted_at");
     cr_assert(deleted_at >= t0 && deleted_at <= t1, "%lld", (long long)deleted_at);
     cr_assert_eq(user_int("ann", "tokens_after"), deleted_at + STORE_REVOKE_MARGIN_MS);
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "ann", "h3", NULL, false), -EEXIST);
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "ann", "h3", NULL, true), -EACCES);
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_PASSWD, "ann", "h3", NULL, false), -ENOENT);
+    cr_assert_eq(acct_wait(s, ACCT_ADD, "ann", "h3", NULL, false), -EEXIST);
+    cr_assert_eq(acct_wait(s, ACCT_ADD, "ann", "h3", NULL, true), -EACCES);
+    cr_assert_eq(acct_wait(s, ACCT_PASSWD, "ann", "h3", NULL, false), -ENOENT);
     cr_assert_eq(user_int("ann", "password_hash IS NULL"), 1);
     /* deleting again keeps the first deletion time; a token-only name can
      * be deleted too; a name never seen cannot */
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_DEL, "ann", NULL, NULL, false), 0);
+    cr_assert_eq(acct_wait(s, ACCT_DEL, "ann", NULL, NULL, false), 0);
     cr_assert_eq(user_int("ann", "deleted_at"), deleted_at);
     user_sync(s, "tok");
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_DEL, "tok", NULL, NULL, false), 0);
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "tok", "h1", NULL, true), -EACCES);
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_DEL, "never", NULL, NULL, false), -ENOENT);
+    cr_assert_eq(acct_wait(s, ACCT_DEL, "tok", NULL, NULL, false), 0);
+    cr_assert_eq(acct_wait(s, ACCT_ADD, "tok", "h1", NULL, true), -EACCES);
+    cr_assert_eq(acct_wait(s, ACCT_DEL, "never", NULL, NULL, false), -ENOENT);
     cr_assert_eq(file_int("SELECT count(*) FROM users WHERE name = 'never'"), 0);
-    /* a seen row of a deleted name stays deleted (SW_USER inserts or ignores) */
+    /* a seen row of a deleted name stays deleted (a user seen inserts or ignores) */
     user_sync(s, "ann");
     cr_assert_eq(user_int("ann", "deleted_at IS NOT NULL"), 1);
     store_close(s);
@@ -1620,14 +1659,14 @@ static void a_name_ever_used_is_never_registered_again(void)
 static void a_password_change_revokes_older_tokens(void)
 {
     store_t *s = open_store(NULL);
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "bob", "h1", NULL, false), 0);
+    cr_assert_eq(acct_wait(s, ACCT_ADD, "bob", "h1", NULL, false), 0);
     char hash[64];
     int64_t after = -1;
     cr_assert_eq(store_account_get(s, "bob", hash, sizeof(hash), NULL, 0, &after), 0);
     cr_assert_str_eq(hash, "h1");
     cr_assert_eq(after, 0);
     int64_t t0 = now_ms_for_test();
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_PASSWD, "bob", "h2", NULL, false), 0);
+    cr_assert_eq(acct_wait(s, ACCT_PASSWD, "bob", "h2", NULL, false), 0);
     int64_t t1 = now_ms_for_test();
     cr_assert_eq(store_account_get(s, "bob", hash, sizeof(hash), NULL, 0, &after), 0);
     cr_assert_str_eq(hash, "h2");
@@ -1636,11 +1675,11 @@ static void a_password_change_revokes_older_tokens(void)
               "%lld", (long long)after);
     /* it never moves back (a clock stepped back) */
     raw_exec_file("UPDATE users SET tokens_after = 9000000000000 WHERE name = 'bob'");
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_PASSWD, "bob", "h3", NULL, false), 0);
+    cr_assert_eq(acct_wait(s, ACCT_PASSWD, "bob", "h3", NULL, false), 0);
     cr_assert_eq(user_int("bob", "tokens_after"), 9000000000000);
     /* no account: nothing to change */
     user_sync(s, "sso");
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_PASSWD, "sso", "h1", NULL, false), -ENOENT);
+    cr_assert_eq(acct_wait(s, ACCT_PASSWD, "sso", "h1", NULL, false), -ENOENT);
     cr_assert_eq(store_account_get(s, "sso", hash, sizeof(hash), NULL, 0, &after), -ENOENT);
     store_close(s);
 }
@@ -1683,7 +1722,7 @@ static void account_changes_by_another_writer_are_found_by_generation(void)
     cr_assert_eq(store_users_gen(s, &g0), 0);
     cr_assert_eq(g0, 0);
     user_sync(s, "seen");
-    cr_assert_eq(acct_wait(s, SW_ACCOUNT_ADD, "ann", "h1", "ann@example.org", false), 0);
+    cr_assert_eq(acct_wait(s, ACCT_ADD, "ann", "h1", "ann@example.org", false), 0);
     cr_assert_eq(store_users_gen(s, &g), 0);
     cr_assert_gt(g, g0, "a new account is a change");
     uint64_t g1 = g;
@@ -1693,8 +1732,8 @@ static void account_changes_by_another_writer_are_found_by_generation(void)
     user_sync(other, "seen2");
     cr_assert_eq(store_users_gen(s, &g), 0);
     cr_assert_eq(g, g1, "a name seen is not an account change");
-    cr_assert_eq(acct_wait(other, SW_ACCOUNT_ADD, "bob", "h1", NULL, false), 0);
-    cr_assert_eq(acct_wait(other, SW_ACCOUNT_DEL, "ann", NULL, NULL, false), 0);
+    cr_assert_eq(acct_wait(other, ACCT_ADD, "bob", "h1", NULL, false), 0);
+    cr_assert_eq(acct_wait(other, ACCT_DEL, "ann", NULL, NULL, false), 0);
     store_close(other);
     cr_assert_eq(store_users_gen(s, &g), 0);
     cr_assert_gt(g, g1);
@@ -1764,7 +1803,7 @@ static void *mt_main(void *arg)
         snprintf(id, sizeof(id), "i%d", i);
         tw_msg(&a->t[i], a->cnt, room, (uint64_t)i + 1, "ann", i % 2 ? id : NULL, "concurrent");
         int rc;
-        while ((rc = store_submit(a->s, &a->t[i].w)) == -EAGAIN)
+        while ((rc = tw_submit(a->s, &a->t[i])) == -EAGAIN)
             sched_yield();
         if (rc != 0)
             return "submit failed";
@@ -1785,7 +1824,7 @@ static void *mt_main(void *arg)
         if (a->reads[i].r.status != 0 || a->reads[i].r.n > 20)
             return "bad read";
         for (size_t j = 1; j < a->reads[i].r.n; j++)
-            if (a->reads[i].r.msgs[j].seq != a->reads[i].r.msgs[j - 1].seq + 1)
+            if (a->reads[i].r.evs[j].seq != a->reads[i].r.evs[j - 1].seq + 1)
                 return "read not contiguous";
         store_read_release(&a->reads[i].r);
     }
