@@ -9,14 +9,16 @@
  * References: a room member holds a client reference (room.c); each entry of
  * c->joined holds a room reference; an in-flight storage write or read holds
  * a client reference and hist references, so completions may arrive after
- * the socket closed (the push is then a no-op).
+ * the socket closed (the push is then a no-op). A parked connection's park
+ * and each entry of c->pres_due hold a room reference; a room's waiters and
+ * a posted resume hold client references; a load in flight holds the room.
  */
 #include "broker.h"
 
 #include <ctype.h>
 #include <errno.h>
-#include <stddef.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
