@@ -61,17 +61,17 @@ void htable_insert(struct htable *t, struct hnode *n, const char *key)
     t->count++;
 }
 
-void htable_remove(struct htable *t, struct hnode *n)
+bool htable_remove(struct htable *t, struct hnode *n)
 {
     for (struct hnode **pp = &t->b[n->hash & (t->nb - 1)]; *pp; pp = &(*pp)->next) {
         if (*pp == n) {
             *pp = n->next;
             n->next = NULL;
             t->count--;
-            return;
+            return true;
         }
     }
-    abort(); /* n is not in t: the owner's bookkeeping is broken */
+    return false;
 }
 
 size_t htable_count(const struct htable *t)

@@ -60,8 +60,9 @@ struct hnode *htable_find(const struct htable *t, const char *key);
  * while it is linked). The caller has looked for key first: a table holds
  * each key at most once. May grow the table. Thread: owner, write lock. */
 void htable_insert(struct htable *t, struct hnode *n, const char *key);
-/* Unlink n, which is in t. Thread: owner, write lock. */
-void htable_remove(struct htable *t, struct hnode *n);
+/* Unlink n; returns false (and changes nothing) if n was not in t.
+ * Thread: owner, write lock. */
+bool htable_remove(struct htable *t, struct hnode *n);
 /* Thread: owner, under its lock. */
 size_t htable_count(const struct htable *t);
 

@@ -1,5 +1,5 @@
 /*
- * room — see room.h. The registry is a chained hash table under a rwlock;
+ * room — see room.h. The registry is an htable (htable.h) under a rwlock;
  * each room has its own mutex. Two short mutexes of the registry guard its
  * lists: the idle list (rooms nobody references, least recently used
  * first) and the active list (rooms with members). Lock order: registry ->
@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "client.h"
-#include "hash.h"
+#include "htable.h"
 #include "strmap.h"
 #include "util.h"
 
@@ -31,11 +31,9 @@ struct room_user {
 
 struct rooms {
     pthread_rwlock_t lock;
-    struct room **buckets; /* {lock} */
-    size_t nbuckets, count; /* {lock} */
+    struct htable t; /* {lock} rooms by name; its own key: any client may create rooms */
     size_t window;
     size_t idle_max;
-    struct hash_key key; /* drawn at creation: any client may create rooms */
 
     pthread_mutex_t idle_lock;
     struct room *idle_head, *idle_tail; /* {idle_lock} oldest first */
@@ -92,22 +90,13 @@ void hist_unref(struct hist **hp)
         free(h);
 }
 
-/* Keyed: room names are chosen by clients, and with an unkeyed hash they
- * could pick names that all share one chain. */
-static size_t hash_name(const rooms_t *r, const char *s)
-{
-    return (size_t)hash_str(&r->key, s);
-}
-
 rooms_t *rooms_new(size_t window, size_t idle_max)
 {
     rooms_t *r = xcalloc(1, sizeof(*r));
     pthread_rwlock_init(&r->lock, NULL);
-    hash_key_random(&r->key);
     pthread_mutex_init(&r->idle_lock, NULL);
     pthread_mutex_init(&r->act_lock, NULL);
-    r->nbuckets = 64;
-    r->buckets = xcalloc(r->nbuckets, sizeof(*r->buckets));
+    htable_init(&r->t, 64);
     r->window = window ? window : 1;
     r->idle_max = idle_max;
     return r;
@@ -136,17 +125,19 @@ static void room_free(struct room *rm)
     free(rm);
 }
 
+static bool free_room_node(struct hnode *n, void *arg)
+{
+    (void)arg;
+    room_free(htable_entry(n, struct room, hnode));
+    return true;
+}
+
 void rooms_free(rooms_t *r)
 {
     if (!r)
         return;
-    for (size_t i = 0; i < r->nbuckets; i++) {
-        for (struct room *rm = r->buckets[i], *n; rm; rm = n) {
-            n = rm->hnext;
-            room_free(rm);
-        }
-    }
-    free(r->buckets);
+    htable_sweep(&r->t, free_room_node, NULL);
+    htable_fini(&r->t);
     pthread_mutex_destroy(&r->act_lock);
     pthread_mutex_destroy(&r->idle_lock);
     pthread_rwlock_destroy(&r->lock);
@@ -155,27 +146,8 @@ void rooms_free(rooms_t *r)
 
 static struct room *find_locked(rooms_t *r, const char *name)
 {
-    for (struct room *rm = r->buckets[hash_name(r, name) & (r->nbuckets - 1)]; rm; rm = rm->hnext)
-        if (strcmp(rm->name, name) == 0)
-            return rm;
-    return NULL;
-}
-
-static void grow_locked(rooms_t *r)
-{
-    size_t nb = r->nbuckets * 2;
-    struct room **b = xcalloc(nb, sizeof(*b));
-    for (size_t i = 0; i < r->nbuckets; i++) {
-        for (struct room *rm = r->buckets[i], *n; rm; rm = n) {
-            n = rm->hnext;
-            size_t k = hash_name(r, rm->name) & (nb - 1);
-            rm->hnext = b[k];
-            b[k] = rm;
-        }
-    }
-    free(r->buckets);
-    r->buckets = b;
-    r->nbuckets = nb;
+    struct hnode *n = htable_find(&r->t, name);
+    return n ? htable_entry(n, struct room, hnode) : NULL;
 }
 
 static struct room *create_locked(rooms_t *r, const char *name)
@@ -188,22 +160,13 @@ static struct room *create_locked(rooms_t *r, const char *name)
     atomic_init(&rm->refs, 0);
     pthread_mutex_init(&rm->lock, NULL);
     rm->wcap = r->window;
-    if (r->count + 1 > r->nbuckets)
-        grow_locked(r);
-    size_t k = hash_name(r, name) & (r->nbuckets - 1);
-    rm->hnext = r->buckets[k];
-    r->buckets[k] = rm;
-    r->count++;
+    htable_insert(&r->t, &rm->hnode, rm->name);
     return rm;
 }
 
 static void unlink_locked(rooms_t *r, struct room *rm)
 {
-    struct room **pp = &r->buckets[hash_name(r, rm->name) & (r->nbuckets - 1)];
-    while (*pp != rm)
-        pp = &(*pp)->hnext;
-    *pp = rm->hnext;
-    r->count--;
+    htable_remove(&r->t, &rm->hnode);
 }
 
 /* {idle_lock}. Take rm off the idle list: it is referenced again. */
@@ -412,7 +375,7 @@ size_t rooms_active(rooms_t *r)
 void rooms_stats(rooms_t *r, struct rooms_stats *out)
 {
     pthread_rwlock_rdlock(&r->lock);
-    out->held = r->count;
+    out->held = htable_count(&r->t);
     pthread_mutex_lock(&r->idle_lock);
     out->idle = r->nidle;
     out->reclaimed = r->reclaimed;

@@ -60,7 +60,9 @@ Test(htable, insert_lookup_remove)
     cr_assert_null(get(&t, "k"));
     cr_assert_null(get(&t, "k11"));
 
-    htable_remove(&t, &a->node);
+    cr_assert(htable_remove(&t, &a->node));
+    cr_assert_eq(htable_count(&t), 2);
+    cr_assert_not(htable_remove(&t, &a->node), "a node not in the table is not removed");
     cr_assert_eq(htable_count(&t), 2);
     cr_assert_null(get(&t, "k1"));
     cr_assert_eq(get(&t, "k2"), b, "removing one leaves the others");
