@@ -11,6 +11,7 @@
 
 #include "loop.h"
 #include "metrics.h"
+#include "refcount.h"
 #include "server.h"
 #include "util.h"
 
@@ -19,7 +20,7 @@ struct client *client_new(struct server *srv, struct loop *loop, size_t qmax, si
     struct client *c = xcalloc(1, sizeof(*c));
     pthread_mutex_init(&c->lock, NULL);
     cq_init(&c->q, qmax, qbytes);
-    atomic_init(&c->refs, 1);
+    ref_init(&c->refs, 1);
     c->loop = loop;
     c->srv = srv;
     return c;
@@ -27,7 +28,7 @@ struct client *client_new(struct server *srv, struct loop *loop, size_t qmax, si
 
 struct client *client_ref(struct client *c)
 {
-    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    ref_get(&c->refs);
     return c;
 }
 
@@ -47,12 +48,7 @@ void client_unref(struct client **cp)
     if (!c)
         return;
     *cp = NULL;
-    unsigned old = atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel);
-    if (old == 0) {
-        fprintf(stderr, "parley: client refcount underflow\n");
-        abort();
-    }
-    if (old == 1)
+    if (ref_put(&c->refs, "client"))
         client_free(c);
 }
 

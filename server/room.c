@@ -15,6 +15,7 @@
 
 #include "client.h"
 #include "htable.h"
+#include "refcount.h"
 #include "strmap.h"
 #include "util.h"
 
@@ -52,7 +53,7 @@ struct hist *hist_new(const char *room, uint64_t seq, const char *from, const ch
     struct hist *h = xmalloc(sizeof(*h) + rl + fl + il + text_len + 1);
     char *p = h->buf;
 
-    atomic_init(&h->refs, 1);
+    ref_init(&h->refs, 1);
     memcpy(p, room, rl);
     h->m.room = p;
     p += rl;
@@ -73,7 +74,7 @@ struct hist *hist_new(const char *room, uint64_t seq, const char *from, const ch
 
 struct hist *hist_ref(struct hist *h)
 {
-    atomic_fetch_add_explicit(&h->refs, 1, memory_order_relaxed);
+    ref_get(&h->refs);
     return h;
 }
 
@@ -83,10 +84,7 @@ void hist_unref(struct hist **hp)
     if (!h)
         return;
     *hp = NULL;
-    unsigned old = atomic_fetch_sub_explicit(&h->refs, 1, memory_order_acq_rel);
-    if (old == 0)
-        abort();
-    if (old == 1)
+    if (ref_put(&h->refs, "hist"))
         free(h);
 }
 
@@ -157,7 +155,7 @@ static struct room *create_locked(rooms_t *r, const char *name)
     rm->is_dm = strncmp(name, "dm:", 3) == 0;
     rm->reg = r;
     rm->state = ROOM_COLD;
-    atomic_init(&rm->refs, 0);
+    ref_init(&rm->refs, 0);
     pthread_mutex_init(&rm->lock, NULL);
     rm->wcap = r->window;
     htable_insert(&r->t, &rm->hnode, rm->name);
@@ -236,7 +234,7 @@ void rooms_preload(rooms_t *r, const char *name, uint64_t seq)
  * room off the idle list. */
 static void take_ref_locked(rooms_t *r, struct room *rm)
 {
-    if (atomic_fetch_add_explicit(&rm->refs, 1, memory_order_relaxed) == 0) {
+    if (ref_get(&rm->refs) == 0) {
         pthread_mutex_lock(&r->idle_lock);
         idle_unlink_locked(r, rm);
         pthread_mutex_unlock(&r->idle_lock);
@@ -267,7 +265,7 @@ struct room *rooms_acquire(rooms_t *r, const char *name, bool create)
 struct room *rooms_ref(struct room *rm)
 {
     /* never from zero: the caller's reference keeps it off the idle list */
-    atomic_fetch_add_explicit(&rm->refs, 1, memory_order_relaxed);
+    ref_get(&rm->refs);
     return rm;
 }
 
@@ -280,13 +278,10 @@ void rooms_release(rooms_t *r, struct room **rp)
     /* Not the last reference: drop it without the lock. The last one is
      * dropped under the write lock, where no lookup can take a new one, so
      * exactly one releaser sees the count reach zero and may reclaim. */
-    unsigned old = atomic_load_explicit(&rm->refs, memory_order_relaxed);
-    while (old > 1)
-        if (atomic_compare_exchange_weak_explicit(&rm->refs, &old, old - 1, memory_order_acq_rel,
-                                                  memory_order_relaxed))
-            return;
+    if (ref_put_unless_last(&rm->refs))
+        return;
     pthread_rwlock_wrlock(&r->lock);
-    if (atomic_fetch_sub_explicit(&rm->refs, 1, memory_order_acq_rel) == 1) {
+    if (ref_put(&rm->refs, "room")) {
         pthread_mutex_lock(&rm->lock);
         /* The broker's memberships and waiters hold references, so the room
          * is empty here (only a caller that adds members without a
@@ -344,7 +339,7 @@ size_t rooms_list(rooms_t *r, struct room_snapshot *out, size_t max)
     for (struct room *rm = r->act_head; rm && k < max; rm = rm->act_next) {
         if (rm->is_dm)
             continue;
-        atomic_fetch_add_explicit(&rm->refs, 1, memory_order_relaxed);
+        ref_get(&rm->refs);
         held[k++] = rm;
     }
     pthread_mutex_unlock(&r->act_lock);
