@@ -521,16 +521,8 @@ static enum outcome deliver(notify_t *n, struct batch *b)
         items[i] = (struct mail_item){
             .dm = it->dm, .from = it->from, .room = it->room, .text = it->text, .ts_ms = it->ts};
     }
-    unsigned char rnd[16];
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
-        for (size_t k = 0; k < sizeof(rnd); k += 8) {
-            uint64_t r = backoff_rand(&n->rng);
-            memcpy(rnd + k, &r, 8);
-        }
-    }
     char msgid[33];
-    for (size_t k = 0; k < sizeof(rnd); k++)
-        snprintf(msgid + 2 * k, 3, "%02x", rnd[k]);
+    util_random_hex(msgid, 16);
     struct mail_head h = {.from_addr = n->from,
                           .to_addr = b->email,
                           .to_name = b->h.key,
