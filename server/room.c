@@ -202,6 +202,24 @@ static void idle_trim_locked(rooms_t *r)
     }
 }
 
+/* {write lock} + {idle_lock}. Put an unreferenced room (holding `names`
+ * former members) at the recent end of the idle list, then trim the list. */
+static void idle_append_locked(rooms_t *r, struct room *rm, size_t names)
+{
+    rm->on_idle = true;
+    rm->idle_names = names;
+    rm->idle_prev = r->idle_tail;
+    rm->idle_next = NULL;
+    if (r->idle_tail)
+        r->idle_tail->idle_next = rm;
+    else
+        r->idle_head = rm;
+    r->idle_tail = rm;
+    r->nidle++;
+    r->idle_names += names;
+    idle_trim_locked(r);
+}
+
 void rooms_preload(rooms_t *r, const char *name, uint64_t seq)
 {
     pthread_rwlock_wrlock(&r->lock);
@@ -216,15 +234,7 @@ void rooms_preload(rooms_t *r, const char *name, uint64_t seq)
     if (fresh) {
         /* unreferenced: idle from the start, most recent last */
         pthread_mutex_lock(&r->idle_lock);
-        rm->on_idle = true;
-        rm->idle_prev = r->idle_tail;
-        if (r->idle_tail)
-            r->idle_tail->idle_next = rm;
-        else
-            r->idle_head = rm;
-        r->idle_tail = rm;
-        r->nidle++;
-        idle_trim_locked(r);
+        idle_append_locked(r, rm, 0);
         pthread_mutex_unlock(&r->idle_lock);
     }
     pthread_rwlock_unlock(&r->lock);
@@ -308,18 +318,7 @@ void rooms_release(rooms_t *r, struct room **rp)
             room_free(rm);
             r->reclaimed++;
         } else {
-            rm->on_idle = true;
-            rm->idle_names = names;
-            rm->idle_prev = r->idle_tail;
-            rm->idle_next = NULL;
-            if (r->idle_tail)
-                r->idle_tail->idle_next = rm;
-            else
-                r->idle_head = rm;
-            r->idle_tail = rm;
-            r->nidle++;
-            r->idle_names += names;
-            idle_trim_locked(r);
+            idle_append_locked(r, rm, names);
         }
         pthread_mutex_unlock(&r->idle_lock);
     }
