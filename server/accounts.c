@@ -19,7 +19,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <openssl/crypto.h>
-#include <openssl/rand.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -423,8 +422,7 @@ struct accounts *accounts_new(struct server *srv, accounts_user_added_fn *user_a
 {
     const struct config *cfg = srv->cfg;
     struct accounts *a = xcalloc(1, sizeof(*a));
-    unsigned char rnd[24];
-    char pw[64];
+    char pw[2 * 24 + 1];
 
     a->srv = srv;
     a->user_added = user_added;
@@ -458,9 +456,7 @@ struct accounts *accounts_new(struct server *srv, accounts_user_added_fn *user_a
     if (auth_load_or_create_secret(cfg->token_secret_file, a->key, sizeof(a->key), &a->keylen,
                                    err, errsz) != 0)
         goto fail;
-    RAND_bytes(rnd, sizeof(rnd));
-    for (size_t i = 0; i < sizeof(rnd); i++)
-        snprintf(pw + 2 * i, 3, "%02x", rnd[i]);
+    util_random_hex(pw, 24);
     if (auth_hash_password(pw, strlen(pw), a->dummy_hash, sizeof(a->dummy_hash)) != 0) {
         snprintf(err, errsz, "cannot hash passwords (scrypt unavailable?)");
         goto fail;

@@ -658,16 +658,9 @@ static int write_all(int fd, const char *s, size_t n)
  * else created it first, or -1 with err set. */
 static int create_secret(const char *path, char hex[65], char *err, size_t errsz)
 {
-    unsigned char raw[32];
     int rc = -1;
 
-    if (RAND_bytes(raw, sizeof(raw)) != 1) {
-        snprintf(err, errsz, "cannot create '%s': no random bytes", path);
-        return -1;
-    }
-    for (size_t i = 0; i < sizeof(raw); i++)
-        snprintf(hex + 2 * i, 3, "%02x", raw[i]);
-    OPENSSL_cleanse(raw, sizeof(raw));
+    util_random_hex(hex, 32);
     hex[64] = '\n';
 
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);

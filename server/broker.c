@@ -19,7 +19,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stddef.h>
-#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -977,10 +976,7 @@ static void do_hello(struct broker *b, struct client *c, const struct req *r, bo
     str_lcpy(c->user, user, sizeof(c->user));
     c->authed = true;
     counters_attach(b->srv->counters, c->user);
-    unsigned char rnd[8];
-    RAND_bytes(rnd, sizeof(rnd));
-    for (int i = 0; i < 8; i++)
-        snprintf(c->session + 2 * i, 3, "%02x", rnd[i]);
+    util_random_hex(c->session, (sizeof(c->session) - 1) / 2);
     reply(c, codec_welcome(c->fmt, c->user, c->session, r->ref, (size_t)cfg->max_text,
                            (size_t)cfg->max_frame, cfg->rate, cfg->burst));
 }
@@ -1111,10 +1107,7 @@ static void notify_targets(struct broker *b, const struct note_target *t, size_t
 {
     for (size_t i = 0; i < n; i++) {
         struct outbox_write *ow = xcalloc(1, sizeof(*ow) + m->text_len + 1);
-        unsigned char rnd[16];
-        RAND_bytes(rnd, sizeof(rnd));
-        for (int k = 0; k < 16; k++)
-            snprintf(ow->id + 2 * k, 3, "%02x", rnd[k]);
+        util_random_hex(ow->id, (sizeof(ow->id) - 1) / 2);
         str_lcpy(ow->recipient, t[i].user, sizeof(ow->recipient));
         str_lcpy(ow->email, t[i].email, sizeof(ow->email));
         str_lcpy(ow->from, m->from, sizeof(ow->from));

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "metrics.h"
+#include "refcount.h"
 #include "server.h"
 #include "util.h"
 
@@ -22,7 +23,7 @@ struct client *client_new(struct server *srv, size_t qmax, size_t qbytes,
     struct client *c = xcalloc(1, sizeof(*c));
     pthread_mutex_init(&c->lock, NULL);
     cq_init(&c->q, qmax, qbytes);
-    atomic_init(&c->refs, 1);
+    ref_init(&c->refs, 1);
     c->io = io;
     c->io_arg = io_arg;
     c->srv = srv;
@@ -37,7 +38,7 @@ static inline void wake_home(struct client *c)
 
 struct client *client_ref(struct client *c)
 {
-    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    ref_get(&c->refs);
     return c;
 }
 
@@ -58,12 +59,7 @@ void client_unref(struct client **cp)
     if (!c)
         return;
     *cp = NULL;
-    unsigned old = atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel);
-    if (old == 0) {
-        fprintf(stderr, "parley: client refcount underflow\n");
-        abort();
-    }
-    if (old == 1)
+    if (ref_put(&c->refs, "client"))
         client_free(c);
 }
 

@@ -7,13 +7,10 @@
  */
 #include "hash.h"
 
-#include <openssl/rand.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
-
-#define MOD "hash"
+#include "util.h"
 
 static inline uint64_t rotl(uint64_t x, unsigned b)
 {
@@ -89,10 +86,7 @@ void hash_key_random(struct hash_key *key)
 {
     unsigned char b[16];
 
-    if (RAND_bytes(b, sizeof(b)) != 1) {
-        log_error(MOD, "cannot draw a random hash key: the system random source failed");
-        abort();
-    }
+    util_random_bytes(b, sizeof(b)); /* aborts if the random source fails */
     hash_key_from_bytes(key, b);
 }
 

@@ -25,7 +25,7 @@ struct hash_key {
     uint64_t k0, k1; /* the 16 key bytes, read as two little-endian words */
 };
 
-/* Fill key from the OpenSSL CSPRNG (RAND_bytes). A failure there aborts,
+/* Fill key from the OpenSSL CSPRNG (util_random_bytes). A failure aborts,
  * like an allocation failure: a table without an unpredictable key is the
  * defect this module exists to prevent, and it cannot happen on a Linux
  * system whose kernel has seeded its random pool. Thread: any. */

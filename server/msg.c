@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "refcount.h"
 #include "util.h"
 
 struct msg {
@@ -120,7 +121,7 @@ msg_t *mb_finish(struct msgbuf *b)
     unsigned char h[10];
     size_t hl = frame_header(h, b->len);
 
-    atomic_init(&m->refs, 1);
+    ref_init(&m->refs, 1);
     m->placeholder = false;
     m->counted = false;
     atomic_init(&m->fill, NULL);
@@ -144,7 +145,7 @@ msg_t *msg_new_text(const void *payload, size_t len)
 msg_t *msg_new_placeholder(void)
 {
     msg_t *m = xcalloc(1, sizeof(*m));
-    atomic_init(&m->refs, 1);
+    ref_init(&m->refs, 1);
     atomic_init(&m->fill, NULL);
     m->placeholder = true;
     return m;
@@ -184,7 +185,7 @@ const msg_t *msg_resolve(const msg_t *m)
 
 msg_t *msg_ref(msg_t *m)
 {
-    atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
+    ref_get(&m->refs);
     return m;
 }
 
@@ -194,12 +195,7 @@ void msg_unref(msg_t **mp)
     if (!m)
         return;
     *mp = NULL;
-    unsigned old = atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel);
-    if (old == 0) {
-        fprintf(stderr, "parley: msg refcount underflow\n");
-        abort();
-    }
-    if (old == 1) {
+    if (ref_put(&m->refs, "msg")) {
         if (m->placeholder) {
             msg_t *c = atomic_load_explicit(&m->fill, memory_order_acquire);
             msg_unref(&c);

@@ -33,7 +33,7 @@
 
 #include "backoff.h"
 #include "breaker.h"
-#include "hash.h"
+#include "htable.h"
 #include "log.h"
 #include "mailfmt.h"
 #include "notify.h"
@@ -49,80 +49,31 @@
 #define TEXT_KEEP (MAILFMT_TEXT_MAX + 8)
 #define POLL_MAX_MS 1000
 
-/* ---- a small chained hash table keyed by a 32-character string ---- */
+/* ---- entries of the three tables, keyed by a 32-character string ---- */
 
-struct hnode {
-    struct hnode *hnext;
+/* The tables are htables (htable.h), each with its own key: recipients are
+ * user names clients chose. The key string lives beside the node. */
+struct nkey {
+    struct hnode node;
     char key[33];
 };
 
-struct htab {
-    struct hnode **b;
-    size_t nb, count;
-    struct hash_key key; /* keyed: recipients are user names clients chose */
-};
-
-static size_t ht_hash(const struct htab *t, const char *s)
+static struct nkey *ht_find(const struct htable *t, const char *key)
 {
-    return (size_t)hash_str(&t->key, s);
+    struct hnode *h = htable_find(t, key);
+    return h ? htable_entry(h, struct nkey, node) : NULL;
 }
 
-static void ht_init(struct htab *t)
+static void ht_add(struct htable *t, struct nkey *k)
 {
-    hash_key_random(&t->key);
-    t->nb = 64;
-    t->b = xcalloc(t->nb, sizeof(*t->b));
-    t->count = 0;
-}
-
-static struct hnode *ht_find(const struct htab *t, const char *key)
-{
-    for (struct hnode *h = t->b[ht_hash(t, key) & (t->nb - 1)]; h; h = h->hnext) {
-        if (strcmp(h->key, key) == 0)
-            return h;
-    }
-    return NULL;
-}
-
-static void ht_add(struct htab *t, struct hnode *n)
-{
-    if (t->count >= t->nb) {
-        size_t nb = t->nb * 2;
-        struct hnode **b = xcalloc(nb, sizeof(*b));
-        for (size_t i = 0; i < t->nb; i++) {
-            for (struct hnode *h = t->b[i], *next; h; h = next) {
-                next = h->hnext;
-                size_t j = ht_hash(t, h->key) & (nb - 1);
-                h->hnext = b[j];
-                b[j] = h;
-            }
-        }
-        free(t->b);
-        t->b = b;
-        t->nb = nb;
-    }
-    size_t i = ht_hash(t, n->key) & (t->nb - 1);
-    n->hnext = t->b[i];
-    t->b[i] = n;
-    t->count++;
-}
-
-static void ht_del(struct htab *t, struct hnode *n)
-{
-    for (struct hnode **pp = &t->b[ht_hash(t, n->key) & (t->nb - 1)]; *pp; pp = &(*pp)->hnext) {
-        if (*pp == n) {
-            *pp = n->hnext;
-            t->count--;
-            return;
-        }
-    }
+    htable_insert(t, &k->node, k->key);
 }
 
 /* ---- state ---- */
 
 /* One notification held in memory (queued or being sent). */
 struct item {
-    struct hnode h; /* key: id; in notify.held while held */
+    struct nkey h; /* key: id; in notify.held while held */
     struct item *next;
     bool dm;
     char from[33];
@@ -134,7 +85,7 @@ struct item {
 
 /* One recipient's held notifications, oldest first. */
 struct batch {
-    struct hnode h; /* key: recipient; in notify.batches while queued */
+    struct nkey h; /* key: recipient; in notify.batches while queued */
     struct batch *prev, *next;
     char email[255];
     struct item *head, *tail;
@@ -145,11 +96,23 @@ struct batch {
 
 /* An id sent or given up on recently (see DONE_TTL_MS). */
 struct done {
-    struct hnode h; /* key: id; in notify.done */
+    struct nkey h; /* key: id; in notify.done */
     struct done *next;
     int64_t expires_ms;
     bool dead;
 };
+
+static struct batch *find_batch(const struct htable *t, const char *recipient)
+{
+    struct nkey *k = ht_find(t, recipient);
+    return k ? htable_entry(k, struct batch, h) : NULL;
+}
+
+static struct done *find_done(const struct htable *t, const char *id)
+{
+    struct nkey *k = ht_find(t, id);
+    return k ? htable_entry(k, struct done, h) : NULL;
+}
 
 enum outcome {
     OUT_SENT,
@@ -181,10 +144,10 @@ struct notify {
     pthread_cond_t cond;                /* CLOCK_MONOTONIC; wakes the worker */
     _Atomic int64_t stop_at_ms;         /* 0 until notify_stop; read inside curl's callback */
     bool stopping;                      /* {lock} */
-    struct htab held;                   /* {lock} items by id, queued or in flight */
-    struct htab batches;                /* {lock} queued batches by recipient */
+    struct htable held;                 /* {lock} items by id, queued or in flight */
+    struct htable batches;              /* {lock} queued batches by recipient */
     struct batch *qhead;                /* {lock} queued batches, newest first */
-    struct htab done;                   /* {lock} */
+    struct htable done;                 /* {lock} */
     struct done *done_head, *done_tail; /* {lock} oldest first, for expiry */
     size_t depth;                       /* {lock} items held */
     struct breaker breaker;             /* {lock} */
@@ -245,14 +208,14 @@ static void queue_unlink_locked(notify_t *n, struct batch *b)
     if (b->next)
         b->next->prev = b->prev;
     b->prev = b->next = NULL;
-    ht_del(&n->batches, &b->h);
+    htable_remove(&n->batches, &b->h.node);
 }
 
 /* Hold it for recipient, in its batch (a new one is due at due_if_new). */
 static void add_item_locked(notify_t *n, const char *recipient, const char *email, size_t emailsz,
                             struct item *it, int64_t due_if_new)
 {
-    struct batch *b = (struct batch *)ht_find(&n->batches, recipient);
+    struct batch *b = find_batch(&n->batches, recipient);
     if (!b) {
         b = xcalloc(1, sizeof(*b));
         str_lcpy(b->h.key, recipient, sizeof(b->h.key));
@@ -274,7 +237,7 @@ static void add_item_locked(notify_t *n, const char *recipient, const char *emai
 
 static void done_add_locked(notify_t *n, const char *id, bool dead, int64_t now)
 {
-    struct done *d = (struct done *)ht_find(&n->done, id);
+    struct done *d = find_done(&n->done, id);
     if (d) {
         d->dead = dead;
         return;
@@ -298,7 +261,7 @@ static void done_prune_locked(notify_t *n, int64_t now)
         n->done_head = d->next;
         if (!n->done_head)
             n->done_tail = NULL;
-        ht_del(&n->done, &d->h);
+        htable_remove(&n->done, &d->h.node);
         free(d);
     }
 }
@@ -558,16 +521,8 @@ static enum outcome deliver(notify_t *n, struct batch *b)
         items[i] = (struct mail_item){
             .dm = it->dm, .from = it->from, .room = it->room, .text = it->text, .ts_ms = it->ts};
     }
-    unsigned char rnd[16];
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
-        for (size_t k = 0; k < sizeof(rnd); k += 8) {
-            uint64_t r = backoff_rand(&n->rng);
-            memcpy(rnd + k, &r, 8);
-        }
-    }
     char msgid[33];
-    for (size_t k = 0; k < sizeof(rnd); k++)
-        snprintf(msgid + 2 * k, 3, "%02x", rnd[k]);
+    util_random_hex(msgid, 16);
     struct mail_head h = {.from_addr = n->from,
                           .to_addr = b->email,
                           .to_name = b->h.key,
@@ -696,11 +651,11 @@ static void settle(notify_t *n, struct batch *b, enum breaker_permit permit, enu
         n->failed++;
     size_t nsent = 0, ndead = 0;
     for (struct item *it = finished; it; it = it->next, nsent++) {
-        ht_del(&n->held, &it->h);
+        htable_remove(&n->held, &it->h.node);
         done_add_locked(n, it->h.key, false, now);
     }
     for (struct item *it = dead; it; it = it->next, ndead++) {
-        ht_del(&n->held, &it->h);
+        htable_remove(&n->held, &it->h.node);
         done_add_locked(n, it->h.key, true, now);
     }
     n->sent += nsent;
@@ -708,7 +663,7 @@ static void settle(notify_t *n, struct batch *b, enum breaker_permit permit, enu
     n->depth -= nsent + ndead;
     if (keep) {
         /* back into the queue, in front of anything that arrived meanwhile */
-        struct batch *cur = (struct batch *)ht_find(&n->batches, b->h.key);
+        struct batch *cur = find_batch(&n->batches, b->h.key);
         struct item *last = keep;
         size_t nkeep = 1;
         while (last->next)
@@ -770,7 +725,7 @@ static bool scan_outbox(notify_t *n, size_t max)
         const struct store_outbox_row *r = &rows[i];
         if (!r->id[0] || !r->recipient[0] || ht_find(&n->held, r->id))
             continue;
-        struct done *d = (struct done *)ht_find(&n->done, r->id);
+        struct done *d = find_done(&n->done, r->id);
         if (d) {
             if (d->dead)
                 dead_ids[ndead++] = r->id;
@@ -937,9 +892,9 @@ notify_t *notify_new(const struct notify_opts *o, store_t *store, char *err, siz
         .base_ms = o->backoff_base_ms, .max_ms = o->max_backoff_ms, .jitter = BACKOFF_JITTER_EQUAL};
     n->store = store;
     breaker_init(&n->breaker, o->breaker_threshold, o->breaker_cooldown_ms);
-    ht_init(&n->held);
-    ht_init(&n->batches);
-    ht_init(&n->done);
+    htable_init(&n->held, 64);
+    htable_init(&n->batches, 64);
+    htable_init(&n->done, 64);
     if (RAND_bytes((unsigned char *)&n->rng, sizeof(n->rng)) != 1)
         n->rng = (uint64_t)now_mono_ns() ^ ((uint64_t)getpid() << 32);
     atomic_init(&n->stop_at_ms, 0);
@@ -1007,9 +962,9 @@ void notify_free(notify_t *n)
         next = d->next;
         free(d);
     }
-    free(n->held.b);
-    free(n->batches.b);
-    free(n->done.b);
+    htable_fini(&n->held);
+    htable_fini(&n->batches);
+    htable_fini(&n->done);
     if (n->easy)
         curl_easy_cleanup(n->easy);
     if (n->multi)

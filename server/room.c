@@ -1,5 +1,5 @@
 /*
- * room — see room.h. The registry is a chained hash table under a rwlock;
+ * room — see room.h. The registry is an htable (htable.h) under a rwlock;
  * each room has its own mutex. Two short mutexes of the registry guard its
  * lists: the idle list (rooms nobody references, least recently used
  * first) and the active list (rooms with members). Lock order: registry ->
@@ -14,7 +14,8 @@
 #include <string.h>
 
 #include "client.h"
-#include "hash.h"
+#include "htable.h"
+#include "refcount.h"
 #include "strmap.h"
 #include "util.h"
 
@@ -31,11 +32,9 @@ struct room_user {
 
 struct rooms {
     pthread_rwlock_t lock;
-    struct room **buckets; /* {lock} */
-    size_t nbuckets, count; /* {lock} */
+    struct htable t; /* {lock} rooms by name; its own key: any client may create rooms */
     size_t window;
     size_t idle_max;
-    struct hash_key key; /* drawn at creation: any client may create rooms */
 
     pthread_mutex_t idle_lock;
     struct room *idle_head, *idle_tail; /* {idle_lock} oldest first */
@@ -54,7 +53,7 @@ struct hist *hist_new(const char *room, uint64_t seq, const char *from, const ch
     struct hist *h = xmalloc(sizeof(*h) + rl + fl + il + text_len + 1);
     char *p = h->buf;
 
-    atomic_init(&h->refs, 1);
+    ref_init(&h->refs, 1);
     memcpy(p, room, rl);
     h->m.room = p;
     p += rl;
@@ -75,7 +74,7 @@ struct hist *hist_new(const char *room, uint64_t seq, const char *from, const ch
 
 struct hist *hist_ref(struct hist *h)
 {
-    atomic_fetch_add_explicit(&h->refs, 1, memory_order_relaxed);
+    ref_get(&h->refs);
     return h;
 }
 
@@ -85,29 +84,17 @@ void hist_unref(struct hist **hp)
     if (!h)
         return;
     *hp = NULL;
-    unsigned old = atomic_fetch_sub_explicit(&h->refs, 1, memory_order_acq_rel);
-    if (old == 0)
-        abort();
-    if (old == 1)
+    if (ref_put(&h->refs, "hist"))
         free(h);
-}
-
-/* Keyed: room names are chosen by clients, and with an unkeyed hash they
- * could pick names that all share one chain. */
-static size_t hash_name(const rooms_t *r, const char *s)
-{
-    return (size_t)hash_str(&r->key, s);
 }
 
 rooms_t *rooms_new(size_t window, size_t idle_max)
 {
     rooms_t *r = xcalloc(1, sizeof(*r));
     pthread_rwlock_init(&r->lock, NULL);
-    hash_key_random(&r->key);
     pthread_mutex_init(&r->idle_lock, NULL);
     pthread_mutex_init(&r->act_lock, NULL);
-    r->nbuckets = 64;
-    r->buckets = xcalloc(r->nbuckets, sizeof(*r->buckets));
+    htable_init(&r->t, 64);
     r->window = window ? window : 1;
     r->idle_max = idle_max;
     return r;
@@ -136,17 +123,19 @@ static void room_free(struct room *rm)
     free(rm);
 }
 
+static bool free_room_node(struct hnode *n, void *arg)
+{
+    (void)arg;
+    room_free(htable_entry(n, struct room, hnode));
+    return true;
+}
+
 void rooms_free(rooms_t *r)
 {
     if (!r)
         return;
-    for (size_t i = 0; i < r->nbuckets; i++) {
-        for (struct room *rm = r->buckets[i], *n; rm; rm = n) {
-            n = rm->hnext;
-            room_free(rm);
-        }
-    }
-    free(r->buckets);
+    htable_sweep(&r->t, free_room_node, NULL);
+    htable_fini(&r->t);
     pthread_mutex_destroy(&r->act_lock);
     pthread_mutex_destroy(&r->idle_lock);
     pthread_rwlock_destroy(&r->lock);
@@ -155,27 +144,8 @@ void rooms_free(rooms_t *r)
 
 static struct room *find_locked(rooms_t *r, const char *name)
 {
-    for (struct room *rm = r->buckets[hash_name(r, name) & (r->nbuckets - 1)]; rm; rm = rm->hnext)
-        if (strcmp(rm->name, name) == 0)
-            return rm;
-    return NULL;
-}
-
-static void grow_locked(rooms_t *r)
-{
-    size_t nb = r->nbuckets * 2;
-    struct room **b = xcalloc(nb, sizeof(*b));
-    for (size_t i = 0; i < r->nbuckets; i++) {
-        for (struct room *rm = r->buckets[i], *n; rm; rm = n) {
-            n = rm->hnext;
-            size_t k = hash_name(r, rm->name) & (nb - 1);
-            rm->hnext = b[k];
-            b[k] = rm;
-        }
-    }
-    free(r->buckets);
-    r->buckets = b;
-    r->nbuckets = nb;
+    struct hnode *n = htable_find(&r->t, name);
+    return n ? htable_entry(n, struct room, hnode) : NULL;
 }
 
 static struct room *create_locked(rooms_t *r, const char *name)
@@ -185,25 +155,16 @@ static struct room *create_locked(rooms_t *r, const char *name)
     rm->is_dm = strncmp(name, "dm:", 3) == 0;
     rm->reg = r;
     rm->state = ROOM_COLD;
-    atomic_init(&rm->refs, 0);
+    ref_init(&rm->refs, 0);
     pthread_mutex_init(&rm->lock, NULL);
     rm->wcap = r->window;
-    if (r->count + 1 > r->nbuckets)
-        grow_locked(r);
-    size_t k = hash_name(r, name) & (r->nbuckets - 1);
-    rm->hnext = r->buckets[k];
-    r->buckets[k] = rm;
-    r->count++;
+    htable_insert(&r->t, &rm->hnode, rm->name);
     return rm;
 }
 
 static void unlink_locked(rooms_t *r, struct room *rm)
 {
-    struct room **pp = &r->buckets[hash_name(r, rm->name) & (r->nbuckets - 1)];
-    while (*pp != rm)
-        pp = &(*pp)->hnext;
-    *pp = rm->hnext;
-    r->count--;
+    htable_remove(&r->t, &rm->hnode);
 }
 
 /* {idle_lock}. Take rm off the idle list: it is referenced again. */
@@ -241,6 +202,24 @@ static void idle_trim_locked(rooms_t *r)
     }
 }
 
+/* {write lock} + {idle_lock}. Put an unreferenced room (holding `names`
+ * former members) at the recent end of the idle list, then trim the list. */
+static void idle_append_locked(rooms_t *r, struct room *rm, size_t names)
+{
+    rm->on_idle = true;
+    rm->idle_names = names;
+    rm->idle_prev = r->idle_tail;
+    rm->idle_next = NULL;
+    if (r->idle_tail)
+        r->idle_tail->idle_next = rm;
+    else
+        r->idle_head = rm;
+    r->idle_tail = rm;
+    r->nidle++;
+    r->idle_names += names;
+    idle_trim_locked(r);
+}
+
 void rooms_preload(rooms_t *r, const char *name, uint64_t seq)
 {
     pthread_rwlock_wrlock(&r->lock);
@@ -255,15 +234,7 @@ void rooms_preload(rooms_t *r, const char *name, uint64_t seq)
     if (fresh) {
         /* unreferenced: idle from the start, most recent last */
         pthread_mutex_lock(&r->idle_lock);
-        rm->on_idle = true;
-        rm->idle_prev = r->idle_tail;
-        if (r->idle_tail)
-            r->idle_tail->idle_next = rm;
-        else
-            r->idle_head = rm;
-        r->idle_tail = rm;
-        r->nidle++;
-        idle_trim_locked(r);
+        idle_append_locked(r, rm, 0);
         pthread_mutex_unlock(&r->idle_lock);
     }
     pthread_rwlock_unlock(&r->lock);
@@ -273,7 +244,7 @@ void rooms_preload(rooms_t *r, const char *name, uint64_t seq)
  * room off the idle list. */
 static void take_ref_locked(rooms_t *r, struct room *rm)
 {
-    if (atomic_fetch_add_explicit(&rm->refs, 1, memory_order_relaxed) == 0) {
+    if (ref_get(&rm->refs) == 0) {
         pthread_mutex_lock(&r->idle_lock);
         idle_unlink_locked(r, rm);
         pthread_mutex_unlock(&r->idle_lock);
@@ -304,7 +275,7 @@ struct room *rooms_acquire(rooms_t *r, const char *name, bool create)
 struct room *rooms_ref(struct room *rm)
 {
     /* never from zero: the caller's reference keeps it off the idle list */
-    atomic_fetch_add_explicit(&rm->refs, 1, memory_order_relaxed);
+    ref_get(&rm->refs);
     return rm;
 }
 
@@ -317,13 +288,10 @@ void rooms_release(rooms_t *r, struct room **rp)
     /* Not the last reference: drop it without the lock. The last one is
      * dropped under the write lock, where no lookup can take a new one, so
      * exactly one releaser sees the count reach zero and may reclaim. */
-    unsigned old = atomic_load_explicit(&rm->refs, memory_order_relaxed);
-    while (old > 1)
-        if (atomic_compare_exchange_weak_explicit(&rm->refs, &old, old - 1, memory_order_acq_rel,
-                                                  memory_order_relaxed))
-            return;
+    if (ref_put_unless_last(&rm->refs))
+        return;
     pthread_rwlock_wrlock(&r->lock);
-    if (atomic_fetch_sub_explicit(&rm->refs, 1, memory_order_acq_rel) == 1) {
+    if (ref_put(&rm->refs, "room")) {
         pthread_mutex_lock(&rm->lock);
         /* The broker's memberships and waiters hold references, so the room
          * is empty here (only a caller that adds members without a
@@ -350,18 +318,7 @@ void rooms_release(rooms_t *r, struct room **rp)
             room_free(rm);
             r->reclaimed++;
         } else {
-            rm->on_idle = true;
-            rm->idle_names = names;
-            rm->idle_prev = r->idle_tail;
-            rm->idle_next = NULL;
-            if (r->idle_tail)
-                r->idle_tail->idle_next = rm;
-            else
-                r->idle_head = rm;
-            r->idle_tail = rm;
-            r->nidle++;
-            r->idle_names += names;
-            idle_trim_locked(r);
+            idle_append_locked(r, rm, names);
         }
         pthread_mutex_unlock(&r->idle_lock);
     }
@@ -381,7 +338,7 @@ size_t rooms_list(rooms_t *r, struct room_snapshot *out, size_t max)
     for (struct room *rm = r->act_head; rm && k < max; rm = rm->act_next) {
         if (rm->is_dm)
             continue;
-        atomic_fetch_add_explicit(&rm->refs, 1, memory_order_relaxed);
+        ref_get(&rm->refs);
         held[k++] = rm;
     }
     pthread_mutex_unlock(&r->act_lock);
@@ -412,7 +369,7 @@ size_t rooms_active(rooms_t *r)
 void rooms_stats(rooms_t *r, struct rooms_stats *out)
 {
     pthread_rwlock_rdlock(&r->lock);
-    out->held = r->count;
+    out->held = htable_count(&r->t);
     pthread_mutex_lock(&r->idle_lock);
     out->idle = r->nidle;
     out->reclaimed = r->reclaimed;

@@ -36,6 +36,7 @@
 #include <stdint.h>
 
 #include "codec.h"
+#include "htable.h"
 
 struct client;
 
@@ -75,7 +76,7 @@ struct room {
     bool is_dm;
     bool on_idle;               /* {registry idle lock} on the idle list */
     _Atomic unsigned refs;
-    struct room *hnext;         /* {registry lock} */
+    struct hnode hnode;         /* {registry lock} in the registry, keyed by name */
     struct room *idle_prev, *idle_next; /* {registry idle lock} while refs == 0 */
     struct room *act_prev, *act_next;   /* {registry active lock} while nmembers > 0 */
     struct rooms *reg;          /* fixed */

@@ -1,7 +1,8 @@
 /*
- * strmap — a string-keyed hash map (chained, power-of-two buckets, keyed
- * hash with the map's own random key: see hash.h). Not synchronised: the
- * owner's lock guards it. Keys are copied; values are the caller's.
+ * strmap — a string-keyed map (string -> void *): a thin wrapper over htable
+ * (chained, power-of-two buckets, keyed hash with the map's own random key:
+ * see htable.h). Not synchronised: the owner's lock guards it. Keys are
+ * copied; values are the caller's.
  */
 #ifndef PARLEY_STRMAP_H
 #define PARLEY_STRMAP_H

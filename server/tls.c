@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "refcount.h"
 #include "util.h"
 
 /* Forward secrecy and AEAD only. */
@@ -37,7 +38,7 @@ struct tls_creds *tls_creds_load(const char *cert, const char *key, char *err, s
     FILE *f = NULL;
     X509 *x;
 
-    atomic_init(&c->refs, 1);
+    ref_init(&c->refs, 1);
     c->chain = sk_X509_new_null();
     if (!(f = fopen(cert, "r"))) {
         snprintf(err, errsz, "cannot open certificate '%s'", cert);
@@ -76,7 +77,7 @@ fail:
 
 struct tls_creds *tls_creds_ref(struct tls_creds *c)
 {
-    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    ref_get(&c->refs);
     return c;
 }
 
@@ -86,7 +87,7 @@ void tls_creds_unref(struct tls_creds **cp)
     if (!c)
         return;
     *cp = NULL;
-    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+    if (!ref_put(&c->refs, "tls_creds"))
         return;
     X509_free(c->leaf);
     sk_X509_pop_free(c->chain, X509_free);

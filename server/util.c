@@ -1,6 +1,8 @@
 /* util — see util.h. No state. */
 #include "util.h"
 
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +12,39 @@ static void oom(size_t n)
 {
     fprintf(stderr, "parley: out of memory allocating %zu bytes\n", n);
     abort();
+}
+
+void util_random_bytes(void *out, size_t n)
+{
+    unsigned char *p = out;
+
+    while (n) {
+        size_t k = n < 4096 ? n : 4096; /* RAND_bytes takes an int */
+        if (RAND_bytes(p, (int)k) != 1) {
+            fprintf(stderr, "parley: the system random source failed (RAND_bytes)\n");
+            abort();
+        }
+        p += k;
+        n -= k;
+    }
+}
+
+void util_random_hex(char *out, size_t nbytes)
+{
+    static const char digits[] = "0123456789abcdef";
+    unsigned char raw[32];
+
+    while (nbytes) {
+        size_t n = nbytes < sizeof(raw) ? nbytes : sizeof(raw);
+        util_random_bytes(raw, n);
+        for (size_t i = 0; i < n; i++) {
+            *out++ = digits[raw[i] >> 4];
+            *out++ = digits[raw[i] & 15];
+        }
+        nbytes -= n;
+    }
+    *out = '\0';
+    OPENSSL_cleanse(raw, sizeof(raw));
 }
 
 void *xmalloc(size_t n)

@@ -18,6 +18,21 @@ void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
+/* Thread: any. Fill out with n bytes from the OpenSSL CSPRNG (RAND_bytes),
+ * for what must not be guessed: ids, keys, hash keys. A RAND_bytes failure
+ * aborts with a message, as an allocation failure does: carrying on would
+ * hand out predictable ids or keys (a security defect, not an error to
+ * report), every caller would otherwise need a branch it could never test,
+ * and on Linux it cannot fail once the kernel's pool is seeded, long before
+ * a server starts. */
+void util_random_bytes(void *out, size_t n);
+
+/* Thread: any. nbytes random bytes (as util_random_bytes, aborting the
+ * same way) as 2 * nbytes lowercase hex characters and a NUL: out holds
+ * 2 * nbytes + 1. Session ids, outbox and Message-IDs, key files, the dummy
+ * password. The raw bytes are wiped from the stack afterwards. */
+void util_random_hex(char *out, size_t nbytes);
+
 /* Thread: any. Monotonic clock in ms / ns, and wall clock in ms since epoch. */
 int64_t now_mono_ms(void);
 int64_t now_mono_ns(void);

@@ -211,3 +211,50 @@ Test(util, allocation_wrappers)
     cr_assert_eq(memcmp(d, "a\0b\0", 4), 0, "xstrndup copies n bytes and terminates");
     free(d);
 }
+
+/* util_random_hex: exactly 2n lowercase hex digits and a NUL, nothing
+ * written past them, across the helper's internal 32-byte chunks. */
+Test(util, random_hex_length_alphabet_and_bounds)
+{
+    static const size_t sizes[] = {0, 1, 8, 16, 24, 31, 32, 33, 100};
+    char buf[2 * 100 + 1 + 16];
+
+    for (size_t s = 0; s < ARRAY_LEN(sizes); s++) {
+        size_t n = sizes[s];
+        memset(buf, '#', sizeof(buf));
+        util_random_hex(buf, n);
+        cr_assert_eq(strlen(buf), 2 * n, "%zu bytes gave %zu characters", n, strlen(buf));
+        for (size_t i = 0; i < 2 * n; i++)
+            cr_assert(strchr("0123456789abcdef", buf[i]) && buf[i], "'%c' in %s", buf[i], buf);
+        for (size_t i = 2 * n + 1; i < sizeof(buf); i++)
+            cr_assert_eq(buf[i], '#', "%zu bytes: wrote past the end at %zu", n, i);
+    }
+}
+
+/* The digits come from random bytes: two ids differ, and over 8 KiB every
+ * digit turns up near its share in both the high and the low nibble (each
+ * position's count is Binomial(8192, 1/16), mean 512, sd 22; a constant,
+ * a stuck nibble or a skewed table is far outside 400..624). */
+Test(util, random_hex_is_random)
+{
+    char a[33], b[33];
+    util_random_hex(a, 16);
+    util_random_hex(b, 16);
+    cr_assert_str_neq(a, b, "two 128-bit ids are equal");
+
+    enum { N = 8192 };
+    char *big = malloc(2 * N + 1);
+    unsigned hi[16] = {0}, lo[16] = {0};
+    cr_assert_not_null(big);
+    util_random_hex(big, N);
+    for (size_t i = 0; i < N; i++) {
+        const char *d = "0123456789abcdef";
+        hi[strchr(d, big[2 * i]) - d]++;
+        lo[strchr(d, big[2 * i + 1]) - d]++;
+    }
+    for (int k = 0; k < 16; k++) {
+        cr_assert(hi[k] >= 400 && hi[k] <= 624, "high nibble %x: %u of %d", k, hi[k], N);
+        cr_assert(lo[k] >= 400 && lo[k] <= 624, "low nibble %x: %u of %d", k, lo[k], N);
+    }
+    free(big);
+}
