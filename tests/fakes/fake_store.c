@@ -34,6 +34,7 @@ struct store {
     size_t allowance;                  /* {lock} held: requests released, not yet taken */
     uint64_t completed;                /* {lock} requests whose done() has returned */
     size_t busy;                       /* {lock} requests taken, done() not yet returned */
+    size_t rbusy;                      /* {lock} reads taken, done() not yet returned */
     bool stop;                         /* {lock} */
     int fail_submit, fail_commit;      /* {lock} */
     struct fev *evs;                   /* {lock} committed, in order */
@@ -163,9 +164,11 @@ static void *worker(void *arg)
             if (!s->rhead)
                 s->rtail = NULL;
             answer_read_locked(s, r);
+            s->rbusy++;
             pthread_mutex_unlock(&s->lock);
             r->done(r);
             pthread_mutex_lock(&s->lock);
+            s->rbusy--;
             pthread_cond_broadcast(&s->cond);
             continue;
         }
@@ -475,7 +478,7 @@ size_t fake_store_queued(store_t *s)
 void fake_store_drain(store_t *s)
 {
     pthread_mutex_lock(&s->lock);
-    while (s->rhead || s->busy || (s->qn && (!s->held || s->allowance)))
+    while (s->rhead || s->rbusy || s->busy || (s->qn && (!s->held || s->allowance)))
         pthread_cond_wait(&s->cond, &s->lock);
     pthread_mutex_unlock(&s->lock);
 }

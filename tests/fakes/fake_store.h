@@ -46,7 +46,8 @@ void fake_store_hold(store_t *s, bool hold);
 size_t fake_store_release(store_t *s, size_t n);
 /* Requests submitted and not yet completed. */
 size_t fake_store_queued(store_t *s);
-/* Wait until nothing is queued (not while held with requests waiting). */
+/* Wait until nothing is queued and no done() (of a write or a read) is
+ * still running (not while held with requests waiting). */
 void fake_store_drain(store_t *s);
 
 /* Committed events, in commit order; *out is a copy whose strings live as
