@@ -78,6 +78,8 @@ struct loop {
     struct conn **hot, **hot_next; /* received in this pass: read again (each holds
                                     * a reference on its client) */
     size_t nhot, hot_cap;
+    struct conn **taken;         /* loop thread: what loop_flush took from pending */
+    size_t taken_cap;
     void *ssl_ctx;               /* server SSL_CTX, NULL without TLS */
     unsigned char scratch[LWS_PRE + SCRATCH_CAP];
 };
@@ -87,7 +89,7 @@ static void loop_flush(struct loop *l);
 static void loop_want_flush(struct loop *l);
 static void loop_adopt_handoffs(struct loop *l);
 static void loop_run_jobs(struct loop *l);
-static struct conn *loop_take_pending(struct loop *l);
+static size_t loop_take_pending(struct loop *l);
 
 struct loop *loop_new(struct server *srv, int index, const struct loop_ops *ops, char *err,
                       size_t errsz)
@@ -395,6 +397,7 @@ void loop_free(struct loop *l)
     }
     free(l->hot);
     free(l->hot_next);
+    free(l->taken);
     pthread_mutex_destroy(&l->lock);
     free(l);
 }
@@ -464,13 +467,12 @@ static void loop_flush(struct loop *l)
         return;
     }
     l->last_flush_ns = now;
-    struct conn *k = loop_take_pending(l);
-    while (k) {
-        struct conn *next = k->pending_next;
+    size_t n = loop_take_pending(l);
+    for (size_t i = 0; i < n; i++) {
+        struct conn *k = l->taken[i];
         struct client *c = k->c;
         l->ops->kick(k);
         client_unref(&c); /* may free k */
-        k = next;
     }
 }
 
@@ -485,16 +487,28 @@ static void loop_want_flush(struct loop *l)
     }
 }
 
-static struct conn *loop_take_pending(struct loop *l)
+/* Take the pending list into l->taken (each entry keeps the reference
+ * loop_schedule took). The links are read under the lock: once `scheduled`
+ * is clear another thread may schedule the conn again, and that rewrites
+ * its pending_next, so walking the list after unlocking would lose the rest
+ * of it (and leak their references). */
+static size_t loop_take_pending(struct loop *l)
 {
+    size_t n = 0;
     pthread_mutex_lock(&l->lock);
-    struct conn *list = l->pending;
+    for (struct conn *k = l->pending; k; k = k->pending_next) {
+        if (n == l->taken_cap) {
+            /* memory only, and rare: the array keeps its largest size */
+            l->taken_cap = l->taken_cap ? l->taken_cap * 2 : 64;
+            l->taken = xrealloc(l->taken, l->taken_cap * sizeof(*l->taken));
+        }
+        l->taken[n++] = k;
+        k->scheduled = false;
+    }
     l->pending = NULL;
     l->pending_tail = &l->pending;
-    for (struct conn *k = list; k; k = k->pending_next)
-        k->scheduled = false;
     pthread_mutex_unlock(&l->lock);
-    return list;
+    return n;
 }
 
 void loop_set_ssl_ctx(struct loop *l, void *ssl_ctx)
