@@ -56,3 +56,16 @@ export function syncChildren(parent, nodes) {
 export function sigil(c) {
     return el('span', { class: 'sigil', 'aria-hidden': 'true', text: c.kind === 'dm' ? '@' : '#' });
 }
+
+/* What every view of the chat page starts with: the document (and $ for
+ * its elements by id), the model it renders, the controller its DOM events
+ * go to, and the page shell it asks for focus and panels. */
+export class View {
+    constructor(doc, model, controller, shell = null) {
+        this.$ = (id) => doc.getElementById(id);
+        this.doc = doc;
+        this.model = model;
+        this.controller = controller;
+        this.shell = shell;
+    }
+}

@@ -3,14 +3,12 @@
  * controller's), Shift+Enter adds a line, it grows with its text, and "@"
  * opens the completion list of names.
  */
-import { el } from './dom.js';
+import { el, View } from './dom.js';
 import { completions, mentionAt } from './model.js';
 
-export class ComposerView {
+export class ComposerView extends View {
     constructor(doc, model, controller) {
-        this.$ = (id) => doc.getElementById(id);
-        this.model = model;
-        this.controller = controller;
+        super(doc, model, controller);
         this.mention = null;       /* {start, prefix, items, index} while the list is open */
         const $ = this.$;
         const box = $('composer');

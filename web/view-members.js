@@ -2,18 +2,11 @@
  * view-members — the members panel of the conversation on screen: a room's
  * members, or the two people of a DM; a click on someone opens a DM.
  */
-import { el } from './dom.js';
+import { el, View } from './dom.js';
 
-export class MembersView {
-    /* shell: focusComposer() of the page (views.js). */
-    constructor(doc, model, controller, shell) {
-        this.$ = (id) => doc.getElementById(id);
-        this.doc = doc;
-        this.model = model;
-        this.controller = controller;
-        this.shell = shell;
-    }
-
+/* Built as new MembersView(doc, model, controller, shell); shell:
+ * focusComposer() of the page (views.js). */
+export class MembersView extends View {
     render() {
         const $ = this.$;
         const { model } = this;

@@ -4,7 +4,7 @@
  * back on scroll, "jump to latest", who is typing, and the screen-reader
  * announcements of new messages.
  */
-import { el, sigil, syncChildren } from './dom.js';
+import { el, sigil, syncChildren, View } from './dom.js';
 import { sameGroup, typingText } from './model.js';
 
 const NEAR_BOTTOM_PX = 48;
@@ -27,13 +27,10 @@ function escapeRe(s) {
     return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
-export class MessagesView {
+export class MessagesView extends View {
     /* shell: seen(c) after scrolling to the end, focusComposer() (views.js). */
     constructor(doc, model, controller, shell) {
-        this.$ = (id) => doc.getElementById(id);
-        this.model = model;
-        this.controller = controller;
-        this.shell = shell;
+        super(doc, model, controller, shell);
         this.msgEls = new WeakMap(); /* Conversation -> Map(key -> li) */
         this.typingTimer = 0;
         const $ = this.$;

@@ -2,17 +2,13 @@
  * view-rooms — the sidebar: the join box, our rooms and DMs with their
  * unread badges, and the server's public rooms.
  */
-import { el, sigil, syncChildren } from './dom.js';
+import { el, sigil, syncChildren, View } from './dom.js';
 import { isValidRoom, isValidUser } from './model.js';
 
-export class RoomsView {
+export class RoomsView extends View {
     /* shell: closePanels(), focusComposer() of the page (views.js). */
     constructor(doc, model, controller, shell) {
-        this.$ = (id) => doc.getElementById(id);
-        this.doc = doc;
-        this.model = model;
-        this.controller = controller;
-        this.shell = shell;
+        super(doc, model, controller, shell);
         this.convEls = new Map();  /* room name -> li */
         this.emptyItems = new Map();
         this.$('join-form').addEventListener('submit', (ev) => this.onJoinSubmit(ev));

@@ -317,6 +317,16 @@ static void join_drop(struct client *c, const char *room)
     json_decref(join(c, room));
 }
 
+/* Each of cs joins room, then each queue is emptied of what the joins
+ * brought (joined replies, presence). */
+static void join_all(const char *room, struct client *const *cs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        join_drop(cs[i], room);
+    for (size_t i = 0; i < n; i++)
+        drain_q(cs[i]);
+}
+
 static void send_text(struct client *c, const char *room, const char *text, const char *id)
 {
     if (id)
@@ -402,12 +412,7 @@ static size_t seqs_of(json_t *j, const char *key, long long *first, long long *l
 Test(broker, fanout_in_seq_order_encoded_once_ack_after_commit)
 {
     struct client *a = connect_as("alice"), *b = connect_as("bob"), *c = connect_as("carol");
-    join_drop(a, "lobby");
-    join_drop(b, "lobby");
-    join_drop(c, "lobby");
-    drain_q(a);
-    drain_q(b);
-    drain_q(c);
+    join_all("lobby", (struct client *[]){a, b, c}, 3);
 
     fake_store_hold(F.st, true);
     for (int i = 0; i < 5; i++)
@@ -866,12 +871,7 @@ static void *publish_many(void *arg)
 Test(broker, disconnect_during_fanout)
 {
     struct client *a = connect_as("alice"), *b = connect_as("bob"), *c = connect_as("carol");
-    join_drop(a, "lobby");
-    join_drop(b, "lobby");
-    join_drop(c, "lobby");
-    drain_q(a);
-    drain_q(b);
-    drain_q(c);
+    join_all("lobby", (struct client *[]){a, b, c}, 3);
 
     struct publisher p = {a, 300};
     pthread_t t;
