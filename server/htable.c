@@ -24,9 +24,18 @@ void htable_fini(struct htable *t)
     t->nb = t->count = 0;
 }
 
+uint64_t htable_hash(const struct htable *t, const char *key)
+{
+    return hash_str(&t->key, key);
+}
+
 struct hnode *htable_find(const struct htable *t, const char *key)
 {
-    uint64_t h = hash_str(&t->key, key);
+    return htable_find_hashed(t, key, htable_hash(t, key));
+}
+
+struct hnode *htable_find_hashed(const struct htable *t, const char *key, uint64_t h)
+{
     for (struct hnode *n = t->b[h & (t->nb - 1)]; n; n = n->next)
         if (n->hash == h && strcmp(n->key, key) == 0)
             return n;
@@ -52,10 +61,15 @@ static void grow(struct htable *t)
 
 void htable_insert(struct htable *t, struct hnode *n, const char *key)
 {
+    htable_insert_hashed(t, n, key, htable_hash(t, key));
+}
+
+void htable_insert_hashed(struct htable *t, struct hnode *n, const char *key, uint64_t h)
+{
     if (t->count >= t->nb)
         grow(t);
     n->key = key;
-    n->hash = hash_str(&t->key, key);
+    n->hash = h;
     n->next = t->b[n->hash & (t->nb - 1)];
     t->b[n->hash & (t->nb - 1)] = n;
     t->count++;

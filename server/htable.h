@@ -56,6 +56,12 @@ void htable_fini(struct htable *t);
 /* The node whose key equals key, or NULL. Thread: owner, under its lock
  * (a read lock is enough: lookup writes nothing). */
 struct hnode *htable_find(const struct htable *t, const char *key);
+/* key's hash under t's key. Thread: any, no lock: the key is fixed at init,
+ * so a read-mostly owner can hash before it locks (usermap). */
+uint64_t htable_hash(const struct htable *t, const char *key);
+/* htable_find and htable_insert for a key already hashed with htable_hash. */
+struct hnode *htable_find_hashed(const struct htable *t, const char *key, uint64_t h);
+void htable_insert_hashed(struct htable *t, struct hnode *n, const char *key, uint64_t h);
 /* Link n under key (a string that lives in n's entry and stays unchanged
  * while it is linked). The caller has looked for key first: a table holds
  * each key at most once. May grow the table. Thread: owner, write lock. */

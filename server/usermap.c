@@ -67,22 +67,22 @@ void usermap_free(usermap_t *m)
     free(m);
 }
 
-/* Caller holds the lock (read or write). */
-static struct uentry *find_locked(usermap_t *m, const char *name)
+/* Caller holds the lock (read or write); h is htable_hash of name. */
+static struct uentry *find_locked(usermap_t *m, const char *name, uint64_t h)
 {
-    struct hnode *n = htable_find(&m->t, name);
+    struct hnode *n = htable_find_hashed(&m->t, name, h);
     return n ? htable_entry(n, struct uentry, node) : NULL;
 }
 
 /* Caller holds the write lock and has looked for name first. */
-static struct uentry *insert_locked(usermap_t *m, const char *name)
+static struct uentry *insert_locked(usermap_t *m, const char *name, uint64_t h)
 {
     size_t len = strlen(name);
     struct uentry *e = xmalloc(sizeof(*e) + m->value_size + len + 1);
 
     memset(e->value, 0, m->value_size);
     memcpy(e->value + m->value_size, name, len + 1);
-    htable_insert(&m->t, &e->node, entry_name(m, e));
+    htable_insert_hashed(&m->t, &e->node, entry_name(m, e), h);
     return e;
 }
 
@@ -90,9 +90,12 @@ bool usermap_with(usermap_t *m, const char *name, bool create, usermap_fn fn, vo
 {
     struct uentry *e;
     bool created = false;
+    /* hashed once, before any lock: readers hold the read lock only for the
+     * bucket walk, and a miss does not hash again under the write lock */
+    uint64_t h = htable_hash(&m->t, name);
 
     pthread_rwlock_rdlock(&m->lock);
-    e = find_locked(m, name);
+    e = find_locked(m, name, h);
     if (e) {
         fn(e->value, false, arg);
         pthread_rwlock_unlock(&m->lock);
@@ -105,9 +108,9 @@ bool usermap_with(usermap_t *m, const char *name, bool create, usermap_fn fn, vo
     /* miss: look again under the write lock, since another thread may have
      * created the entry between our unlock and this lock */
     pthread_rwlock_wrlock(&m->lock);
-    e = find_locked(m, name);
+    e = find_locked(m, name, h);
     if (!e) {
-        e = insert_locked(m, name);
+        e = insert_locked(m, name, h);
         created = true;
     }
     fn(e->value, created, arg);

@@ -516,10 +516,7 @@ Test(broker, resend_same_id_same_seq_no_second_fanout)
 Test(broker, resend_while_original_uncommitted_acks_after_it)
 {
     struct client *a = connect_as("alice"), *b = connect_as("bob");
-    join_drop(a, "lobby");
-    join_drop(b, "lobby");
-    drain_q(a);
-    drain_q(b);
+    join_all("lobby", (struct client *[]){a, b}, 2);
 
     fake_store_hold(F.st, true);
     send_text(a, "lobby", "x", "dup1");
@@ -767,12 +764,7 @@ Test(broker, slow_consumer_on_count)
 {
     struct client *a = connect_as("alice"), *b = connect_as("bob");
     struct client *s = connect_q("slow", 4, QBYTES);
-    join_drop(a, "lobby");
-    join_drop(b, "lobby");
-    join_drop(s, "lobby");
-    drain_q(a);
-    drain_q(b);
-    drain_q(s);
+    join_all("lobby", (struct client *[]){a, b, s}, 3);
 
     for (int i = 0; i < 4; i++)
         send_text(a, "lobby", "x", NULL);
@@ -798,12 +790,7 @@ Test(broker, slow_consumer_on_bytes)
     text[1000] = '\0';
     struct client *a = connect_as("alice"), *b = connect_as("bob");
     struct client *s = connect_q("slow", QMAX, 3500);
-    join_drop(a, "lobby");
-    join_drop(b, "lobby");
-    join_drop(s, "lobby");
-    drain_q(a);
-    drain_q(b);
-    drain_q(s);
+    join_all("lobby", (struct client *[]){a, b, s}, 3);
 
     for (int i = 0; i < 3; i++)
         send_text(a, "lobby", text, NULL);
@@ -822,10 +809,7 @@ Test(broker, slow_consumer_on_bytes)
 Test(broker, disconnect_with_writes_in_flight)
 {
     struct client *a = connect_as("alice"), *b = connect_as("bob");
-    join_drop(a, "lobby");
-    join_drop(b, "lobby");
-    drain_q(a);
-    drain_q(b);
+    join_all("lobby", (struct client *[]){a, b}, 2);
     int released = atomic_load(&F.releases);
 
     fake_store_hold(F.st, true);
@@ -948,10 +932,7 @@ Test(broker, store_refuses_barrier_of_a_resend)
 Test(broker, failed_commit_is_error_internal)
 {
     struct client *a = connect_as("alice"), *b = connect_as("bob");
-    join_drop(a, "lobby");
-    join_drop(b, "lobby");
-    drain_q(a);
-    drain_q(b);
+    join_all("lobby", (struct client *[]){a, b}, 2);
 
     fake_store_fail_commit(F.st, -EIO);
     fake_store_hold(F.st, true);
