@@ -187,7 +187,10 @@ class HistoryFlood(ServerCase):
         if code is None and histories + limited < self.FLOOD:
             code = await flood.wait_closed(T)
         if cut:
-            self.assertEqual(code, 4008)
+            # 4008, unless the close frame could not get through: the
+            # server closes a slow consumer's socket after a bounded wait
+            # whether or not the client read its close frame (1006 then)
+            self.assertIn(code, (4008, 1006))
         else:
             self.assertEqual(histories + limited, self.FLOOD)
             self.assertGreater(limited, 0)
