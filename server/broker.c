@@ -97,6 +97,9 @@ struct broker {
     _Atomic unsigned takes; /* rate-limit checks, for the amortised bucket sweep */
     ratelimit_t *joins;     /* per user: joins and leaves (they make presence) */
     ratelimit_t *creates;   /* per user: rooms brought into memory (--max-new-rooms) */
+    /* fixed: the engine is shared with other nodes (store.h): it assigns
+     * seqs and every room event arrives through sink_event */
+    bool shared;
 };
 
 /*
@@ -124,6 +127,7 @@ struct park {
  * before it, that room's messages included, is committed), then a read of
  * the room's latest message. */
 struct room_load {
+    struct store_sub sub; /* shared engine: the subscription gives the seq */
     struct store_barrier bar;
     struct store_read r;
     struct broker *b;
@@ -147,6 +151,7 @@ struct pending_write {
     struct broker *b;
     struct client *c;      /* sender, gets the ack */
     struct hist *h;        /* a message's content */
+    msg_t *frame;          /* shared engine: the JSON frame around the seq (a.frame) */
     enum codec_fmt fmt;
     uint64_t seq;          /* the message's seq; a duplicate's: the original's */
     char room[CODEC_ROOMID_MAX + 1];
@@ -173,6 +178,7 @@ struct pending_read {
     char ref[CODEC_REF_MAX + 1];
     uint64_t room_seq;
     bool more;
+    bool direct;           /* shared engine: the whole reply from the log (history_direct) */
     struct hist **win;
     size_t nwin;
     char **members;
@@ -432,13 +438,16 @@ static void write_finish(struct pending_write *pw, int status, uint64_t seq)
         client_unref(&pw->c);
     }
     hist_unref(&pw->h);
+    msg_unref(&pw->frame);
     free(pw);
 }
 
 static void append_done(struct store_append *a)
 {
     struct pending_write *pw = STORE_CONTAINER(a, struct pending_write, a);
-    write_finish(pw, a->status, a->dup_seq ? a->dup_seq : pw->seq);
+    /* a shared engine assigned the seq itself */
+    uint64_t seq = pw->b->shared ? a->seq : pw->seq;
+    write_finish(pw, a->status, a->dup_seq ? a->dup_seq : seq);
 }
 
 static void barrier_done(struct store_barrier *bar)
@@ -527,6 +536,8 @@ static void read_done(struct store_read *r)
             all[n++] = event_msg(&r->evs[i]);
         for (size_t i = 0; i < pr->nwin; i++)
             all[n++] = pr->win[i]->m;
+        if (pr->direct)
+            pr->more = r->more;
         content = encode_read(pr, all, n);
         free(all);
     }
@@ -804,7 +815,15 @@ static void load_barrier_done(struct store_barrier *bar)
         load_finish(ld, false, 0);
 }
 
-/* Read rm's last seq from storage (takes its own reference). */
+static void load_sub_done(struct store_sub *sub)
+{
+    struct room_load *ld = STORE_CONTAINER(sub, struct room_load, sub);
+    load_finish(ld, sub->status == 0, sub->seq);
+}
+
+/* Read rm's last seq from storage (takes its own reference). A shared
+ * engine's room is subscribed to instead: its seq is where the events that
+ * reach this node start. */
 static void room_load(struct broker *b, struct room *rm)
 {
     struct room_load *ld = xcalloc(1, sizeof(*ld));
@@ -812,6 +831,13 @@ static void room_load(struct broker *b, struct room *rm)
     ld->rm = rooms_ref(rm);
     ld->bar.done = load_barrier_done;
     METRIC_INC(&b->srv->metrics, room_loads_total);
+    if (b->shared) {
+        str_lcpy(ld->sub.room, rm->name, sizeof(ld->sub.room));
+        ld->sub.done = load_sub_done;
+        if (store_subscribe(b->srv->store, &ld->sub) != 0)
+            load_finish(ld, false, 0);
+        return;
+    }
     if (store_barrier(b->srv->store, &ld->bar) != 0)
         load_finish(ld, false, 0);
 }
@@ -967,6 +993,10 @@ static void do_hello(struct broker *b, struct client *c, const struct req *r, bo
     }
     u->iat_ms[u->n] = iat_ms;
     u->conns[u->n++] = client_ref(c);
+    /* the user's channel brings their DMs from every node; under the lock
+     * so a subscribe and an unsubscribe of one name keep their order */
+    if (b->shared && u->n == 1)
+        store_user_subscribe(b->srv->store, user);
     pthread_mutex_unlock(&b->users_lock);
 
     /* open mode keeps no row per name: a name there is nobody's, and a row
@@ -1158,6 +1188,14 @@ static void do_join(struct broker *b, struct client *c, const struct req *r)
     if (!rm)
         return;
     pthread_mutex_lock(&rm->lock);
+    if (rm->state != ROOM_READY) {
+        /* shared engine: forgotten since room_for looked (its last
+         * reference went meanwhile); look again, which parks us */
+        pthread_mutex_unlock(&rm->lock);
+        rooms_release(b->rooms, &rm);
+        do_join(b, c, r);
+        return;
+    }
     if ((long)rm->nmembers >= cfg->max_room_members && !room_has_member_locked(rm, c)) {
         pthread_mutex_unlock(&rm->lock);
         rooms_release(b->rooms, &rm);
@@ -1229,6 +1267,46 @@ static void do_leave(struct broker *b, struct client *c, const struct req *r)
  * the message goes to every connection of both users; otherwise to the
  * room's members.
  */
+/*
+ * A shared engine's send: the engine assigns the seq, stores, records the
+ * id and publishes in one step; the event comes back to every node's
+ * members (this one's too) through sink_event, and the ack follows the
+ * engine's reply (append_done). The frame is encoded once here, around the
+ * seq the engine fills in.
+ */
+static void publish_shared(struct broker *b, struct client *c, const char *room,
+                           const struct req *r)
+{
+    struct pending_write *pw = xcalloc(1, sizeof(*pw));
+    pw->b = b;
+    pw->a.done = append_done;
+    pw->c = client_ref(c);
+    pw->fmt = c->fmt;
+    str_lcpy(pw->room, room, sizeof(pw->room));
+    str_lcpy(pw->id, r->id, sizeof(pw->id));
+    str_lcpy(pw->ref, r->ref, sizeof(pw->ref));
+    int64_t ts = now_wall_ms();
+    pw->h = hist_new(room, 0, c->user, r->text, r->text_len, ts, r->id);
+    const struct chat_msg *hm = &pw->h->m;
+    size_t seq_at, len;
+    pw->frame = codec_message_parts(hm, &seq_at);
+    pw->a.frame = (const char *)msg_payload(pw->frame, &len);
+    pw->a.frame_len = len;
+    pw->a.frame_seq_at = seq_at;
+    pw->a.ev = (struct room_event){.kind = EV_MESSAGE, .room = hm->room, .from = hm->from,
+                                   .ts = hm->ts, .id = hm->id, .text = hm->text,
+                                   .text_len = hm->text_len};
+    if (store_append(b->srv->store, &pw->a) != 0) {
+        client_unref(&pw->c);
+        hist_unref(&pw->h);
+        msg_unref(&pw->frame);
+        free(pw);
+        reply_error(c, ERR_INTERNAL, "the cluster's storage is unreachable, try again", r->ref);
+        return;
+    }
+    METRIC_INC(&b->srv->metrics, messages_received_total);
+}
+
 static void publish(struct broker *b, struct client *c, struct room *rm, const char *peer,
                     const struct req *r)
 {
@@ -1385,7 +1463,12 @@ static void do_send(struct broker *b, struct client *c, const struct req *r)
             reply_no_such_user(b, c, r->ref);
             return;
         }
-        publish(b, c, rm, peer, r);
+        if (b->shared)
+            publish_shared(b, c, rm->name, r);
+        else
+            publish(b, c, rm, peer, r);
+    } else if (b->shared) {
+        publish_shared(b, c, rm->name, r);
     } else {
         publish(b, c, rm, NULL, r);
     }
@@ -1403,11 +1486,46 @@ static void do_dm(struct broker *b, struct client *c, const struct req *r)
         return;
     }
     codec_dm_room(c->user, r->to, room);
+    if (b->shared) {
+        publish_shared(b, c, room, r);
+        return;
+    }
     struct room *rm = room_for(b, c, room, r->ref);
     if (!rm)
         return;
     publish(b, c, rm, r->to, r);
     rooms_release(b->rooms, &rm);
+}
+
+/* Shared engine: `history` straight from the log, for a connection that is
+ * not in the room (the room may have no members on this node). */
+static void history_direct(struct broker *b, struct client *c, const struct req *r)
+{
+    if (!take_read_slot(b, c, r->ref))
+        return;
+    struct pending_read *pr = xcalloc(1, sizeof(*pr));
+    str_lcpy(pr->r.room, r->room, sizeof(pr->r.room));
+    pr->r.mode = r->has_before ? SR_BEFORE : SR_LATEST;
+    pr->r.key = r->has_before ? r->before : 0;
+    pr->r.limit = r->limit;
+    pr->r.done = read_done;
+    str_lcpy(pr->r.owner, c->user, sizeof(pr->r.owner));
+    pr->kind = READ_HISTORY;
+    pr->direct = true;
+    pr->c = client_ref(c);
+    pr->fmt = c->fmt;
+    str_lcpy(pr->ref, r->ref, sizeof(pr->ref));
+    pr->placeholder = msg_new_placeholder();
+    if (client_push(c, msg_ref(pr->placeholder)) != 0) {
+        read_release(pr);
+        return;
+    }
+    METRIC_INC(&b->srv->metrics, history_reads_total);
+    if (store_read_submit(b->srv->store, &pr->r) != 0) {
+        read_answer(pr, codec_error(c->fmt, ERR_INTERNAL, "cannot read history, try again",
+                                    r->ref, -1));
+        read_release(pr);
+    }
 }
 
 static void do_history(struct broker *b, struct client *c, const struct req *r)
@@ -1424,6 +1542,12 @@ static void do_history(struct broker *b, struct client *c, const struct req *r)
                     "open mode keeps no readable DM history: anyone may take a name nobody "
                     "holds, so DMs are only delivered live",
                     r->ref);
+        return;
+    }
+    if (b->shared && !joined_find(c, r->room)) {
+        /* not a member here: read the shared log (no subscription for a
+         * room without local members) */
+        history_direct(b, c, r);
         return;
     }
     /* a room not in memory may still have history in storage */
@@ -1480,24 +1604,34 @@ static void do_rooms(struct broker *b, struct client *c, const struct req *r)
     free(snap);
 }
 
+/* Tell rm's members but user's own connections that user types. */
+static void typing_local(struct room *rm, const char *user)
+{
+    struct fanout f = {0};
+    struct presence_arg a = {rm->name, user, true};
+    pthread_mutex_lock(&rm->lock);
+    for (size_t i = 0; i < rm->nmembers; i++) {
+        struct client *m = rm->members[i];
+        if (strcmp(m->user, user) != 0)
+            client_push(m, fanout_get(&f, m->fmt, enc_typing, &a));
+    }
+    pthread_mutex_unlock(&rm->lock);
+    fanout_release(&f);
+}
+
 static void do_typing(struct broker *b, struct client *c, const struct req *r)
 {
-    (void)b;
     struct room *rm = joined_find(c, r->room);
     if (!rm) {
         reply_error(c, ERR_NOT_JOINED, "join the room first", r->ref);
         return;
     }
-    struct fanout f = {0};
-    struct presence_arg a = {rm->name, c->user, true};
-    pthread_mutex_lock(&rm->lock);
-    for (size_t i = 0; i < rm->nmembers; i++) {
-        struct client *m = rm->members[i];
-        if (strcmp(m->user, c->user) != 0)
-            client_push(m, fanout_get(&f, m->fmt, enc_typing, &a));
+    if (b->shared) {
+        /* to every node holding the room; this one too (sink_ephemeral) */
+        store_ephemeral(b->srv->store, rm->name, 't', c->user);
+        return;
     }
-    pthread_mutex_unlock(&rm->lock);
-    fanout_release(&f);
+    typing_local(rm, c->user);
 }
 
 /* Token bucket per user: rl is the messages bucket (send, dm, typing) or
@@ -1735,6 +1869,8 @@ void broker_disconnected(struct broker *b, struct client *c)
                 u->conns[i] = u->conns[u->n];
                 u->iat_ms[i] = u->iat_ms[u->n];
                 client_unref(&c);
+                if (b->shared && !u->n)
+                    store_user_unsubscribe(b->srv->store, name);
                 break;
             }
         }
@@ -1771,6 +1907,76 @@ static void load_id(void *arg, const char *room, const char *from, const char *i
     idem_put(b, key, seq, ts);
 }
 
+/* ------------------------------------------------------- shared engine */
+
+/*
+ * Thread: the engine's. The next event of a room this node subscribed to
+ * (user NULL), in seq order and once (the engine sees to that), or a DM on
+ * the channel of a user with connections here. The JSON frame is the one
+ * the publishing node encoded; the text one is encoded here once.
+ */
+static void sink_event(void *arg, const char *user, const struct room_event *ev, msg_t *json)
+{
+    struct broker *b = arg;
+    struct fanout f = {.json = msg_ref(json)};
+    struct hist *h =
+        hist_new(ev->room, ev->seq, ev->from, ev->text, ev->text_len, ev->ts, ev->id);
+
+    if (user) {
+        pthread_mutex_lock(&b->users_lock);
+        struct user *u = user_get_locked(b, user, false);
+        for (size_t i = 0; u && i < u->n; i++)
+            client_push(u->conns[i], fanout_get(&f, u->conns[i]->fmt, enc_message, &h->m));
+        pthread_mutex_unlock(&b->users_lock);
+    } else {
+        struct room *rm = rooms_acquire(b->rooms, ev->room, false);
+        if (rm) {
+            pthread_mutex_lock(&rm->lock);
+            /* not ready: forgotten, or a subscription that has not told its
+             * seq yet (the engine tells it first, so: a stale event) */
+            if (rm->state == ROOM_READY && ev->seq == rm->seq + 1) {
+                room_append_locked(rm, h);
+                /* a DM room's members are its two users' connections, which
+                 * their user channels reach */
+                for (size_t i = 0; !rm->is_dm && i < rm->nmembers; i++) {
+                    struct client *m = rm->members[i];
+                    client_push(m, fanout_get(&f, m->fmt, enc_message, &h->m));
+                }
+            }
+            pthread_mutex_unlock(&rm->lock);
+            rooms_release(b->rooms, &rm);
+        }
+    }
+    hist_unref(&h);
+    fanout_release(&f);
+}
+
+/* Thread: the engine's. Typing ('t') or cluster-wide presence ('p') in a
+ * room, from any node; told to this node's members but user's own. */
+static void sink_ephemeral(void *arg, const char *room, char kind, const char *user, bool join)
+{
+    struct broker *b = arg;
+    struct room *rm = rooms_acquire(b->rooms, room, false);
+    if (!rm)
+        return;
+    if (kind == 't') {
+        typing_local(rm, user);
+    } else if (kind == 'p') {
+        pthread_mutex_lock(&rm->lock);
+        announce_locked(rm, user, join);
+        pthread_mutex_unlock(&rm->lock);
+    }
+    rooms_release(b->rooms, &rm);
+}
+
+/* The registry drops a shared room nobody here references: stop its
+ * events (rooms_forget_idle's rules: no calls back into the registry). */
+static void forget_room(void *arg, const struct room *rm)
+{
+    struct broker *b = arg;
+    store_unsubscribe(b->srv->store, rm->name);
+}
+
 struct broker *broker_new(struct server *srv, char *err, size_t errsz)
 {
     struct broker *b = xcalloc(1, sizeof(*b));
@@ -1791,6 +1997,13 @@ struct broker *broker_new(struct server *srv, char *err, size_t errsz)
         snprintf(err, errsz, "invalid --join-rate, --join-burst or --max-new-rooms");
         broker_free(b);
         return NULL;
+    }
+    if (store_shared(srv->store)) {
+        b->shared = true;
+        struct store_sink sk = {
+            .event = sink_event, .ephemeral = sink_ephemeral, .arg = b};
+        store_set_sink(srv->store, &sk);
+        rooms_forget_idle(b->rooms, forget_room, b);
     }
     if (store_load_users(srv->store, 0, apply_user, b) != 0 ||
         store_load_ids(srv->store, now_wall_ms() - b->idem_ttl_ms, load_id, b) != 0) {

@@ -764,6 +764,28 @@ static void put_message_json(struct msgbuf *b, const struct chat_msg *m)
     mb_putc(b, '}');
 }
 
+msg_t *codec_message_parts(const struct chat_msg *m, size_t *seq_at)
+{
+    struct msgbuf b;
+    mb_init(&b, message_hint(m));
+    PUT_LIT(&b, "{\"type\":\"message\",\"room\":");
+    put_json_cstr(&b, m->room);
+    PUT_LIT(&b, ",\"seq\":");
+    *seq_at = b.len;
+    PUT_LIT(&b, ",\"from\":");
+    put_json_cstr(&b, m->from);
+    PUT_LIT(&b, ",\"text\":");
+    put_json_str(&b, m->text ? m->text : "", m->text ? m->text_len : 0);
+    PUT_LIT(&b, ",\"ts\":");
+    put_i64(&b, m->ts);
+    if (m->id && *m->id) {
+        PUT_LIT(&b, ",\"id\":");
+        put_json_cstr(&b, m->id);
+    }
+    mb_putc(&b, '}');
+    return mb_finish(&b);
+}
+
 /*
  * "[general #42 12:03:07] alice: hello", "[dm alice→bob #3 12:00:00]
  * alice: hi" (from → the other member), and for a text starting with "/me "

@@ -146,6 +146,11 @@ struct room_info {
 };
 
 msg_t *codec_message(enum codec_fmt f, const struct chat_msg *m);
+/* The JSON frame of m with its seq left out (m->seq is ignored): the
+ * decimal seq goes at payload offset *seq_at, which gives exactly
+ * codec_message(FMT_JSON, m). For an engine that assigns the seq elsewhere
+ * (a Redis script), so the event is still encoded once. */
+msg_t *codec_message_parts(const struct chat_msg *m, size_t *seq_at);
 msg_t *codec_presence(enum codec_fmt f, const char *room, const char *user, bool join);
 msg_t *codec_typing(enum codec_fmt f, const char *room, const char *user);
 msg_t *codec_error(enum codec_fmt f, enum err_code code, const char *message, const char *ref,

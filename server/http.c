@@ -229,8 +229,14 @@ int http_request(struct lws *wsi, struct server *srv, struct http_state *st, con
         return respond_text(wsi, st, 405, "method not allowed\n");
     st->headers_only = head;
 
-    if (strcmp(uri, "/healthz") == 0)
+    if (strcmp(uri, "/healthz") == 0) {
+        /* a cluster node without its shared log serves only what it has
+         * locally: the load balancer should send new users elsewhere */
+        if (!store_up(srv->store))
+            return respond_text(wsi, st, 503, "degraded: the cluster engine (redis) is "
+                                              "unreachable\n");
         return respond_text(wsi, st, 200, "ok\n");
+    }
     if (strcmp(uri, "/metrics") == 0) {
         struct store_stats ss;
         sample_metrics(srv, &ss);

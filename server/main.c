@@ -9,6 +9,7 @@
  * and exit within --drain-timeout; then the store commits what is queued.
  * A second signal exits at once.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <libwebsockets.h>
 #include <signal.h>
@@ -32,6 +33,7 @@
 #include "loop.h"
 #include "server.h"
 #include "store.h"
+#include "store_redis.h"
 #include "tls.h"
 #include "util.h"
 #include "webcache.h"
@@ -90,6 +92,66 @@ static int start_notify(struct server *srv, const struct config *cfg, char *err,
     srv->notify = notify_new(&o, srv->store, err, errsz);
     memset(pw, 0, sizeof(pw));
     return srv->notify ? 0 : -1;
+}
+
+/* A node's name in a cluster: letters, digits and ".:_-", 1..64 bytes. */
+static bool valid_node_id(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr(".:_-", s[i]))
+            return false;
+    return true;
+}
+
+/*
+ * --engine redis://...: the rooms' logs move to the cluster's Redis; the
+ * node's own SQLite store (already open) keeps the outbox and accounts
+ * and is owned by the engine from here. Exits the start-up (non-zero) with
+ * one line when a Redis cannot be reached.
+ */
+static int open_engine(struct server *srv, struct config *cfg, char *err, size_t errsz)
+{
+    char pw[512] = "";
+
+    if (strcmp(cfg->engine, "local") == 0)
+        return 0;
+    if (strncmp(cfg->engine, "redis://", 8) != 0) {
+        snprintf(err, errsz, "--engine: expected local or redis://HOST:PORT[/DB][,...], got '%s'",
+                 cfg->engine);
+        return -1;
+    }
+    if (!cfg->node_id) {
+        char host[256] = "localhost";
+        gethostname(host, sizeof(host) - 1);
+        char id[300];
+        snprintf(id, sizeof(id), "%.40s:%d", host, cfg->listen_port);
+        cfg->node_id = xstrdup(id);
+    }
+    if (!valid_node_id(cfg->node_id)) {
+        snprintf(err, errsz, "--node-id: 1 to 64 of letters, digits and .:_- expected, got '%s'",
+                 cfg->node_id);
+        return -1;
+    }
+    if (cfg->redis_password_file &&
+        auth_load_token_file(cfg->redis_password_file, pw, sizeof(pw), err, errsz) != 0)
+        return -1;
+    struct store_redis_opts o = {
+        .urls = cfg->engine,
+        .password = pw[0] ? pw : NULL,
+        .history_max = cfg->history_max,
+        .idempotency_ttl_s = cfg->idempotency_ttl,
+        .local = srv->store,
+    };
+    srv->store = NULL; /* the engine owns it now, also when it fails to open */
+    srv->store = store_redis_open(&o, err, errsz);
+    memset(pw, 0, sizeof(pw));
+    if (!srv->store)
+        return -1;
+    log_info("main", "engine %s, node id '%s'", cfg->engine, cfg->node_id);
+    return 0;
 }
 
 /* SIGHUP: read the certificate files here, on main, and let each loop swap
@@ -246,6 +308,10 @@ int main(int argc, char **argv)
     };
     srv.store = store_open(&so, err, sizeof(err));
     if (!srv.store) {
+        log_error("main", "%s", err);
+        goto out;
+    }
+    if (open_engine(&srv, &cfg, err, sizeof(err)) != 0) {
         log_error("main", "%s", err);
         goto out;
     }

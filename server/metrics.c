@@ -30,5 +30,32 @@ msg_t *metrics_render(struct metrics *m, const struct store_stats *st)
                   "# TYPE parley_storage_wal_sync_seconds_total counter\n"
                   "parley_storage_wal_sync_seconds_total %.9f\n",
               st->sync_seconds_sum);
+    if (st->shared) {
+        mb_printf(&b,
+                  "# HELP parley_engine_up The cluster engine reaches every Redis shard (1) or"
+                  " not (0)\n# TYPE parley_engine_up gauge\nparley_engine_up %d\n"
+                  "# HELP parley_engine_reconnects_total Reconnects to a Redis shard\n"
+                  "# TYPE parley_engine_reconnects_total counter\n"
+                  "parley_engine_reconnects_total %llu\n"
+                  "# HELP parley_engine_gap_fills_total Ranges read from a room log to close a"
+                  " delivery gap\n# TYPE parley_engine_gap_fills_total counter\n"
+                  "parley_engine_gap_fills_total %llu\n"
+                  "# HELP parley_engine_gap_filled_total Events delivered by gap fills\n"
+                  "# TYPE parley_engine_gap_filled_total counter\n"
+                  "parley_engine_gap_filled_total %llu\n"
+                  "# HELP parley_engine_lost_total Seqs a gap fill found missing from a log\n"
+                  "# TYPE parley_engine_lost_total counter\nparley_engine_lost_total %llu\n"
+                  "# HELP parley_engine_rtt_seconds Redis command round trips\n"
+                  "# TYPE parley_engine_rtt_seconds summary\n"
+                  "parley_engine_rtt_seconds_sum %.9f\nparley_engine_rtt_seconds_count %llu\n"
+                  "# HELP parley_engine_subscriptions Channels this node subscribes to\n"
+                  "# TYPE parley_engine_subscriptions gauge\n"
+                  "parley_engine_subscriptions %llu\n",
+                  st->engine_up ? 1 : 0, (unsigned long long)st->engine_reconnects,
+                  (unsigned long long)st->engine_gap_fills,
+                  (unsigned long long)st->engine_filled, (unsigned long long)st->engine_lost,
+                  st->engine_rtt_seconds_sum, (unsigned long long)st->engine_rtt_count,
+                  (unsigned long long)st->engine_subscriptions);
+    }
     return mb_finish(&b);
 }

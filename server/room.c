@@ -44,6 +44,9 @@ struct rooms {
     pthread_mutex_t act_lock;
     struct room *act_head; /* {act_lock} */
     size_t nactive;        /* {act_lock} */
+
+    void (*forget)(void *arg, const struct room *rm); /* fixed; see rooms_forget_idle */
+    void *forget_arg;
 };
 
 struct hist *hist_new(const char *room, uint64_t seq, const char *from, const char *text,
@@ -308,6 +311,12 @@ void rooms_release(rooms_t *r, struct room **rp)
         /* a room nobody joined and nobody wrote to, or one whose seq never
          * loaded, is not worth a place on the idle list */
         bool unused = rm->state != ROOM_READY || (rm->seq == 0 && !rm->nformer);
+        if (empty && r->forget) {
+            /* its seq goes stale from here on: not kept at all */
+            if (rm->state == ROOM_READY)
+                r->forget(r->forget_arg, rm);
+            unused = true;
+        }
         size_t names = rm->nformer;
         pthread_mutex_unlock(&rm->lock);
         pthread_mutex_lock(&r->idle_lock);
@@ -618,4 +627,10 @@ size_t room_window_copy_locked(const struct room *rm, uint64_t a, uint64_t b, st
     for (uint64_t s = a; s <= b && s <= rm->seq; s++)
         out[n++] = hist_ref(rm->win[(rm->whead + (s - lo)) % rm->wcap]);
     return n;
+}
+
+void rooms_forget_idle(rooms_t *r, void (*fn)(void *arg, const struct room *rm), void *arg)
+{
+    r->forget = fn;
+    r->forget_arg = arg;
 }

@@ -106,6 +106,12 @@ void rooms_free(rooms_t *r);
  * (ROOM_READY); it goes on the idle list like any unreferenced room. */
 void rooms_preload(rooms_t *r, const char *name, uint64_t seq);
 
+/* Thread: main, before use. A shared engine's rooms (store.h): a ready room
+ * nobody references any more is handed to fn (with the registry's write
+ * lock and the room's lock held: fn must only unsubscribe, never call back
+ * into the registry) and removed at once instead of going idle, since its
+ * seq is only current while the node is subscribed to it. */
+void rooms_forget_idle(rooms_t *r, void (*fn)(void *arg, const struct room *rm), void *arg);
 /* Thread: any. Look a room up (NULL if absent and !create), with a
  * reference. A room created here is ROOM_COLD. */
 struct room *rooms_acquire(rooms_t *r, const char *name, bool create);

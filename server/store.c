@@ -165,3 +165,44 @@ int store_outbox_mark(store_t *s, const char *const *ids, size_t n, const char *
                ? STORE_BASE(s)->outbox->mark(s, ids, n, state, attempts, next_at_ms)
                : -ENOTSUP;
 }
+
+bool store_shared(store_t *s)
+{
+    return LOG(s)->subscribe != NULL;
+}
+
+void store_set_sink(store_t *s, const struct store_sink *sink)
+{
+    if (LOG(s)->set_sink)
+        LOG(s)->set_sink(s, sink);
+}
+
+int store_subscribe(store_t *s, struct store_sub *sub)
+{
+    return LOG(s)->subscribe ? LOG(s)->subscribe(s, sub) : -ENOTSUP;
+}
+
+int store_unsubscribe(store_t *s, const char *room)
+{
+    return LOG(s)->unsubscribe ? LOG(s)->unsubscribe(s, room) : -ENOTSUP;
+}
+
+int store_user_subscribe(store_t *s, const char *user)
+{
+    return LOG(s)->user_subscribe ? LOG(s)->user_subscribe(s, user) : -ENOTSUP;
+}
+
+int store_user_unsubscribe(store_t *s, const char *user)
+{
+    return LOG(s)->user_unsubscribe ? LOG(s)->user_unsubscribe(s, user) : -ENOTSUP;
+}
+
+int store_ephemeral(store_t *s, const char *room, char kind, const char *user)
+{
+    return LOG(s)->ephemeral ? LOG(s)->ephemeral(s, room, kind, user) : -ENOTSUP;
+}
+
+bool store_up(store_t *s)
+{
+    return LOG(s)->up ? LOG(s)->up(s) : true;
+}

@@ -89,6 +89,12 @@ struct store_append {
     uint64_t dup_seq;
     void (*done)(struct store_append *a); /* store thread; called exactly once */
     void *arg;
+    /* Shared engines: the JSON frame of the event with its seq left out:
+     * the seq goes at frame_seq_at (codec_message_parts). a->seq is set
+     * before done(). Local engines ignore these. */
+    const char *frame;
+    size_t frame_len, frame_seq_at;
+    uint64_t seq;
     struct store_op op; /* private to the store */
 };
 
@@ -145,6 +151,69 @@ struct store_read {
     void *priv;              /* private: result storage (one malloc'd block) */
 };
 
+/*
+ * Shared engines (Redis, store_redis.h): the log is shared by every node of
+ * a cluster, so the engine, not the broker, assigns a room's seq (in the
+ * same atomic step as the append and the idempotency record), and the
+ * events of a room reach the members on every node through a subscription:
+ *
+ *   - store_append with ev.seq == 0 and frame set: the engine assigns the
+ *     seq (a->seq), publishes, and done() runs once the event is in the
+ *     shared log (that is when the sender gets its ack); a known (room,
+ *     from, id) completes with dup_seq and stores nothing.
+ *   - store_subscribe(room): from the seq its done() reports on, every
+ *     event of the room reaches the sink in seq order, each once, with
+ *     no gap (the engine fills gaps from the log after a lost connection
+ *     or a seq jump). The broker subscribes on a room's first local member
+ *     and unsubscribes on the last.
+ *   - a user's channel carries the DMs of every DM room the user is in and
+ *     the user's own events, to the nodes holding one of the user's
+ *     connections (store_user_subscribe).
+ *
+ * The local engines are not shared: these calls answer -ENOTSUP and the
+ * broker assigns seqs and fans out itself.
+ */
+struct msg;
+
+/* Thread: any. True for an engine whose log other nodes share. */
+bool store_shared(store_t *s);
+
+/* What a shared engine delivers; every callback runs on the engine's thread
+ * and only pushes to queues (enqueue + wake). */
+struct store_sink {
+    /* An event of a subscribed room (user == NULL) or on a user's channel
+     * (user: whose; a DM). json is the JSON frame the publishing node
+     * encoded (a reference the callee may take with msg_ref). */
+    void (*event)(void *arg, const char *user, const struct room_event *ev, struct msg *json);
+    /* Ephemeral room traffic: presence (kind 'p', join) and typing ('t'). */
+    void (*ephemeral)(void *arg, const char *room, char kind, const char *user, bool join);
+    /* The engine lost (up == false) or regained its connection to the
+     * shared log. */
+    void (*state)(void *arg, bool up);
+    void *arg;
+};
+/* Thread: main, before any I/O thread runs. */
+void store_set_sink(store_t *s, const struct store_sink *sink);
+
+struct store_sub {
+    char room[CODEC_ROOMID_MAX + 1];
+    int status;   /* set before done(): 0, or negative errno */
+    uint64_t seq; /* set before done(): the room's last seq when the subscription began */
+    void (*done)(struct store_sub *sub); /* engine thread; exactly once */
+    void *arg;
+};
+/* Thread: any. Returns 0 (done will run), -ENOTSUP (not shared) or another
+ * negative errno (done will not run). A room is subscribed at most once at
+ * a time; unsubscribe may come before the subscribe's done. */
+int store_subscribe(store_t *s, struct store_sub *sub);
+int store_unsubscribe(store_t *s, const char *room);
+int store_user_subscribe(store_t *s, const char *user);
+int store_user_unsubscribe(store_t *s, const char *user);
+/* Publish ephemeral room traffic to every node holding the room ('t'). */
+int store_ephemeral(store_t *s, const char *room, char kind, const char *user);
+/* Thread: any. Is the shared log reachable now? (Always true when local.) */
+bool store_up(store_t *s);
+
 /* Number of commit-duration buckets in struct store_stats. */
 #define STORE_COMMIT_BUCKETS 14
 
@@ -167,6 +236,16 @@ struct store_stats {
      * commit_le[i] seconds; the +Inf bucket is `commits`. */
     double commit_le[STORE_COMMIT_BUCKETS];
     uint64_t commit_le_count[STORE_COMMIT_BUCKETS];
+    /* shared engines only (shared == true) */
+    bool shared;
+    bool engine_up;          /* every shard reachable now */
+    uint64_t engine_reconnects;
+    uint64_t engine_gap_fills; /* log ranges read to close a delivery gap */
+    uint64_t engine_filled;  /* events delivered by those */
+    uint64_t engine_lost;    /* seqs a fill found missing from a log (trimmed) */
+    double engine_rtt_seconds_sum; /* command round trips */
+    uint64_t engine_rtt_count;
+    uint64_t engine_subscriptions;
 };
 
 /* Thread: any. A consistent-enough snapshot (each field read atomically). */

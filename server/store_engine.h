@@ -28,6 +28,14 @@ struct store_log_ops {
                     void (*cb)(void *arg, const char *room, const char *from, const char *id,
                                uint64_t seq, int64_t ts),
                     void *arg);
+    /* Shared engines only (NULL for local ones: -ENOTSUP / false). */
+    void (*set_sink)(store_t *s, const struct store_sink *sink);
+    int (*subscribe)(store_t *s, struct store_sub *sub);
+    int (*unsubscribe)(store_t *s, const char *room);
+    int (*user_subscribe)(store_t *s, const char *user);
+    int (*user_unsubscribe)(store_t *s, const char *user);
+    int (*ephemeral)(store_t *s, const char *room, char kind, const char *user);
+    bool (*up)(store_t *s);
 };
 
 struct store_accounts_ops {
