@@ -442,12 +442,70 @@ static void write_finish(struct pending_write *pw, int status, uint64_t seq)
     free(pw);
 }
 
+/* An ack held back until its event reached this node's members. */
+struct ack_wait {
+    struct ack_wait *next;
+    uint64_t seq;
+    struct client *c; /* a reference */
+    msg_t *ack;
+};
+
+/* {rm->lock}. Push the held acks whose event the members here have had. */
+static void acks_release_locked(struct room *rm, bool all)
+{
+    struct ack_wait **pp = &rm->acks;
+    while (*pp) {
+        struct ack_wait *w = *pp;
+        if (all || w->seq <= rm->seq) {
+            *pp = w->next;
+            client_push(w->c, w->ack);
+            client_unref(&w->c);
+            free(w);
+        } else {
+            pp = &w->next;
+        }
+    }
+}
+
+/*
+ * Thread: the engine's. A shared engine's send completed. The event comes
+ * back through the room's subscription on its own connection, so the ack
+ * may arrive first: hold it until the members here (the sender's
+ * connection among them) have the event, so a client sees its message
+ * before its ack and a `history` after the ack finds it, as on one node.
+ */
+static void shared_append_done(struct pending_write *pw, struct store_append *a)
+{
+    uint64_t seq = a->dup_seq ? a->dup_seq : a->seq;
+    struct room *rm = a->status == 0 && pw->c && strncmp(pw->room, "dm:", 3) != 0
+                          ? rooms_acquire(pw->b->rooms, pw->room, false)
+                          : NULL;
+    if (rm) {
+        pthread_mutex_lock(&rm->lock);
+        if (rm->state == ROOM_READY && rm->seq < seq) {
+            struct ack_wait *w = xmalloc(sizeof(*w));
+            w->seq = seq;
+            w->c = pw->c;
+            pw->c = NULL;
+            w->ack = codec_ack(pw->fmt, pw->room, seq, pw->id, pw->ref);
+            w->next = rm->acks;
+            rm->acks = w;
+        }
+        pthread_mutex_unlock(&rm->lock);
+        rooms_release(pw->b->rooms, &rm);
+    }
+    write_finish(pw, a->status, seq); /* acks now unless held above */
+}
+
 static void append_done(struct store_append *a)
 {
     struct pending_write *pw = STORE_CONTAINER(a, struct pending_write, a);
-    /* a shared engine assigned the seq itself */
-    uint64_t seq = pw->b->shared ? a->seq : pw->seq;
-    write_finish(pw, a->status, a->dup_seq ? a->dup_seq : seq);
+    if (pw->b->shared) {
+        /* a shared engine assigned the seq itself */
+        shared_append_done(pw, a);
+        return;
+    }
+    write_finish(pw, a->status, a->dup_seq ? a->dup_seq : pw->seq);
 }
 
 static void barrier_done(struct store_barrier *bar)
@@ -1942,6 +2000,8 @@ static void sink_event(void *arg, const char *user, const struct room_event *ev,
                     struct client *m = rm->members[i];
                     client_push(m, fanout_get(&f, m->fmt, enc_message, &h->m));
                 }
+                if (rm->acks)
+                    acks_release_locked(rm, false);
             }
             pthread_mutex_unlock(&rm->lock);
             rooms_release(b->rooms, &rm);
@@ -1971,10 +2031,11 @@ static void sink_ephemeral(void *arg, const char *room, char kind, const char *u
 
 /* The registry drops a shared room nobody here references: stop its
  * events (rooms_forget_idle's rules: no calls back into the registry). */
-static void forget_room(void *arg, const struct room *rm)
+static void forget_room(void *arg, struct room *rm)
 {
     struct broker *b = arg;
     store_unsubscribe(b->srv->store, rm->name);
+    acks_release_locked(rm, true); /* their senders left: nobody waits to see */
 }
 
 struct broker *broker_new(struct server *srv, char *err, size_t errsz)

@@ -45,7 +45,7 @@ struct rooms {
     struct room *act_head; /* {act_lock} */
     size_t nactive;        /* {act_lock} */
 
-    void (*forget)(void *arg, const struct room *rm); /* fixed; see rooms_forget_idle */
+    void (*forget)(void *arg, struct room *rm); /* fixed; see rooms_forget_idle */
     void *forget_arg;
 };
 
@@ -629,7 +629,7 @@ size_t room_window_copy_locked(const struct room *rm, uint64_t a, uint64_t b, st
     return n;
 }
 
-void rooms_forget_idle(rooms_t *r, void (*fn)(void *arg, const struct room *rm), void *arg)
+void rooms_forget_idle(rooms_t *r, void (*fn)(void *arg, struct room *rm), void *arg)
 {
     r->forget = fn;
     r->forget_arg = arg;

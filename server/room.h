@@ -70,6 +70,7 @@ enum room_state {
 };
 
 struct room_user;
+struct ack_wait;
 
 struct room {
     char name[CODEC_ROOMID_MAX + 1];
@@ -94,6 +95,9 @@ struct room {
     struct strmap *users;    /* {lock} name -> struct room_user: members and former members */
     struct room_user *former, *former_tail; /* {lock} former members, oldest first */
     size_t nformer;          /* {lock} */
+    /* {lock} the broker's, shared engine only: acks of this node's sends
+     * waiting until their event reached the members here */
+    struct ack_wait *acks;
 };
 
 typedef struct rooms rooms_t;
@@ -111,7 +115,7 @@ void rooms_preload(rooms_t *r, const char *name, uint64_t seq);
  * lock and the room's lock held: fn must only unsubscribe, never call back
  * into the registry) and removed at once instead of going idle, since its
  * seq is only current while the node is subscribed to it. */
-void rooms_forget_idle(rooms_t *r, void (*fn)(void *arg, const struct room *rm), void *arg);
+void rooms_forget_idle(rooms_t *r, void (*fn)(void *arg, struct room *rm), void *arg);
 /* Thread: any. Look a room up (NULL if absent and !create), with a
  * reference. A room created here is ROOM_COLD. */
 struct room *rooms_acquire(rooms_t *r, const char *name, bool create);
