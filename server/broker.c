@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "accounts.h"
+#include "cdir.h"
 #include "client.h"
 #include "counters.h"
 #include "config.h"
@@ -100,6 +101,9 @@ struct broker {
     /* fixed: the engine is shared with other nodes (store.h): it assigns
      * seqs and every room event arrives through sink_event */
     bool shared;
+    /* fixed: the cluster directory (shared engine): presence, who, rooms,
+     * names and "is the user online" across nodes; NULL on one node */
+    struct cdir *cdir;
 };
 
 /*
@@ -117,7 +121,8 @@ struct pframe {
 };
 
 struct park {
-    struct room *room;          /* the room being loaded (a reference) */
+    struct room *room;          /* the room being loaded (a reference); NULL: a hello
+                                   waiting for the cluster to grant the name */
     struct pframe *head, **tail;
     size_t bytes;
     char ref[CODEC_REF_MAX + 1]; /* the waiting request's ref, for a failed load */
@@ -368,7 +373,17 @@ static bool presence_locked(struct broker *b, struct room *rm, const char *user,
     bool present = false;
     switch (room_presence_locked(rm, user, now_mono_ms(), force, &present)) {
     case ROOM_PRES_ANNOUNCE:
-        announce_locked(rm, user, present);
+        /* in a cluster the directory counts the nodes holding the user in
+         * the room and tells every node (this one too) when that count
+         * starts or ends: sink_ephemeral announces */
+        if (b->cdir) {
+            if (present)
+                cdir_room_join(b->cdir, rm->name, user);
+            else
+                cdir_room_leave(b->cdir, rm->name, user);
+        } else {
+            announce_locked(rm, user, present);
+        }
         return false;
     case ROOM_PRES_DEFERRED:
         METRIC_INC(&b->srv->metrics, presence_deferred_total);
@@ -1009,12 +1024,253 @@ static const char *revoked_locked(const struct user *u, int64_t iat_ms)
     return NULL;
 }
 
+static void hello_finish(struct broker *b, struct client *c, const char *user, int64_t iat_ms,
+                         const char *ref, bool at_connect);
+static void hello_claim(struct broker *b, struct client *c, const char *user, int64_t iat_ms,
+                        const char *ref, bool at_connect);
+
+static void publish_shared(struct broker *b, struct client *c, const char *room,
+                           const struct req *r);
+static void reply_no_such_user(struct broker *b, struct client *c, const char *ref);
+static void notify_targets(struct broker *b, const struct note_target *t, size_t n,
+                           const struct chat_msg *m, bool dm);
+
+/* ------------------------------------------------------- cluster names */
+
+/* Open mode in a cluster: a hello waits (parked, like a room load) while
+ * the directory grants the name on every node. */
+struct hello_wait {
+    struct broker *b;
+    struct client *c; /* a reference */
+    char user[CODEC_USER_MAX + 1];
+    char ref[CODEC_REF_MAX + 1];
+    int64_t iat_ms;
+    bool at_connect, ok, taken;
+};
+
+/* {any}. This node claimed name but nobody here took it after all. */
+static void name_unclaim(struct broker *b, const char *name)
+{
+    pthread_mutex_lock(&b->users_lock);
+    struct user *u = user_get_locked(b, name, false);
+    bool held = u && u->n;
+    pthread_mutex_unlock(&b->users_lock);
+    if (!held)
+        cdir_user_del(b->cdir, name);
+}
+
+static void hello_job(void *arg)
+{
+    struct hello_wait *hw = arg;
+    struct broker *b = hw->b;
+    struct client *c = hw->c;
+    struct park *pk = c->park;
+
+    if (!pk || pk->room) {
+        /* the connection went meanwhile */
+        if (hw->ok && !hw->taken)
+            name_unclaim(b, hw->user);
+        client_unref(&hw->c);
+        free(hw);
+        return;
+    }
+    if (!hw->ok) {
+        reply_error(c, ERR_INTERNAL, "the cluster cannot be reached to check that name, try "
+                                     "again", hw->ref);
+    } else if (hw->taken) {
+        METRIC_INC(&b->srv->metrics, protocol_errors_total);
+        reply_error(c, ERR_NAME_TAKEN, "that name is in use by a live connection", hw->ref);
+    } else {
+        hello_finish(b, c, hw->user, hw->iat_ms, hw->ref, hw->at_connect);
+        if (!c->authed)
+            name_unclaim(b, hw->user);
+    }
+    /* what the client sent meanwhile runs now, in order */
+    struct resume *rs = xmalloc(sizeof(*rs));
+    *rs = (struct resume){.b = b, .c = hw->c, .rm = NULL, .ok = true};
+    free(hw);
+    resume_job(rs);
+}
+
+/* Thread: the engine's. */
+static void hello_claimed(void *arg, bool ok, bool taken)
+{
+    struct hello_wait *hw = arg;
+    hw->ok = ok;
+    hw->taken = taken;
+    if (client_post(hw->c, hello_job, hw) != 0) {
+        if (ok && !taken)
+            name_unclaim(hw->b, hw->user);
+        client_unref(&hw->c);
+        free(hw);
+    }
+}
+
+static void hello_claim(struct broker *b, struct client *c, const char *user, int64_t iat_ms,
+                        const char *ref, bool at_connect)
+{
+    pthread_mutex_lock(&b->users_lock);
+    struct user *u = user_get_locked(b, user, false);
+    bool taken = u && u->n;
+    pthread_mutex_unlock(&b->users_lock);
+    if (taken) {
+        reply_error(c, ERR_NAME_TAKEN, "that name is in use by a live connection", ref);
+        return;
+    }
+    struct hello_wait *hw = xcalloc(1, sizeof(*hw));
+    hw->b = b;
+    hw->c = client_ref(c);
+    str_lcpy(hw->user, user, sizeof(hw->user));
+    str_lcpy(hw->ref, ref, sizeof(hw->ref));
+    hw->iat_ms = iat_ms;
+    hw->at_connect = at_connect;
+    park(c, NULL, ref);
+    if (cdir_user_add(b->cdir, user, true, hello_claimed, hw) != 0)
+        hello_claimed(hw, false, false);
+}
+
+/* ------------------------------------------------------- cluster lists */
+
+/* A who or rooms reply on its way from the directory. */
+struct list_wait {
+    struct client *c; /* a reference */
+    enum codec_fmt fmt;
+    char room[CODEC_ROOMID_MAX + 1];
+    char ref[CODEC_REF_MAX + 1];
+};
+
+static struct list_wait *list_wait_new(struct client *c, const char *room, const char *ref)
+{
+    struct list_wait *lw = xcalloc(1, sizeof(*lw));
+    lw->c = client_ref(c);
+    lw->fmt = c->fmt;
+    str_lcpy(lw->room, room ? room : "", sizeof(lw->room));
+    str_lcpy(lw->ref, ref, sizeof(lw->ref));
+    return lw;
+}
+
+static void list_failed(struct list_wait *lw)
+{
+    client_push(lw->c, codec_error(lw->fmt, ERR_INTERNAL,
+                                   "the cluster cannot be reached, try again", lw->ref, -1));
+}
+
+/* Thread: the engine's. */
+static void who_done(void *arg, const char *const *users, size_t n, bool ok)
+{
+    struct list_wait *lw = arg;
+    if (ok)
+        client_push(lw->c, codec_members(lw->fmt, lw->room, users, n, lw->ref));
+    else
+        list_failed(lw);
+    client_unref(&lw->c);
+    free(lw);
+}
+
+/* Thread: the engine's. */
+static void rooms_done(void *arg, const struct cdir_room *rooms, size_t n, bool ok)
+{
+    struct list_wait *lw = arg;
+    if (ok) {
+        struct room_info *info = xmalloc((n + 1) * sizeof(*info));
+        for (size_t i = 0; i < n; i++)
+            info[i] = (struct room_info){rooms[i].name, rooms[i].members, rooms[i].seq};
+        client_push(lw->c, codec_rooms(lw->fmt, info, n, lw->ref));
+        free(info);
+    } else {
+        list_failed(lw);
+    }
+    client_unref(&lw->c);
+    free(lw);
+}
+
+/* ------------------------------------------------ cluster online checks */
+
+/* A DM (open mode) or a notification waiting to learn whether a user is
+ * online on any node. */
+struct online_wait {
+    struct broker *b;
+    struct client *c;     /* DM: the sender (a reference); NULL: a notification */
+    struct hist *h;       /* notification: the message */
+    struct note_target t; /* notification: whom */
+    bool dm;
+    struct req r;         /* DM: the request, text in text[] */
+    char room[CODEC_ROOMID_MAX + 1];
+    char text[];
+};
+
+static void dm_online_job(void *arg)
+{
+    struct online_wait *ow = arg;
+    struct client *c = ow->c;
+    if (!c->discard) {
+        if (ow->dm)
+            publish_shared(ow->b, c, ow->room, &ow->r);
+        else
+            reply_no_such_user(ow->b, c, ow->r.ref);
+    }
+    client_unref(&ow->c);
+    free(ow);
+}
+
+/* Thread: the engine's. ow->dm carries "online" into the job. */
+static void dm_online_done(void *arg, bool online, bool ok)
+{
+    struct online_wait *ow = arg;
+    ow->dm = ok && online;
+    if (client_post(ow->c, dm_online_job, ow) != 0) {
+        client_unref(&ow->c);
+        free(ow);
+    }
+}
+
+/* {home loop}. Open mode in a cluster: send r to room (a DM) once the
+ * directory says peer is online somewhere; no_such_user otherwise. */
+static void dm_if_online(struct broker *b, struct client *c, const char *room, const char *peer,
+                         const struct req *r)
+{
+    struct online_wait *ow = xcalloc(1, sizeof(*ow) + r->text_len + 1);
+    ow->b = b;
+    ow->c = client_ref(c);
+    ow->r = *r;
+    memcpy(ow->text, r->text, r->text_len);
+    ow->r.text = ow->text;
+    str_lcpy(ow->room, room, sizeof(ow->room));
+    if (cdir_user_online(b->cdir, peer, dm_online_done, ow) != 0)
+        dm_online_done(ow, false, false);
+}
+
+/* Thread: the engine's. */
+static void note_online_done(void *arg, bool online, bool ok)
+{
+    struct online_wait *ow = arg;
+    /* offline on every node (or the directory cannot say: better an
+     * e-mail too many than a mention nobody hears of) */
+    if (!online)
+        notify_targets(ow->b, &ow->t, 1, &ow->h->m, ow->dm);
+    hist_unref(&ow->h);
+    free(ow);
+}
+
+/* Notify the targets that are offline on every node. */
+static void notify_offline(struct broker *b, const struct note_target *t, size_t n,
+                           struct hist *h, bool dm)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct online_wait *ow = xcalloc(1, sizeof(*ow));
+        ow->b = b;
+        ow->h = hist_ref(h);
+        ow->t = t[i];
+        ow->dm = dm;
+        if (cdir_user_online(b->cdir, t[i].user, note_online_done, ow) != 0)
+            note_online_done(ow, false, false);
+    }
+}
+
 static void do_hello(struct broker *b, struct client *c, const struct req *r, bool at_connect)
 {
-    const struct config *cfg = b->srv->cfg;
     char user[CODEC_USER_MAX + 1];
     int64_t iat_ms;
-    bool first_seen = false;
 
     if (c->authed) {
         reply_error(c, ERR_BAD_REQUEST, "already signed in on this connection", r->ref);
@@ -1022,6 +1278,20 @@ static void do_hello(struct broker *b, struct client *c, const struct req *r, bo
     }
     if (!hello_identity(b, c, r, user, &iat_ms, at_connect))
         return;
+    if (b->cdir && !b->srv->accounts) {
+        hello_claim(b, c, user, iat_ms, r->ref, at_connect);
+        return;
+    }
+    hello_finish(b, c, user, iat_ms, r->ref, at_connect);
+}
+
+/* {home loop}. Sign c in as user (identity checked): the rest of hello. */
+static void hello_finish(struct broker *b, struct client *c, const char *user, int64_t iat_ms,
+                         const char *ref, bool at_connect)
+{
+    const struct config *cfg = b->srv->cfg;
+    bool first_seen = false;
+
     pthread_mutex_lock(&b->users_lock);
     struct user *u = user_get_locked(b, user, false);
     /* checked under the same lock as the sign-in below, so a revocation
@@ -1029,7 +1299,7 @@ static void do_hello(struct broker *b, struct client *c, const struct req *r, bo
     const char *revoked = u && b->srv->accounts ? revoked_locked(u, iat_ms) : NULL;
     if (revoked) {
         pthread_mutex_unlock(&b->users_lock);
-        refuse_auth(b, c, revoked, r->ref, at_connect);
+        refuse_auth(b, c, revoked, ref, at_connect);
         return;
     }
     /* open mode: a name belongs to one live connection; accounts mode: a
@@ -1037,7 +1307,7 @@ static void do_hello(struct broker *b, struct client *c, const struct req *r, bo
     if (u && u->n && !b->srv->accounts) {
         pthread_mutex_unlock(&b->users_lock);
         /* the connection stays open: the user can pick another name */
-        reply_error(c, ERR_NAME_TAKEN, "that name is in use by a live connection", r->ref);
+        reply_error(c, ERR_NAME_TAKEN, "that name is in use by a live connection", ref);
         return;
     }
     if (!u) {
@@ -1053,8 +1323,12 @@ static void do_hello(struct broker *b, struct client *c, const struct req *r, bo
     u->conns[u->n++] = client_ref(c);
     /* the user's channel brings their DMs from every node; under the lock
      * so a subscribe and an unsubscribe of one name keep their order */
-    if (b->shared && u->n == 1)
+    if (b->shared && u->n == 1) {
         store_user_subscribe(b->srv->store, user);
+        /* open mode claimed the name on every node before (hello_claim) */
+        if (b->cdir && b->srv->accounts)
+            cdir_user_add(b->cdir, user, false, NULL, NULL);
+    }
     pthread_mutex_unlock(&b->users_lock);
 
     /* open mode keeps no row per name: a name there is nobody's, and a row
@@ -1065,7 +1339,7 @@ static void do_hello(struct broker *b, struct client *c, const struct req *r, bo
     c->authed = true;
     counters_attach(b->srv->counters, c->user);
     util_random_hex(c->session, (sizeof(c->session) - 1) / 2);
-    reply(c, codec_welcome(c->fmt, c->user, c->session, r->ref, (size_t)cfg->max_text,
+    reply(c, codec_welcome(c->fmt, c->user, c->session, ref, (size_t)cfg->max_text,
                            (size_t)cfg->max_frame, cfg->rate, cfg->burst));
 }
 
@@ -1354,7 +1628,12 @@ static void publish_shared(struct broker *b, struct client *c, const char *room,
     pw->a.ev = (struct room_event){.kind = EV_MESSAGE, .room = hm->room, .from = hm->from,
                                    .ts = hm->ts, .id = hm->id, .text = hm->text,
                                    .text_len = hm->text_len};
+    /* pw is the engine's once queued: keep the message for the
+     * notifications below */
+    struct hist *keep = hist_ref(pw->h);
+    hm = &keep->m;
     if (store_append(b->srv->store, &pw->a) != 0) {
+        hist_unref(&keep);
         client_unref(&pw->c);
         hist_unref(&pw->h);
         msg_unref(&pw->frame);
@@ -1363,6 +1642,33 @@ static void publish_shared(struct broker *b, struct client *c, const char *room,
         return;
     }
     METRIC_INC(&b->srv->metrics, messages_received_total);
+    if (!b->srv->notify) {
+        hist_unref(&keep);
+        return;
+    }
+    /* e-mail whoever it is for and is offline on every node */
+    struct note_target targets[MAX_MENTIONS + 1];
+    size_t ntargets = 0;
+    char ua[CODEC_USER_MAX + 1], uz[CODEC_USER_MAX + 1];
+    bool dm = codec_parse_dm(room, ua, uz);
+    if (dm) {
+        pthread_mutex_lock(&b->users_lock);
+        ntargets = add_target_locked(b, strcmp(ua, c->user) == 0 ? uz : ua, targets, 0);
+        pthread_mutex_unlock(&b->users_lock);
+    } else if (memchr(r->text, '@', r->text_len)) {
+        struct room *rm = rooms_acquire(b->rooms, room, false);
+        if (rm) {
+            pthread_mutex_lock(&rm->lock);
+            ntargets = mention_targets_locked(b, rm, c->user, r->text, r->text_len, targets);
+            pthread_mutex_unlock(&rm->lock);
+            rooms_release(b->rooms, &rm);
+        }
+    }
+    if (ntargets && b->cdir)
+        notify_offline(b, targets, ntargets, keep, dm);
+    else if (ntargets)
+        notify_targets(b, targets, ntargets, hm, dm);
+    hist_unref(&keep);
 }
 
 static void publish(struct broker *b, struct client *c, struct room *rm, const char *peer,
@@ -1518,7 +1824,10 @@ static void do_send(struct broker *b, struct client *c, const struct req *r)
         const char *peer = strcmp(a, c->user) == 0 ? z : a;
         /* open mode: as for dm, only to someone online now */
         if (!b->srv->accounts && !user_known(b, peer)) {
-            reply_no_such_user(b, c, r->ref);
+            if (b->cdir)
+                dm_if_online(b, c, rm->name, peer, r);
+            else
+                reply_no_such_user(b, c, r->ref);
             return;
         }
         if (b->shared)
@@ -1539,11 +1848,15 @@ static void do_dm(struct broker *b, struct client *c, const struct req *r)
         reply_error(c, ERR_BAD_REQUEST, "cannot send a DM to yourself", r->ref);
         return;
     }
+    codec_dm_room(c->user, r->to, room);
     if (!user_known(b, r->to)) {
-        reply_no_such_user(b, c, r->ref);
+        /* open mode in a cluster: the peer may be online on another node */
+        if (b->cdir && !b->srv->accounts)
+            dm_if_online(b, c, room, r->to, r);
+        else
+            reply_no_such_user(b, c, r->ref);
         return;
     }
-    codec_dm_room(c->user, r->to, room);
     if (b->shared) {
         publish_shared(b, c, room, r);
         return;
@@ -1635,6 +1948,12 @@ static void do_who(struct broker *b, struct client *c, const struct req *r)
                     r->ref);
         return;
     }
+    if (b->cdir) {
+        struct list_wait *lw = list_wait_new(c, r->room, r->ref);
+        if (cdir_who(b->cdir, r->room, who_done, lw) != 0)
+            who_done(lw, NULL, 0, false);
+        return;
+    }
     struct room *rm = rooms_acquire(b->rooms, r->room, false);
     if (rm) {
         pthread_mutex_lock(&rm->lock);
@@ -1649,6 +1968,12 @@ static void do_who(struct broker *b, struct client *c, const struct req *r)
 
 static void do_rooms(struct broker *b, struct client *c, const struct req *r)
 {
+    if (b->cdir) {
+        struct list_wait *lw = list_wait_new(c, NULL, r->ref);
+        if (cdir_rooms(b->cdir, rooms_done, lw) != 0)
+            rooms_done(lw, NULL, 0, false);
+        return;
+    }
     struct room_snapshot *snap = xmalloc(MAX_LIST * sizeof(*snap));
     struct room_info *info = xmalloc(MAX_LIST * sizeof(*info));
     size_t n = rooms_list(b->rooms, snap, MAX_LIST);
@@ -1862,6 +2187,11 @@ static void url_join(struct broker *b, struct client *c, const char *room, bool 
     r.type = REQ_JOIN;
     str_lcpy(r.room, room, sizeof(r.room));
     r.limit = CODEC_LIMIT_DEFAULT;
+    if (!c->authed) {
+        /* its hello was refused while it waited (a cluster's name check) */
+        reply_error(c, ERR_AUTH_REQUIRED, "say hello first (room= needs user=)", "");
+        return;
+    }
     if (!counted && !rate_ok(b, c, &r, b->joins))
         return;
     do_join(b, c, &r);
@@ -1888,6 +2218,11 @@ void broker_connected(struct broker *b, struct client *c, const char *user, cons
         if (token[0])
             r.token = (char *)token;
         do_hello(b, c, &r, true);
+        if (c->park && room[0] && codec_valid_room(room)) {
+            /* the hello waits for the cluster: so does the join */
+            park_append(b, c, room, strlen(room), false, true);
+            return;
+        }
         if (!c->authed)
             return;
     }
@@ -1927,8 +2262,11 @@ void broker_disconnected(struct broker *b, struct client *c)
                 u->conns[i] = u->conns[u->n];
                 u->iat_ms[i] = u->iat_ms[u->n];
                 client_unref(&c);
-                if (b->shared && !u->n)
+                if (b->shared && !u->n) {
                     store_user_unsubscribe(b->srv->store, name);
+                    if (b->cdir)
+                        cdir_user_del(b->cdir, name);
+                }
                 break;
             }
         }
@@ -2061,6 +2399,7 @@ struct broker *broker_new(struct server *srv, char *err, size_t errsz)
     }
     if (store_shared(srv->store)) {
         b->shared = true;
+        b->cdir = srv->cdir;
         struct store_sink sk = {
             .event = sink_event, .ephemeral = sink_ephemeral, .arg = b};
         store_set_sink(srv->store, &sk);

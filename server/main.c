@@ -23,6 +23,7 @@
 #include "admin.h"
 #include "auth.h"
 #include "broker.h"
+#include "cdir.h"
 #include "counters.h"
 #include "dumper.h"
 #include "config.h"
@@ -150,6 +151,14 @@ static int open_engine(struct server *srv, struct config *cfg, char *err, size_t
     memset(pw, 0, sizeof(pw));
     if (!srv->store)
         return -1;
+    /* presence, names and liveness across nodes, on the engine's Redis */
+    srv->cdir = cdir_new(store_redis_rds(srv->store), cfg->node_id, (int)cfg->node_ttl * 1000,
+                         err, errsz);
+    if (!srv->cdir || cdir_start(srv->cdir) != 0) {
+        if (srv->cdir)
+            snprintf(err, errsz, "cannot start the cluster directory");
+        return -1;
+    }
     log_info("main", "engine %s, node id '%s'", cfg->engine, cfg->node_id);
     return 0;
 }
@@ -430,7 +439,9 @@ out:
     /* the accounts worker and the notifier may still wait on storage commits */
     accounts_free(srv.accounts);
     notify_free(srv.notify);
-    /* storage last: it commits what the loops queued before they stopped */
+    /* goodbye to the cluster (this node's users leave everywhere), then
+     * storage last: it commits what the loops queued before they stopped */
+    cdir_free(srv.cdir);
     store_close(srv.store);
     /* the final counter dump, after every request was counted */
     if (srv.dumper)

@@ -23,12 +23,14 @@ struct ratelimit;
 struct notify;
 struct iplimit;
 struct tls_creds;
+struct cdir;
 
 struct server {
     const struct config *cfg;       /* read-only after start */
     struct metrics metrics;
     struct broker *broker;
     struct store *store;
+    struct cdir *cdir;              /* cluster directory (--engine redis); NULL on one node */
     struct webcache *web;           /* read-only after start */
     struct accounts *accounts;      /* NULL in open mode */
     char *admin_token;              /* --admin-token-file, every mode; NULL: none; read-only */
