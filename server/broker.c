@@ -503,8 +503,12 @@ static void shared_append_done(struct pending_write *pw, struct store_append *a)
             w->c = pw->c;
             pw->c = NULL;
             w->ack = codec_ack(pw->fmt, pw->room, seq, pw->id, pw->ref);
-            w->next = rm->acks;
-            rm->acks = w;
+            w->next = NULL;
+            /* in the order the engine answered */
+            struct ack_wait **pp = &rm->acks;
+            while (*pp)
+                pp = &(*pp)->next;
+            *pp = w;
         }
         pthread_mutex_unlock(&rm->lock);
         rooms_release(pw->b->rooms, &rm);

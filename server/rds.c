@@ -410,8 +410,9 @@ static struct item *item_new(rds_t *r, size_t shard, enum kind kind, int argc,
                              const char *const *argv, const size_t *lens, int extra)
 {
     size_t data = 0;
+#define ARGLEN(i) (lens ? lens[i] : strlen(argv[i]))
     for (int i = 0; i < argc; i++)
-        data += lens[i] + 1;
+        data += ARGLEN(i) + 1;
     int slots = argc + extra;
     size_t sz = sizeof(struct item) + (size_t)slots * (sizeof(char *) + sizeof(size_t)) + data;
     struct item *it = xcalloc(1, sz);
@@ -423,12 +424,14 @@ static struct item *item_new(rds_t *r, size_t shard, enum kind kind, int argc,
     it->lens = (size_t *)(it->argv + slots);
     char *d = (char *)(it->lens + slots);
     for (int i = 0; i < argc; i++) {
-        memcpy(d, argv[i], lens[i]);
-        d[lens[i]] = '\0';
+        size_t n = ARGLEN(i);
+        memcpy(d, argv[i], n);
+        d[n] = '\0';
         it->argv[extra + i] = d;
-        it->lens[extra + i] = lens[i];
-        d += lens[i] + 1;
+        it->lens[extra + i] = n;
+        d += n + 1;
     }
+#undef ARGLEN
     it->t0_ns = now_mono_ns();
     return it;
 }
@@ -1067,7 +1070,7 @@ static int submit(rds_t *r, size_t shard, struct item *it)
 
 static bool args_ok(int argc, const char *const *argv, const size_t *lens)
 {
-    if (argc < 0 || argc > 1024 * 1024 || (argc > 0 && (!argv || !lens)))
+    if (argc < 0 || argc > 1024 * 1024 || (argc > 0 && !argv))
         return false;
     for (int i = 0; i < argc; i++)
         if (!argv[i])

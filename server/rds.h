@@ -84,7 +84,8 @@ bool rds_up(rds_t *r, size_t shard);
  * is a reply of type REDIS_REPLY_ERROR. */
 typedef void rds_cb(void *arg, const struct redisReply *reply);
 
-/* Queue a command on the shard's command connection (argv copied).
+/* Queue a command on the shard's command connection (argv copied;
+ * lens NULL: every argument is a NUL-terminated string).
  * Commands on one shard run in the order queued. A shard that is down
  * fails the command at once (cb with NULL, on the rds thread). Returns 0,
  * or -ESHUTDOWN after rds_close began, -EINVAL on bad arguments (cb not
