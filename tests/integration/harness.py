@@ -17,6 +17,17 @@ What it gives the tests:
   byte for byte (urllib and http.client normalise or refuse some of them).
 - RawWS: a raw-socket WebSocket client for frames no library will send
   (binary, invalid UTF-8, oversize, hostile fragmentation).
+- RedisServer: a real redis-server on a free loopback port in a temporary
+  directory (AOF on, fsync always, no RDB), started, stopped, killed,
+  paused (SIGSTOP/SIGCONT) and restarted from its AOF on the same port, all
+  by PID; cmd() speaks RESP directly, cli() runs redis-cli for assertions.
+- Cluster / ClusterCase: several parleyd nodes (--engine redis://...,
+  --node-id, their own database) sharing one or more RedisServers. A
+  Cluster stands in for a Server: each client connection (ws_url, port,
+  get) goes to the next node in turn and metrics are summed over the nodes.
+  With PARLEY_CLUSTER=N in the environment, every ServerCase runs against
+  an N-node cluster on one Redis (how the protocol and fan-out suites run
+  against a cluster); unset, nothing changes.
 
 Every wait polls for a condition with a deadline; nothing sleeps and hopes.
 Time limits scale up under sanitizers (ASAN_OPTIONS/TSAN_OPTIONS set) or
@@ -65,6 +76,16 @@ T = 5.0 * SCALE
 QUIET = 0.3
 
 _counter = itertools.count(1)
+
+# PARLEY_CLUSTER=N: ServerCase starts N nodes on one Redis instead of one
+# parleyd (0 or unset: a single parleyd, exactly as before).
+CLUSTER_NODES = int(os.environ.get("PARLEY_CLUSTER") or 0)
+
+
+def single_node_only(reason):
+    """Skip a test (or class) under PARLEY_CLUSTER: it is about one node's
+    process (its RSS, its restart, its metrics alone); reason says which."""
+    return unittest.skipIf(CLUSTER_NODES > 0, f"single-node only: {reason}")
 
 
 def sanitized():
@@ -390,6 +411,9 @@ class ServerCase(AsyncCase):
 
     @classmethod
     def make_server(cls):
+        if CLUSTER_NODES > 0:
+            return Cluster(nodes=CLUSTER_NODES, args=cls.server_args, web_root=cls.web_root,
+                           threads=cls.threads)
         return Server(args=cls.server_args, web_root=cls.web_root, threads=cls.threads)
 
     @classmethod
@@ -428,6 +452,430 @@ class ServerCase(AsyncCase):
 
     async def text_client(self, **kw):
         c = await TClient.connect(self.server, **kw)
+        self.addAsyncCleanup(c.close)
+        return c
+
+
+# ------------------------------------------------------------------ Redis
+
+REDIS_SERVER = os.environ.get("REDIS_SERVER") or shutil.which("redis-server") or \
+    "/usr/bin/redis-server"
+REDIS_CLI = os.environ.get("REDIS_CLI") or shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+
+class RedisError(Exception):
+    """An error reply (-ERR ..., -LOADING ..., -NOAUTH ...) from Redis."""
+
+
+def _resp_encode(args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def _resp_read(f):
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise EOFError("connection closed mid-reply")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        return RedisError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        if len(data) != n + 2:
+            raise EOFError("connection closed mid-reply")
+        return data[:-2]
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp_read(f) for _ in range(n)]
+    raise AssertionError(f"bad RESP line {line[:80]!r}")
+
+
+class RedisServer:
+    """One redis-server process on 127.0.0.1, in a temporary directory of
+    its own, with the append-only file on and fsynced on every write (so a
+    restart after SIGKILL has every acknowledged write) and no RDB snapshots.
+    Every signal goes to the PID this object started; nothing else is ever
+    touched."""
+
+    def __init__(self, password=None, appendfsync="always", tmpdir=None):
+        self.tmp = tmpdir or tempfile.mkdtemp(prefix="parley-redis-")
+        self.password = password
+        self.appendfsync = appendfsync
+        self.proc = None
+        self.port = None
+        self.paused = False
+        self.killed = self.stopped = False
+        self.logs = []
+        self.starts = 0
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+    def command(self, port, log):
+        cmd = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", self.tmp,
+               "--save", "", "--appendonly", "yes", "--appendfsync", self.appendfsync,
+               "--daemonize", "no", "--logfile", log, "--loglevel", "notice"]
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        return cmd
+
+    def start(self, timeout=10 * SCALE, port=None):
+        """Start on port (default: a fresh free one) and wait until PING
+        answers PONG (not LOADING): the AOF, if any, is loaded then."""
+        assert not self.running, "redis-server already running"
+        if not os.path.exists(REDIS_SERVER):
+            raise AssertionError(f"{REDIS_SERVER} not found: install the Debian package "
+                                 "redis-server (tools/test does)")
+        last = ""
+        for _ in range(1 if port else 3):  # a free port can be taken before the bind
+            p = port or free_port()
+            self.starts += 1
+            log = os.path.join(self.tmp, f"redis-{self.starts}.log")
+            self.logs.append(log)
+            self.killed = self.stopped = self.paused = False
+            self.proc = subprocess.Popen(self.command(p, log), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.port = p
+            if self._wait_ready(timeout):
+                return self
+            if self.proc.poll() is None:
+                self.kill()
+                raise AssertionError(f"redis-server not ready after {timeout:.0f} s\n"
+                                     f"{self.log_text()}")
+            last = self.log_text()
+            if "in use" not in last.lower():
+                break
+        raise AssertionError(f"redis-server exited at start (code {self.proc.returncode}):\n"
+                             f"{last}")
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                if self.cmd("PING", timeout=1.0) == "PONG":
+                    return True
+            except (OSError, EOFError, RedisError):
+                pass  # not listening yet, or -LOADING the AOF
+            time.sleep(0.02)
+        return False
+
+    def restart(self, timeout=10 * SCALE):
+        """Start again on the same port from the same directory, so from its
+        AOF (after kill(), stop() or a crash). Stops it first if running."""
+        if self.running:
+            self.stop()
+        return self.start(timeout, port=self.port)
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=15 * SCALE):
+        """SHUTDOWN by SIGTERM (Redis fsyncs the AOF and exits 0); returns
+        the exit code. SIGKILL if it does not exit in time."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.resume()
+            self.stopped = True
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(f"redis-server did not exit within {timeout:.0f} s of "
+                                     "SIGTERM")
+        return self.proc.returncode
+
+    def kill(self):
+        """SIGKILL by PID (a crash; works on a stopped process too)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.killed = True
+            self.proc.kill()
+            self.proc.wait(10)
+            self.paused = False
+        return self.proc.returncode if self.proc else None
+
+    def pause(self):
+        """SIGSTOP: the process holds its connections open and answers
+        nothing (a hung Redis, as a network partition looks to a client)."""
+        assert self.running, "redis-server not running"
+        self.proc.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self):
+        """SIGCONT after pause()."""
+        if self.paused and self.running:
+            self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def cleanup(self):
+        self.kill()
+        self._kept_log = self.log_text()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    _kept_log = None
+
+    def log_text(self, last_n=60):
+        if self._kept_log is not None:
+            return self._kept_log
+        out = []
+        for p in self.logs:
+            try:
+                with open(p, "rb") as f:
+                    lines = f.read().decode("utf-8", "replace").splitlines()
+            except OSError:
+                continue
+            out.append(f"--- {os.path.basename(p)} (port {self.port}) ---")
+            out.extend(lines[-last_n:])
+        return "\n".join(out)
+
+    # -- talking to it
+
+    def cmd(self, *args, timeout=5.0 * SCALE):
+        """One command over a fresh connection (AUTH first when a password
+        is set); the decoded reply. An error reply raises RedisError."""
+        cmds = ([("AUTH", self.password)] if self.password else []) + [args]
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(b"".join(_resp_encode(c) for c in cmds))
+            with s.makefile("rb") as f:
+                replies = [_resp_read(f) for _ in cmds]
+        for r in replies:
+            if isinstance(r, RedisError):
+                raise r
+        return replies[-1]
+
+    def cli(self, *args, timeout=10 * SCALE):
+        """redis-cli -p PORT --raw ARGS...: its stdout; a non-zero exit or
+        an error reply raises AssertionError. For assertions in tests."""
+        cmd = [REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port), "--raw"]
+        env = dict(os.environ)
+        if self.password:
+            env["REDISCLI_AUTH"] = self.password  # not on the command line
+        r = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True,
+                           timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+        if r.returncode != 0 or r.stdout.startswith(("ERR", "NOAUTH", "WRONGPASS")):
+            raise AssertionError(f"redis-cli {' '.join(map(str, args))}: exit {r.returncode}"
+                                 f"\n{r.stdout}{r.stderr}")
+        return r.stdout
+
+    def keys(self, pattern="*"):
+        """Every key (redis-cli --scan: SCAN, never a blocking KEYS)."""
+        return [k for k in self.cli("--scan", "--pattern", pattern).splitlines() if k]
+
+
+# ------------------------------------------------------------------ cluster
+
+class Cluster:
+    """N parleyd nodes sharing `shards` RedisServers: each node runs with
+    --engine (every shard's URL, in one order), --node-id nodeI and its own
+    database (its local outbox). It stands in for a Server where a test
+    wants "the server": ws_url/port/get pick the next node in turn (so
+    successive clients alternate between the nodes), metrics() sums over the
+    running nodes, log_text() has every node's and every Redis's log, and
+    start/finish/cleanup act on all of them."""
+
+    def __init__(self, nodes=2, shards=1, args=(), web_root=None, threads=2, log_level="warn",
+                 redis_password=None, history_max=None, node_args=None):
+        self.tmp = tempfile.mkdtemp(prefix="parley-cluster-")
+        self.redis = [RedisServer(password=redis_password,
+                                  tmpdir=tempfile.mkdtemp(prefix=f"redis{i}-", dir=self.tmp))
+                      for i in range(shards)]
+        self.n = nodes
+        self.args = list(args)
+        self.node_args = node_args  # i -> extra args of node i, optional
+        self.web_root = web_root
+        self.threads = threads
+        self.log_level = log_level
+        self.history_max = history_max
+        self.password_file = None
+        if redis_password:
+            self.password_file = os.path.join(self.tmp, "redis.password")
+            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(redis_password + "\n")
+        self.nodes = []
+        self._rr = itertools.count()
+
+    @property
+    def engine(self):
+        return ",".join(r.url for r in self.redis)
+
+    def engine_args(self, i):
+        """The cluster options of node i (what every node of it is given)."""
+        a = ["--engine", self.engine, "--node-id", f"node{i}"]
+        if self.password_file:
+            a += ["--redis-password-file", self.password_file]
+        if self.history_max is not None:
+            a += ["--history-max", str(self.history_max)]
+        return a
+
+    def start(self, timeout=10 * SCALE):
+        for r in self.redis:
+            if not r.running:
+                r.start()
+        if not self.nodes:
+            for i in range(self.n):
+                extra = list(self.node_args(i)) if self.node_args else []
+                tmp = tempfile.mkdtemp(prefix=f"node{i}-", dir=self.tmp)
+                self.nodes.append(Server(args=self.engine_args(i) + self.args + extra,
+                                         web_root=self.web_root, threads=self.threads,
+                                         log_level=self.log_level, tmpdir=tmp))
+        for s in self.nodes:
+            if not s.running:
+                s.start(timeout)
+        return self
+
+    def finish(self):
+        """Every node must end with 0 on SIGTERM (or have been killed by the
+        test); the Redis servers are stopped after the nodes."""
+        errors = []
+        for s in self.nodes:
+            try:
+                s.finish()
+            except AssertionError as e:
+                errors.append(str(e))
+        for r in self.redis:
+            r.stop()
+        if errors:
+            raise AssertionError("\n".join(errors))
+
+    def cleanup(self):
+        for s in self.nodes:
+            s.cleanup()
+        for r in self.redis:
+            r.cleanup()
+        self._kept_log = self.log_text()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    _kept_log = None
+
+    def log_text(self, last_n=200):
+        if self._kept_log is not None:
+            return self._kept_log
+        out = []
+        for i, s in enumerate(self.nodes):
+            out.append(f"===== node{i} (port {s.port}) =====")
+            out.append(s.log_text(last_n))
+        for i, r in enumerate(self.redis):
+            out.append(f"===== redis shard {i} =====")
+            out.append(r.log_text())
+        return "\n".join(out)
+
+    # -- a Server's face
+
+    def next_node(self):
+        """The next running node in turn."""
+        for _ in range(len(self.nodes)):
+            s = self.nodes[next(self._rr) % len(self.nodes)]
+            if s.running:
+                return s
+        raise AssertionError("no cluster node is running")
+
+    @property
+    def port(self):
+        return self.next_node().port
+
+    @property
+    def running(self):
+        return any(s.running for s in self.nodes)
+
+    def ws_url(self, query=""):
+        return self.next_node().ws_url(query)
+
+    def get(self, path, **kw):
+        return self.next_node().get(path, **kw)
+
+    def metrics(self):
+        """The running nodes' metrics, summed label by label: a count over
+        the cluster (connections, queue bytes, disconnects)."""
+        out = {}
+        for s in self.nodes:
+            if not s.running:
+                continue
+            for name, series in s.metrics().items():
+                d = out.setdefault(name, {})
+                for labels, v in series.items():
+                    d[labels] = d.get(labels, 0.0) + v
+        return out
+
+    def metric(self, name):
+        return self.metrics().get(name, {}).get("", None)
+
+    def restart(self, timeout=10 * SCALE):
+        """Restart every node (Redis keeps running)."""
+        for s in self.nodes:
+            s.restart(timeout)
+        return self
+
+
+class ClusterCase(AsyncCase):
+    """One Cluster per test class (like ServerCase's one Server); clients
+    are closed after each test. Set nodes, shards, server_args (every
+    node), redis_password, history_max on the class."""
+
+    nodes = 2
+    shards = 1
+    server_args = ()
+    redis_password = None
+    history_max = None
+    threads = 2
+
+    @classmethod
+    def make_cluster(cls):
+        return Cluster(nodes=cls.nodes, shards=cls.shards, args=cls.server_args,
+                       threads=cls.threads, redis_password=cls.redis_password,
+                       history_max=cls.history_max)
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.cluster = cls.make_cluster()
+        try:
+            cls.cluster.start()
+        except BaseException:
+            cls.cluster.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        c = cls.cluster
+        try:
+            c.finish()
+        finally:
+            c.cleanup()
+            super().tearDownClass()
+
+    def run(self, result=None):
+        before = (len(result.failures) + len(result.errors)) if result else 0
+        r = super().run(result)
+        res = result or r
+        if res is not None and len(res.failures) + len(res.errors) > before:
+            print(f"\n==== cluster logs for {self.id()} ====\n{self.cluster.log_text()}\n====",
+                  file=sys.stderr)
+        return r
+
+    def node(self, i):
+        return self.cluster.nodes[i]
+
+    async def json_client(self, node, user=None, **kw):
+        """A JSON client on node (an index, or a Server)."""
+        srv = self.cluster.nodes[node] if isinstance(node, int) else node
+        c = await JClient.connect(srv, user=user, **kw)
+        c.node = srv
         self.addAsyncCleanup(c.close)
         return c
 
