@@ -55,6 +55,23 @@ static void lws_log_emit(int level, const char *line)
     log_at(l, "lws", "%.*s", (int)(n - (size_t)(text - line)), text);
 }
 
+/* A password file (--smtp-password-file, --redis-password-file): its first
+ * line, without the line end, into pw. 0, or -1 with err naming the option. */
+static int read_password(const char *opt, const char *path, char *pw, size_t cap, char *err,
+                         size_t errsz)
+{
+    FILE *f = fopen(path, "r");
+    if (!f || !fgets(pw, (int)cap, f)) {
+        snprintf(err, errsz, "cannot read %s '%s'", opt, path);
+        if (f)
+            fclose(f);
+        return -1;
+    }
+    fclose(f);
+    pw[strcspn(pw, "\r\n")] = '\0';
+    return 0;
+}
+
 /* The notifier: SMTP when --smtp-url is given, the mbox file otherwise. */
 static int start_notify(struct server *srv, const struct config *cfg, char *err, size_t errsz)
 {
@@ -62,17 +79,10 @@ static int start_notify(struct server *srv, const struct config *cfg, char *err,
     char pw[512] = "";
 
     notify_opts_default(&o);
-    if (cfg->smtp_password_file) {
-        FILE *f = fopen(cfg->smtp_password_file, "r");
-        if (!f || !fgets(pw, sizeof(pw), f)) {
-            snprintf(err, errsz, "cannot read --smtp-password-file '%s'", cfg->smtp_password_file);
-            if (f)
-                fclose(f);
-            return -1;
-        }
-        fclose(f);
-        pw[strcspn(pw, "\r\n")] = '\0';
-    }
+    if (cfg->smtp_password_file &&
+        read_password("--smtp-password-file", cfg->smtp_password_file, pw, sizeof(pw), err,
+                      errsz) != 0)
+        return -1;
     o.smtp_url = cfg->smtp_url;
     o.starttls = cfg->smtp_starttls;
     o.smtp_user = cfg->smtp_user;
@@ -137,7 +147,8 @@ static int open_engine(struct server *srv, struct config *cfg, char *err, size_t
         return -1;
     }
     if (cfg->redis_password_file &&
-        auth_load_token_file(cfg->redis_password_file, pw, sizeof(pw), err, errsz) != 0)
+        read_password("--redis-password-file", cfg->redis_password_file, pw, sizeof(pw), err,
+                      errsz) != 0)
         return -1;
     struct store_redis_opts o = {
         .urls = cfg->engine,
