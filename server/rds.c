@@ -172,6 +172,7 @@ struct rds {
 
 static void shard_drop(struct shard *s, redisAsyncContext *gone, const char *why);
 static void check_up(struct shard *s);
+static int parse_urls(rds_t *r, const char *urls, char *err, size_t errsz);
 
 /* ---- the hash ring ---- */
 
@@ -225,6 +226,20 @@ size_t rds_shard(const rds_t *r, const char *name, size_t len)
             hi = mid;
     }
     return r->ring[lo == r->nring ? 0 : lo].shard;
+}
+
+int rds_ring_lookup(const char *urls, const char *name, size_t len)
+{
+    rds_t r = {0};
+    char err[256];
+    int rc = parse_urls(&r, urls, err, sizeof(err));
+    if (rc == 0) {
+        ring_build(&r);
+        rc = (int)rds_shard(&r, name, len);
+    }
+    free(r.ring);
+    free(r.shards);
+    return rc;
 }
 
 size_t rds_nshards(const rds_t *r) { return r->n; }

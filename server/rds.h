@@ -73,6 +73,10 @@ void rds_close(rds_t *r);
 size_t rds_nshards(const rds_t *r);
 /* The shard of a name (a room name; what hashes is the whole string). */
 size_t rds_shard(const rds_t *r, const char *name, size_t len);
+/* rds_shard for a URL list without connecting (tests pin placements with
+ * it; an operator tool can say where a room lives): the shard index, or
+ * -EINVAL for a bad list. Thread: any. */
+int rds_ring_lookup(const char *urls, const char *name, size_t len);
 /* The shard's URL as given, for logs. */
 const char *rds_shard_url(const rds_t *r, size_t shard);
 /* Is the shard connected (both connections)? Thread: any. */
