@@ -27,13 +27,17 @@
  * pub/sub connection that outlives its command connection would only hide
  * a gap that the engine must fill after on_state(true) anyway.
  *
- * hiredis 0.14 pub/sub quirks this file works around:
- *   - once a context is subscribed, a regular command's callback would be
- *     handed the next pub/sub message, so the pub/sub connection carries
- *     nothing but AUTH/SELECT/PING before its first SUBSCRIBE;
- *   - the "unsubscribe" reply deletes the channel's callback, even one a
- *     later SUBSCRIBE of the same channel installed, so a subscribe that
- *     arrives while an unsubscribe is in flight waits for that reply.
+ * Pub/sub, and what hiredis 0.14 needs of it:
+ *   - a reply is matched to a regular command's callback before any
+ *     pub/sub routing, so once subscribed a PING there would be handed
+ *     the next message: the pub/sub connection carries nothing but
+ *     AUTH/SELECT/PING before its first SUBSCRIBE;
+ *   - at most one SUBSCRIBE or UNSUBSCRIBE of a channel is in flight: a
+ *     subscribe that arrives while an unsubscribe is in flight is sent when
+ *     that one is confirmed. Otherwise the "subscribe" reply of an older
+ *     SUBSCRIBE could pass for the confirmation of the new one while the
+ *     UNSUBSCRIBE in between still removes it, and messages published
+ *     after the callback said "confirmed" would be lost.
  */
 #include <errno.h>
 #include <hiredis/adapters/libev.h>

@@ -391,6 +391,16 @@ Test(rds, ring_placement_is_pinned)
     for (size_t i = 0; i < sizeof(pin) / sizeof(pin[0]); i++)
         cr_assert_eq(rds_ring_lookup(list, pin[i].name, strlen(pin[i].name)), pin[i].shard, "%s",
                      pin[i].name);
+    /* and 1000 names at once, folded into one number */
+    uint64_t fold = 0;
+    for (int i = 0; i < 1000; i++) {
+        char name[32];
+        int len = snprintf(name, sizeof(name), "room-%d", i);
+        int sh = rds_ring_lookup(list, name, (size_t)len);
+        cr_assert(sh >= 0 && sh < 3);
+        fold = fold * 31 + (uint64_t)sh;
+    }
+    cr_assert_eq(fold, UINT64_C(8173044054045256078), "fold %llu", (unsigned long long)fold);
     /* the order of the list does not matter: points are keyed by URL */
     const char *rev = "redis://10.0.0.3:6379/2,redis://10.0.0.2:6379,redis://10.0.0.1:6379";
     cr_assert_eq(rds_ring_lookup(rev, "ops", 3), 0);
@@ -581,6 +591,9 @@ Test(rds, reconnects_after_restart)
     WAIT(ok, B.done == 6, 2000);
     cr_assert(ok);
     cr_assert_eq(B.type[5], -1);
+    /* refused reconnect attempts (50..200 ms apart) change nothing */
+    WAIT(ok, B.nstates > 1, 600);
+    cr_assert_not(ok, "on_state(false) once");
     cr_assert_eq(redis_proc_restart(&R1), 0);
     WAIT(ok, B.nstates == 2, 15000);
     cr_assert(ok, "back up");
@@ -629,6 +642,10 @@ Test(rds, stalled_redis_times_out_and_recovers)
     cmd(r, 0, 1, 1, ping);
     WAIT(ok, B.done == 2, 2000);
     cr_assert_eq(B.type[1], -1);
+    /* reconnect attempts meet the stopped server (TCP accepts, nothing
+     * answers) and time out: no further state change while it stays so */
+    WAIT(ok, B.nstates > 1, 2500);
+    cr_assert_not(ok, "on_state(false) once");
     redis_proc_resume(&R1);
     WAIT(ok, B.nstates == 2, 15000);
     cr_assert(ok);
