@@ -959,8 +959,11 @@ static int enqueue(rds_t *r, struct item *it)
     else
         r->q_head = it;
     r->q_tail = it;
-    pthread_mutex_unlock(&r->lock);
+    /* under the lock, so rds_close (which sets closing under it) cannot
+     * destroy the loop between our enqueue and this wakeup; it is one
+     * non-blocking write */
     ev_async_send(r->loop, &r->wake);
+    pthread_mutex_unlock(&r->lock);
     return 0;
 }
 
@@ -1188,12 +1191,11 @@ int rds_subscribe(rds_t *r, size_t shard, const char *channel, size_t len, rds_c
             r->q_head = it;
         r->q_tail = it;
         it = NULL;
+        ev_async_send(r->loop, &r->wake); /* under the lock: see enqueue */
     }
     pthread_mutex_unlock(&r->lock);
     free(w);
     free(it);
-    if (rc == 0)
-        ev_async_send(r->loop, &r->wake);
     return rc;
 }
 
@@ -1221,12 +1223,11 @@ int rds_unsubscribe(rds_t *r, size_t shard, const char *channel, size_t len)
             r->q_head = it;
         r->q_tail = it;
         it = NULL;
+        ev_async_send(r->loop, &r->wake); /* under the lock: see enqueue */
     }
     pthread_mutex_unlock(&r->lock);
     free(w);
     free(it);
-    if (rc == 0)
-        ev_async_send(r->loop, &r->wake);
     return rc;
 }
 
