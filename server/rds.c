@@ -22,6 +22,10 @@
  *                still fail at once, so nobody reads a shard whose
  *                subscriptions are not all back. UP when the last
  *                confirmation arrives, and only then on_state(true).
+ * HOST is resolved by hiredis (getaddrinfo) on the rds thread at every
+ * connect, which blocks that thread only: give an address, or a name the
+ * local resolver answers at once (/etc/hosts), as for any database.
+ *
  * Any fault on either connection — an error, a lost connection, a
  * handshake or reply deadline — drops both: a shard is one server, and a
  * pub/sub connection that outlives its command connection would only hide
@@ -59,10 +63,10 @@
 #include "util.h"
 
 #define MOD "rds"
-#define RING_VNODES 160     /* points per shard: ~±10% load spread at 160 */
-#define SCRIPTS_MAX 32      /* the engine registers a handful */
-#define TICK_S 0.1          /* deadline checks */
-#define HEARTBEAT_MS 1000   /* PING an idle command connection this often */
+#define RING_VNODES 160   /* points per shard: ~±10% load spread at 160 */
+#define SCRIPTS_MAX 32    /* the engine registers a handful */
+#define TICK_S 0.1        /* deadline checks */
+#define HEARTBEAT_MS 1000 /* PING an idle command connection this often */
 #define URL_MAX 256
 
 enum kind { K_CMD, K_EVAL, K_SUB, K_UNSUB, K_PING };
@@ -120,20 +124,20 @@ struct shard {
     /* rds thread only */
     redisAsyncContext *cmd, *sub;
     enum sstate st;
-    bool reported_up;          /* on_state's view: true until on_state(false) */
-    bool hs_cmd, hs_sub;       /* PING answered on each connection */
-    int64_t hs_deadline_ms;    /* the handshake must be done by then */
-    int attempt;               /* reconnect attempts since the last up */
+    bool reported_up;       /* on_state's view: true until on_state(false) */
+    bool hs_cmd, hs_sub;    /* PING answered on each connection */
+    int64_t hs_deadline_ms; /* the handshake must be done by then */
+    int attempt;            /* reconnect attempts since the last up */
     ev_timer retry;
     struct item *fl_head, *fl_tail; /* in flight on cmd, oldest first */
     int64_t last_sent_ms;
-    struct htable chans;       /* struct chan */
+    struct htable chans; /* struct chan */
     size_t nsubscribing;
 
     /* any thread */
     atomic_bool up;
-    atomic_size_t pending;     /* K_CMD/K_EVAL submitted and not done */
-    struct htable wanted;      /* {r->lock} struct wanted */
+    atomic_size_t pending; /* K_CMD/K_EVAL submitted and not done */
+    struct htable wanted;  /* {r->lock} struct wanted */
 };
 
 struct script {
@@ -164,8 +168,8 @@ struct rds {
     uint64_t rng; /* rds thread: jitter */
 
     pthread_mutex_t lock;
-    struct item *q_head, *q_tail; /* {lock} */
-    bool closing;                 /* {lock} */
+    struct item *q_head, *q_tail;       /* {lock} */
+    bool closing;                       /* {lock} */
     struct script scripts[SCRIPTS_MAX]; /* {lock} while registering; immutable after */
     int nscripts;                       /* {lock} */
     size_t subscriptions;               /* {lock} */
@@ -246,7 +250,10 @@ int rds_ring_lookup(const char *urls, const char *name, size_t len)
     return rc;
 }
 
-size_t rds_nshards(const rds_t *r) { return r->n; }
+size_t rds_nshards(const rds_t *r)
+{
+    return r->n;
+}
 
 const char *rds_shard_url(const rds_t *r, size_t shard)
 {
@@ -411,7 +418,9 @@ static int probe(const struct shard *s, const char *pw, int timeout_ms, char *er
     rep = probe_cmd(c, 1, ping);
     if (!rep || rep->type != REDIS_REPLY_STATUS || strcmp(rep->str, "PONG") != 0) {
         snprintf(err, errsz, "Redis '%s' did not answer PING: %s", s->url,
-                 !rep ? c->errstr : rep->str ? rep->str : "unexpected reply");
+                 !rep       ? c->errstr
+                 : rep->str ? rep->str
+                            : "unexpected reply");
         goto out;
     }
     rc = 0;
@@ -1162,8 +1171,7 @@ static bool channel_ok(const char *channel, size_t len)
     return channel && len > 0 && len <= RDS_CHANNEL_MAX && !memchr(channel, '\0', len);
 }
 
-int rds_subscribe(rds_t *r, size_t shard, const char *channel, size_t len, rds_cb *cb,
-                  void *arg)
+int rds_subscribe(rds_t *r, size_t shard, const char *channel, size_t len, rds_cb *cb, void *arg)
 {
     if (!r || shard >= r->n || !channel_ok(channel, len))
         return -EINVAL;
@@ -1241,8 +1249,7 @@ void rds_stats(rds_t *r, struct rds_stats *out)
     out->failures = atomic_load_explicit(&r->failures, memory_order_relaxed);
     out->reconnects = atomic_load_explicit(&r->reconnects, memory_order_relaxed);
     out->messages = atomic_load_explicit(&r->messages, memory_order_relaxed);
-    out->rtt_seconds_sum =
-        (double)atomic_load_explicit(&r->rtt_ns, memory_order_relaxed) / 1e9;
+    out->rtt_seconds_sum = (double)atomic_load_explicit(&r->rtt_ns, memory_order_relaxed) / 1e9;
     out->rtt_count = atomic_load_explicit(&r->rtt_count, memory_order_relaxed);
     out->timeouts = atomic_load_explicit(&r->timeouts, memory_order_relaxed);
     out->script_loads = atomic_load_explicit(&r->script_loads, memory_order_relaxed);

@@ -131,8 +131,8 @@ struct rds_stats {
     size_t subscriptions;   /* channels subscribed now */
     double rtt_seconds_sum; /* command round trips, queued to reply */
     uint64_t rtt_count;
-    uint64_t timeouts;      /* shards dropped for an unanswered command */
-    uint64_t script_loads;  /* EVAL after NOSCRIPT */
+    uint64_t timeouts;     /* shards dropped for an unanswered command */
+    uint64_t script_loads; /* EVAL after NOSCRIPT */
 };
 /* Thread: any. */
 void rds_stats(rds_t *r, struct rds_stats *out);

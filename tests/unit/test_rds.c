@@ -23,11 +23,11 @@
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int done;              /* replies (NULL or not) */
+    int done; /* replies (NULL or not) */
     int nulls;
-    int order[SLOTS];      /* slot numbers in completion order */
+    int order[SLOTS]; /* slot numbers in completion order */
     bool got[SLOTS];
-    int type[SLOTS];       /* REDIS_REPLY_*, -1 for NULL */
+    int type[SLOTS]; /* REDIS_REPLY_*, -1 for NULL */
     long long integer[SLOTS];
     char str[SLOTS][64];
     int nstates;
@@ -366,8 +366,8 @@ Test(rds, ring_spreads_and_moves_one_nth)
         }
     }
     for (int i = 0; i < 4; i++)
-        cr_assert(count4[i] > N * 15 / 100 && count4[i] < N * 35 / 100, "shard %d has %zu of %d",
-                  i, count4[i], N);
+        cr_assert(count4[i] > N * 15 / 100 && count4[i] < N * 35 / 100, "shard %d has %zu of %d", i,
+                  count4[i], N);
     cr_assert(moved > N * 12 / 100 && moved < N * 28 / 100, "moved %zu of %d (expected ~1/5)",
               moved, N);
     rds_close(a);
@@ -386,7 +386,7 @@ Test(rds, ring_placement_is_pinned)
         int shard;
     } pin[] = {
         {"lobby", 1}, {"general", 0}, {"random", 1}, {"room-42", 0}, {"caf\xc3\xa9", 1}, {"x", 0},
-        {"dev", 0},   {"ops", 2},     {"a", 1},      {"b", 2},       {"c", 1},            {"d", 0},
+        {"dev", 0},   {"ops", 2},     {"a", 1},      {"b", 2},       {"c", 1},           {"d", 0},
     };
     for (size_t i = 0; i < sizeof(pin) / sizeof(pin[0]); i++)
         cr_assert_eq(rds_ring_lookup(list, pin[i].name, strlen(pin[i].name)), pin[i].shard, "%s",
