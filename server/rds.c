@@ -22,18 +22,26 @@
  *                still fail at once, so nobody reads a shard whose
  *                subscriptions are not all back. UP when the last
  *                confirmation arrives, and only then on_state(true).
+ * HOST is resolved by hiredis (getaddrinfo) on the rds thread at every
+ * connect, which blocks that thread only: give an address, or a name the
+ * local resolver answers at once (/etc/hosts), as for any database.
+ *
  * Any fault on either connection — an error, a lost connection, a
  * handshake or reply deadline — drops both: a shard is one server, and a
  * pub/sub connection that outlives its command connection would only hide
  * a gap that the engine must fill after on_state(true) anyway.
  *
- * hiredis 0.14 pub/sub quirks this file works around:
- *   - once a context is subscribed, a regular command's callback would be
- *     handed the next pub/sub message, so the pub/sub connection carries
- *     nothing but AUTH/SELECT/PING before its first SUBSCRIBE;
- *   - the "unsubscribe" reply deletes the channel's callback, even one a
- *     later SUBSCRIBE of the same channel installed, so a subscribe that
- *     arrives while an unsubscribe is in flight waits for that reply.
+ * Pub/sub, and what hiredis 0.14 needs of it:
+ *   - a reply is matched to a regular command's callback before any
+ *     pub/sub routing, so once subscribed a PING there would be handed
+ *     the next message: the pub/sub connection carries nothing but
+ *     AUTH/SELECT/PING before its first SUBSCRIBE;
+ *   - at most one SUBSCRIBE or UNSUBSCRIBE of a channel is in flight: a
+ *     subscribe that arrives while an unsubscribe is in flight is sent when
+ *     that one is confirmed. Otherwise the "subscribe" reply of an older
+ *     SUBSCRIBE could pass for the confirmation of the new one while the
+ *     UNSUBSCRIBE in between still removes it, and messages published
+ *     after the callback said "confirmed" would be lost.
  */
 #include <errno.h>
 #include <hiredis/adapters/libev.h>
@@ -55,10 +63,10 @@
 #include "util.h"
 
 #define MOD "rds"
-#define RING_VNODES 160     /* points per shard: ~±10% load spread at 160 */
-#define SCRIPTS_MAX 32      /* the engine registers a handful */
-#define TICK_S 0.1          /* deadline checks */
-#define HEARTBEAT_MS 1000   /* PING an idle command connection this often */
+#define RING_VNODES 160   /* points per shard: ~±10% load spread at 160 */
+#define SCRIPTS_MAX 32    /* the engine registers a handful */
+#define TICK_S 0.1        /* deadline checks */
+#define HEARTBEAT_MS 1000 /* PING an idle command connection this often */
 #define URL_MAX 256
 
 enum kind { K_CMD, K_EVAL, K_SUB, K_UNSUB, K_PING };
@@ -116,20 +124,20 @@ struct shard {
     /* rds thread only */
     redisAsyncContext *cmd, *sub;
     enum sstate st;
-    bool reported_up;          /* on_state's view: true until on_state(false) */
-    bool hs_cmd, hs_sub;       /* PING answered on each connection */
-    int64_t hs_deadline_ms;    /* the handshake must be done by then */
-    int attempt;               /* reconnect attempts since the last up */
+    bool reported_up;       /* on_state's view: true until on_state(false) */
+    bool hs_cmd, hs_sub;    /* PING answered on each connection */
+    int64_t hs_deadline_ms; /* the handshake must be done by then */
+    int attempt;            /* reconnect attempts since the last up */
     ev_timer retry;
     struct item *fl_head, *fl_tail; /* in flight on cmd, oldest first */
     int64_t last_sent_ms;
-    struct htable chans;       /* struct chan */
+    struct htable chans; /* struct chan */
     size_t nsubscribing;
 
     /* any thread */
     atomic_bool up;
-    atomic_size_t pending;     /* K_CMD/K_EVAL submitted and not done */
-    struct htable wanted;      /* {r->lock} struct wanted */
+    atomic_size_t pending; /* K_CMD/K_EVAL submitted and not done */
+    struct htable wanted;  /* {r->lock} struct wanted */
 };
 
 struct script {
@@ -160,8 +168,8 @@ struct rds {
     uint64_t rng; /* rds thread: jitter */
 
     pthread_mutex_t lock;
-    struct item *q_head, *q_tail; /* {lock} */
-    bool closing;                 /* {lock} */
+    struct item *q_head, *q_tail;       /* {lock} */
+    bool closing;                       /* {lock} */
     struct script scripts[SCRIPTS_MAX]; /* {lock} while registering; immutable after */
     int nscripts;                       /* {lock} */
     size_t subscriptions;               /* {lock} */
@@ -172,6 +180,7 @@ struct rds {
 
 static void shard_drop(struct shard *s, redisAsyncContext *gone, const char *why);
 static void check_up(struct shard *s);
+static int parse_urls(rds_t *r, const char *urls, char *err, size_t errsz);
 
 /* ---- the hash ring ---- */
 
@@ -227,7 +236,24 @@ size_t rds_shard(const rds_t *r, const char *name, size_t len)
     return r->ring[lo == r->nring ? 0 : lo].shard;
 }
 
-size_t rds_nshards(const rds_t *r) { return r->n; }
+int rds_ring_lookup(const char *urls, const char *name, size_t len)
+{
+    rds_t r = {0};
+    char err[256];
+    int rc = parse_urls(&r, urls, err, sizeof(err));
+    if (rc == 0) {
+        ring_build(&r);
+        rc = (int)rds_shard(&r, name, len);
+    }
+    free(r.ring);
+    free(r.shards);
+    return rc;
+}
+
+size_t rds_nshards(const rds_t *r)
+{
+    return r->n;
+}
 
 const char *rds_shard_url(const rds_t *r, size_t shard)
 {
@@ -392,7 +418,9 @@ static int probe(const struct shard *s, const char *pw, int timeout_ms, char *er
     rep = probe_cmd(c, 1, ping);
     if (!rep || rep->type != REDIS_REPLY_STATUS || strcmp(rep->str, "PONG") != 0) {
         snprintf(err, errsz, "Redis '%s' did not answer PING: %s", s->url,
-                 !rep ? c->errstr : rep->str ? rep->str : "unexpected reply");
+                 !rep       ? c->errstr
+                 : rep->str ? rep->str
+                            : "unexpected reply");
         goto out;
     }
     rc = 0;
@@ -943,8 +971,11 @@ static int enqueue(rds_t *r, struct item *it)
     else
         r->q_head = it;
     r->q_tail = it;
-    pthread_mutex_unlock(&r->lock);
+    /* under the lock, so rds_close (which sets closing under it) cannot
+     * destroy the loop between our enqueue and this wakeup; it is one
+     * non-blocking write */
     ev_async_send(r->loop, &r->wake);
+    pthread_mutex_unlock(&r->lock);
     return 0;
 }
 
@@ -1143,8 +1174,7 @@ static bool channel_ok(const char *channel, size_t len)
     return channel && len > 0 && len <= RDS_CHANNEL_MAX && !memchr(channel, '\0', len);
 }
 
-int rds_subscribe(rds_t *r, size_t shard, const char *channel, size_t len, rds_cb *cb,
-                  void *arg)
+int rds_subscribe(rds_t *r, size_t shard, const char *channel, size_t len, rds_cb *cb, void *arg)
 {
     if (!r || shard >= r->n || !channel_ok(channel, len))
         return -EINVAL;
@@ -1172,12 +1202,11 @@ int rds_subscribe(rds_t *r, size_t shard, const char *channel, size_t len, rds_c
             r->q_head = it;
         r->q_tail = it;
         it = NULL;
+        ev_async_send(r->loop, &r->wake); /* under the lock: see enqueue */
     }
     pthread_mutex_unlock(&r->lock);
     free(w);
     free(it);
-    if (rc == 0)
-        ev_async_send(r->loop, &r->wake);
     return rc;
 }
 
@@ -1205,12 +1234,11 @@ int rds_unsubscribe(rds_t *r, size_t shard, const char *channel, size_t len)
             r->q_head = it;
         r->q_tail = it;
         it = NULL;
+        ev_async_send(r->loop, &r->wake); /* under the lock: see enqueue */
     }
     pthread_mutex_unlock(&r->lock);
     free(w);
     free(it);
-    if (rc == 0)
-        ev_async_send(r->loop, &r->wake);
     return rc;
 }
 
@@ -1224,8 +1252,7 @@ void rds_stats(rds_t *r, struct rds_stats *out)
     out->failures = atomic_load_explicit(&r->failures, memory_order_relaxed);
     out->reconnects = atomic_load_explicit(&r->reconnects, memory_order_relaxed);
     out->messages = atomic_load_explicit(&r->messages, memory_order_relaxed);
-    out->rtt_seconds_sum =
-        (double)atomic_load_explicit(&r->rtt_ns, memory_order_relaxed) / 1e9;
+    out->rtt_seconds_sum = (double)atomic_load_explicit(&r->rtt_ns, memory_order_relaxed) / 1e9;
     out->rtt_count = atomic_load_explicit(&r->rtt_count, memory_order_relaxed);
     out->timeouts = atomic_load_explicit(&r->timeouts, memory_order_relaxed);
     out->script_loads = atomic_load_explicit(&r->script_loads, memory_order_relaxed);

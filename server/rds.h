@@ -73,6 +73,10 @@ void rds_close(rds_t *r);
 size_t rds_nshards(const rds_t *r);
 /* The shard of a name (a room name; what hashes is the whole string). */
 size_t rds_shard(const rds_t *r, const char *name, size_t len);
+/* rds_shard for a URL list without connecting (tests pin placements with
+ * it; an operator tool can say where a room lives): the shard index, or
+ * -EINVAL for a bad list. Thread: any. */
+int rds_ring_lookup(const char *urls, const char *name, size_t len);
 /* The shard's URL as given, for logs. */
 const char *rds_shard_url(const rds_t *r, size_t shard);
 /* Is the shard connected (both connections)? Thread: any. */
@@ -128,8 +132,8 @@ struct rds_stats {
     size_t subscriptions;   /* channels subscribed now */
     double rtt_seconds_sum; /* command round trips, queued to reply */
     uint64_t rtt_count;
-    uint64_t timeouts;      /* shards dropped for an unanswered command */
-    uint64_t script_loads;  /* EVAL after NOSCRIPT */
+    uint64_t timeouts;     /* shards dropped for an unanswered command */
+    uint64_t script_loads; /* EVAL after NOSCRIPT */
 };
 /* Thread: any. */
 void rds_stats(rds_t *r, struct rds_stats *out);

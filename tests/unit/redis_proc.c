@@ -139,8 +139,8 @@ static int spawn(struct redis_proc *p)
     }
     p->pid = pid;
     if (wait_ready(p) < 0) {
-        fprintf(stderr, "redis_proc: redis-server on port %d did not come up (log: %s)\n",
-                p->port, logfile);
+        fprintf(stderr, "redis_proc: redis-server on port %d did not come up (log: %s)\n", p->port,
+                logfile);
         redis_proc_kill(p);
         return -1;
     }

@@ -19,11 +19,11 @@
 struct redisContext;
 
 struct redis_proc {
-    pid_t pid;            /* 0: not running */
+    pid_t pid; /* 0: not running */
     int port;
-    char dir[PATH_MAX];   /* its --dir (and log file); removed by redis_proc_stop */
-    char password[128];   /* --requirepass, "" for none */
-    bool appendonly;      /* --appendonly yes --appendfsync always */
+    char dir[PATH_MAX]; /* its --dir (and log file); removed by redis_proc_stop */
+    char password[128]; /* --requirepass, "" for none */
+    bool appendonly;    /* --appendonly yes --appendfsync always */
 };
 
 /* Start a redis-server on a free 127.0.0.1 port (tries a few ports if one

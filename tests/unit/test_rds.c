@@ -23,11 +23,11 @@
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int done;              /* replies (NULL or not) */
+    int done; /* replies (NULL or not) */
     int nulls;
-    int order[SLOTS];      /* slot numbers in completion order */
+    int order[SLOTS]; /* slot numbers in completion order */
     bool got[SLOTS];
-    int type[SLOTS];       /* REDIS_REPLY_*, -1 for NULL */
+    int type[SLOTS]; /* REDIS_REPLY_*, -1 for NULL */
     long long integer[SLOTS];
     char str[SLOTS][64];
     int nstates;
@@ -366,8 +366,8 @@ Test(rds, ring_spreads_and_moves_one_nth)
         }
     }
     for (int i = 0; i < 4; i++)
-        cr_assert(count4[i] > N * 15 / 100 && count4[i] < N * 35 / 100, "shard %d has %zu of %d",
-                  i, count4[i], N);
+        cr_assert(count4[i] > N * 15 / 100 && count4[i] < N * 35 / 100, "shard %d has %zu of %d", i,
+                  count4[i], N);
     cr_assert(moved > N * 12 / 100 && moved < N * 28 / 100, "moved %zu of %d (expected ~1/5)",
               moved, N);
     rds_close(a);
@@ -376,26 +376,37 @@ Test(rds, ring_spreads_and_moves_one_nth)
 }
 
 /* The placement is part of the cluster's on-disk format: every node, of
- * every version, must agree. Pinned for a fixed list. */
+ * every version, must agree on it, so it is pinned for a fixed list (a
+ * change to the ring, its key or its point names fails here). */
 Test(rds, ring_placement_is_pinned)
 {
-    cr_assert_eq(redis_proc_start(&R1, NULL, false), 0);
-    char u[2][64], list[200];
-    redis_proc_url(&R1, 1, u[0], sizeof(u[0]));
-    redis_proc_url(&R1, 2, u[1], sizeof(u[1]));
-    snprintf(list, sizeof(list), "%s,%s", u[0], u[1]);
-    struct rds_opts o = opts(list);
-    rds_t *r = open_ok(&o);
-    /* the URLs hold the random port, so pin through a property instead:
-     * the same list opened twice places 1000 names identically */
-    rds_t *r2 = open_ok(&o);
+    const char *list = "redis://10.0.0.1:6379,redis://10.0.0.2:6379,redis://10.0.0.3:6379/2";
+    static const struct {
+        const char *name;
+        int shard;
+    } pin[] = {
+        {"lobby", 1}, {"general", 0}, {"random", 1}, {"room-42", 0}, {"caf\xc3\xa9", 1}, {"x", 0},
+        {"dev", 0},   {"ops", 2},     {"a", 1},      {"b", 2},       {"c", 1},           {"d", 0},
+    };
+    for (size_t i = 0; i < sizeof(pin) / sizeof(pin[0]); i++)
+        cr_assert_eq(rds_ring_lookup(list, pin[i].name, strlen(pin[i].name)), pin[i].shard, "%s",
+                     pin[i].name);
+    /* and 1000 names at once, folded into one number */
+    uint64_t fold = 0;
     for (int i = 0; i < 1000; i++) {
         char name[32];
-        int len = snprintf(name, sizeof(name), "n%d", i);
-        cr_assert_eq(rds_shard(r, name, (size_t)len), rds_shard(r2, name, (size_t)len));
+        int len = snprintf(name, sizeof(name), "room-%d", i);
+        int sh = rds_ring_lookup(list, name, (size_t)len);
+        cr_assert(sh >= 0 && sh < 3);
+        fold = fold * 31 + (uint64_t)sh;
     }
-    rds_close(r);
-    rds_close(r2);
+    cr_assert_eq(fold, UINT64_C(8173044054045256078), "fold %llu", (unsigned long long)fold);
+    /* the order of the list does not matter: points are keyed by URL */
+    const char *rev = "redis://10.0.0.3:6379/2,redis://10.0.0.2:6379,redis://10.0.0.1:6379";
+    cr_assert_eq(rds_ring_lookup(rev, "ops", 3), 0);
+    cr_assert_eq(rds_ring_lookup(rev, "lobby", 5), 1);
+    cr_assert_eq(rds_ring_lookup(rev, "general", 7), 2);
+    cr_assert_eq(rds_ring_lookup("redis://10.0.0.1", "a", 1), -EINVAL);
 }
 
 Test(rds, two_shards_hold_their_keys)
@@ -580,6 +591,9 @@ Test(rds, reconnects_after_restart)
     WAIT(ok, B.done == 6, 2000);
     cr_assert(ok);
     cr_assert_eq(B.type[5], -1);
+    /* refused reconnect attempts (50..200 ms apart) change nothing */
+    WAIT(ok, B.nstates > 1, 600);
+    cr_assert_not(ok, "on_state(false) once");
     cr_assert_eq(redis_proc_restart(&R1), 0);
     WAIT(ok, B.nstates == 2, 15000);
     cr_assert(ok, "back up");
@@ -628,6 +642,10 @@ Test(rds, stalled_redis_times_out_and_recovers)
     cmd(r, 0, 1, 1, ping);
     WAIT(ok, B.done == 2, 2000);
     cr_assert_eq(B.type[1], -1);
+    /* reconnect attempts meet the stopped server (TCP accepts, nothing
+     * answers) and time out: no further state change while it stays so */
+    WAIT(ok, B.nstates > 1, 2500);
+    cr_assert_not(ok, "on_state(false) once");
     redis_proc_resume(&R1);
     WAIT(ok, B.nstates == 2, 15000);
     cr_assert(ok);
