@@ -66,6 +66,9 @@ enum sroom_state { SR_OPENING, SR_READY };
 
 struct sroom {
     char name[CODEC_ROOMID_MAX + 1];
+    /* a DM room as one user's channel brings it (in `dms`, keyed
+     * "<user>\x1f<room>"), or "" for a subscribed room (in `rooms`) */
+    char user[CODEC_USER_MAX + 1];
     uint64_t gen;
     size_t shard;
     enum sroom_state st;
@@ -89,6 +92,10 @@ struct sr {
     strmap_t *rooms;    /* {lock} name -> struct sroom */
     uint64_t gen;       /* {lock} */
     strmap_t *users;    /* {lock} user -> (void *)1: user channels subscribed */
+    /* {lock} "<user>\x1f<room>" -> struct sroom: the last seq of each DM room
+     * delivered on a subscribed user's channel, so DMs get the same
+     * once-in-order-no-gap treatment as rooms; dropped with the channel */
+    strmap_t *dms;
 
     _Atomic uint64_t gap_fills, filled, dropped_dups, lost;
 };
@@ -294,6 +301,8 @@ static void release_held_locked(struct sr *s, struct sroom *r, struct item ***ou
 struct fill {
     struct sr *s;
     char room[CODEC_ROOMID_MAX + 1];
+    char key[CODEC_USER_MAX + CODEC_ROOMID_MAX + 2]; /* its state's key in rooms or dms */
+    bool dm;
     uint64_t gen;
     uint64_t to; /* last seq wanted; UINT64_MAX: to the end */
 };
@@ -305,7 +314,7 @@ static void fill_done(void *arg, const redisReply *rep)
     struct item *head = NULL, **out = &head;
 
     pthread_mutex_lock(&s->lock);
-    struct sroom *r = strmap_get(s->rooms, f->room);
+    struct sroom *r = strmap_get(f->dm ? s->dms : s->rooms, f->key);
     if (!r || r->gen != f->gen)
         goto out;
     r->filling = false;
@@ -328,6 +337,8 @@ static void fill_done(void *arg, const redisReply *rep)
         }
         r->last = it->ev.seq;
         atomic_fetch_add(&s->filled, 1);
+        if (r->user[0])
+            it->user = xstrdup(r->user);
         *out = it;
         out = &it->next;
     }
@@ -363,6 +374,11 @@ static void fill_start_locked(struct sr *s, struct sroom *r, uint64_t to)
     struct fill *f = xcalloc(1, sizeof(*f));
     f->s = s;
     str_lcpy(f->room, r->name, sizeof(f->room));
+    f->dm = r->user[0] != '\0';
+    if (f->dm)
+        snprintf(f->key, sizeof(f->key), "%s\x1f%s", r->user, r->name);
+    else
+        str_lcpy(f->key, r->name, sizeof(f->key));
     f->gen = r->gen;
     f->to = to;
     r->filling = true;
@@ -399,12 +415,35 @@ static void on_message(void *arg, size_t shard, const char *ch, size_t chlen, co
     char name[CODEC_ROOMID_MAX + 1];
 
     if (channel_user(ch, chlen, name, sizeof(name))) {
-        /* a DM: delivered as it comes (see store_redis.h) */
         struct item *it = item_from_payload(p, len);
-        if (it) {
-            it->user = xstrdup(name);
-            deliver(s, it);
+        if (!it)
+            return;
+        it->user = xstrdup(name);
+        char key[CODEC_USER_MAX + CODEC_ROOMID_MAX + 2];
+        snprintf(key, sizeof(key), "%s\x1f%s", name, it->ev.room);
+        struct item *head = NULL, **out = &head;
+        pthread_mutex_lock(&s->lock);
+        struct sroom *r = NULL;
+        if (strmap_get(s->users, name)) {
+            r = strmap_get(s->dms, key);
+            if (!r) {
+                /* the first DM of this room seen here: it starts the count */
+                r = xcalloc(1, sizeof(*r));
+                str_lcpy(r->name, it->ev.room, sizeof(r->name));
+                str_lcpy(r->user, name, sizeof(r->user));
+                r->shard = rds_shard(s->rds, r->name, strlen(r->name));
+                r->held_tail = &r->held;
+                r->st = SR_READY;
+                r->last = it->ev.seq - 1;
+                r->gen = ++s->gen;
+                strmap_put(s->dms, key, r);
+            }
+            offer_locked(s, r, it, &out);
+        } else {
+            item_free(it);
         }
+        pthread_mutex_unlock(&s->lock);
+        deliver(s, head);
         return;
     }
     if (!channel_room(ch, chlen, name, sizeof(name)) || len < 2)
@@ -458,6 +497,7 @@ static void on_state(void *arg, size_t shard, bool up)
         struct resync rs = {s, shard};
         pthread_mutex_lock(&s->lock);
         strmap_sweep(s->rooms, resync_room, &rs);
+        strmap_sweep(s->dms, resync_room, &rs);
         pthread_mutex_unlock(&s->lock);
     }
     if (s->sink.state)
@@ -610,6 +650,16 @@ static int sr_unsubscribe(store_t *st, const char *room)
 
 /* A user's channel is subscribed on every shard: a DM is published by the
  * script on the DM room's shard, whichever that is. */
+static bool drop_user_dm(const char *key, void *val, void *arg)
+{
+    struct sroom *r = val;
+    if (strcmp(r->user, arg) != 0)
+        return false;
+    items_free(r->held);
+    free(r);
+    return true;
+}
+
 static int sr_user_sub(store_t *st, const char *user, bool on)
 {
     struct sr *s = SR(st);
@@ -620,8 +670,10 @@ static int sr_user_sub(store_t *st, const char *user, bool on)
     bool had = strmap_get(s->users, user) != NULL;
     if (on && !had)
         strmap_put(s->users, user, (void *)1);
-    else if (!on && had)
+    else if (!on && had) {
         strmap_del(s->users, user);
+        strmap_sweep(s->dms, drop_user_dm, (void *)user);
+    }
     pthread_mutex_unlock(&s->lock);
     if (on == had)
         return on ? -EALREADY : -ENOENT;
@@ -905,8 +957,10 @@ static void sr_close(store_t *st)
     rds_close(s->rds);
     pthread_mutex_lock(&s->lock);
     strmap_sweep(s->rooms, free_room, NULL);
+    strmap_sweep(s->dms, free_room, NULL);
     pthread_mutex_unlock(&s->lock);
     strmap_free(s->rooms, NULL);
+    strmap_free(s->dms, NULL);
     strmap_free(s->users, NULL);
     pthread_mutex_destroy(&s->lock);
     store_close(s->local);
@@ -1004,6 +1058,7 @@ store_t *store_redis_open(const struct store_redis_opts *o, char *err, size_t er
     pthread_mutex_init(&s->lock, NULL);
     s->rooms = strmap_new();
     s->users = strmap_new();
+    s->dms = strmap_new();
     struct rds_opts ro = {
         .urls = o->urls,
         .password = o->password,
@@ -1024,6 +1079,7 @@ fail:
     rds_close(s->rds);
     strmap_free(s->rooms, NULL);
     strmap_free(s->users, NULL);
+    strmap_free(s->dms, NULL);
     pthread_mutex_destroy(&s->lock);
     store_close(s->local);
     free(s);

@@ -25,7 +25,9 @@
  * to the sink; a newer message is delivered only if it is exactly the next
  * one; a jump, or a reconnect of the room's shard, makes the engine read the
  * missing range from the stream first (a gap fill), holding what arrives
- * meanwhile, so the sink sees every seq once and in order.
+ * meanwhile, so the sink sees every seq once and in order. DMs on a user's
+ * channel get the same per (user, DM room), counted from the first one the
+ * node sees while the channel is subscribed.
  *
  * Accounts live in the local SQLite file given at open (for now) and the
  * notification outbox always does: this engine forwards those calls to it.
