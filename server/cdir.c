@@ -481,6 +481,7 @@ static void on_reply(void *arg, const struct redisReply *r)
 /* Queue script sc on shard with o as its completion; argv holds the keys
  * then the arguments. Counts o in flight; on a refusal (cb not called) frees
  * o and returns the error. */
+/* {lock}: queue one script call; o is freed here if it cannot be queued. */
 static int issue(cdir_t *c, struct op *o, int sc, int nkeys, int argc, const char *const *argv)
 {
     size_t lens[16];
@@ -488,13 +489,15 @@ static int issue(cdir_t *c, struct op *o, int sc, int nkeys, int argc, const cha
 
     for (int i = 0; i < argc; i++)
         lens[i] = strlen(argv[i]);
-    pthread_mutex_lock(&c->lock);
     c->inflight++;
-    pthread_mutex_unlock(&c->lock);
     rc = rds_eval(c->rds, o->shard, c->sc[sc], nkeys, argc, argv, lens, on_reply, o);
     if (rc < 0) {
+        /* not queued: no reply will come (and the caller holds the lock,
+         * so this is op_end without taking it) */
         free(o);
-        op_end(c, true);
+        c->st.script_failures++;
+        c->inflight--;
+        pthread_cond_broadcast(&c->cond);
     }
     return rc;
 }
@@ -599,7 +602,10 @@ int cdir_who(cdir_t *c, const char *room, cdir_list_cb *cb, void *arg)
     snprintf(who, sizeof(who), "r:{%s}:who", room);
     snprintf(max, sizeof(max), "%d", CDIR_LIST_MAX);
     const char *argv[] = {who, max};
-    return issue(c, o, SC_WHO, 1, 2, argv);
+    pthread_mutex_lock(&c->lock);
+    int rc = issue(c, o, SC_WHO, 1, 2, argv);
+    pthread_mutex_unlock(&c->lock);
+    return rc;
 }
 
 int cdir_rooms(cdir_t *c, cdir_rooms_cb *cb, void *arg)
@@ -620,7 +626,10 @@ int cdir_rooms(cdir_t *c, cdir_rooms_cb *cb, void *arg)
         struct op *o = op_new(c, OP_ROOMS, s);
         o->agg = a;
         const char *argv[] = {"cdir:rooms", max};
-        if (issue(c, o, SC_ROOMS, 1, 2, argv) < 0) {
+        pthread_mutex_lock(&c->lock);
+        int rc = issue(c, o, SC_ROOMS, 1, 2, argv);
+        pthread_mutex_unlock(&c->lock);
+        if (rc < 0) {
             atomic_store(&a->failed, true);
             rooms_part_done(a);
         } else {
@@ -682,7 +691,10 @@ int cdir_user_online(cdir_t *c, const char *name, cdir_online_cb *cb, void *arg)
     o->arg = arg;
     snprintf(u, sizeof(u), "u:{%s}", name);
     const char *argv[] = {u};
-    return issue(c, o, SC_ONLINE, 1, 1, argv);
+    pthread_mutex_lock(&c->lock);
+    int rc = issue(c, o, SC_ONLINE, 1, 1, argv);
+    pthread_mutex_unlock(&c->lock);
+    return rc;
 }
 
 void cdir_stats(cdir_t *c, struct cdir_stats *out)
