@@ -145,6 +145,7 @@ struct resume {
     struct client *c;
     const struct room *rm; /* identity only: the park holds the reference */
     bool ok;
+    bool answered; /* the waiting request was answered already: do not run it again */
 };
 
 /* A storage write in flight, owned by the store until done(). */
@@ -792,10 +793,13 @@ static void resume_job(void *arg)
     c->park = NULL;
     struct pframe *f = pk->head;
     pk->head = NULL;
-    if (f && !rs->ok) {
-        /* the waiting request cannot be carried out: answer it, go on with
-         * the rest (a text frame's following lines, later frames) */
-        reply_error(c, ERR_INTERNAL, "cannot load the room from storage, try again", pk->ref);
+    if (f && (!rs->ok || rs->answered)) {
+        /* the waiting request cannot be carried out (or was answered by
+         * whoever resumed us): answer it, go on with the rest (a text
+         * frame's following lines, later frames) */
+        if (!rs->ok)
+            reply_error(c, ERR_INTERNAL, "cannot load the room from storage, try again",
+                        pk->ref);
         const char *nl = f->url_join || c->fmt == FMT_JSON ? NULL : memchr(f->data, '\n', f->len);
         struct pframe *next = f->next;
         if (nl) {
@@ -1091,7 +1095,10 @@ static void hello_job(void *arg)
     }
     /* what the client sent meanwhile runs now, in order */
     struct resume *rs = xmalloc(sizeof(*rs));
-    *rs = (struct resume){.b = b, .c = hw->c, .rm = NULL, .ok = true};
+    /* the hello frame waits first in the park: it was answered here (a
+     * hello from the query string is no frame) */
+    *rs = (struct resume){.b = b, .c = hw->c, .rm = NULL, .ok = true,
+                          .answered = !hw->at_connect};
     free(hw);
     resume_job(rs);
 }
