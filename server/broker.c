@@ -185,6 +185,8 @@ struct pending_read {
     uint64_t room_seq;
     bool more;
     bool direct;           /* shared engine: the whole reply from the log (history_direct) */
+    bool slot;             /* holds one of c's history-read slots */
+    _Atomic int waits;     /* answers still to come: the storage read, the directory's who */
     struct hist **win;
     size_t nwin;
     char **members;
@@ -564,7 +566,8 @@ static void read_release(struct pending_read *pr)
         free(pr->members[i]);
     free(pr->members);
     msg_unref(&pr->placeholder);
-    client_read_end(pr->c);
+    if (pr->slot)
+        client_read_end(pr->c);
     client_unref(&pr->c);
     store_read_release(&pr->r);
     free(pr);
@@ -598,9 +601,10 @@ static msg_t *encode_read(struct pending_read *pr, const struct chat_msg *msgs, 
     return codec_history(pr->fmt, pr->r.room, msgs, n, pr->more, pr->ref);
 }
 
-static void read_done(struct store_read *r)
+/* The last answer a pending read waited for came: encode and fill. */
+static void pending_finish(struct pending_read *pr)
 {
-    struct pending_read *pr = (struct pending_read *)r;
+    struct store_read *r = &pr->r;
     msg_t *content;
 
     if (r->status != 0) {
@@ -621,6 +625,31 @@ static void read_done(struct store_read *r)
     }
     read_answer(pr, content);
     read_release(pr);
+}
+
+static void read_done(struct store_read *r)
+{
+    struct pending_read *pr = (struct pending_read *)r;
+    if (atomic_fetch_sub(&pr->waits, 1) == 1)
+        pending_finish(pr);
+}
+
+/* Thread: the engine's. A cluster join's member list (every node's). */
+static void joined_who_done(void *arg, const char *const *users, size_t n, bool ok)
+{
+    struct pending_read *pr = arg;
+    if (ok) {
+        /* the directory's list replaces this node's own (kept if it failed) */
+        for (size_t i = 0; i < pr->nmembers; i++)
+            free(pr->members[i]);
+        free(pr->members);
+        pr->members = xcalloc(n + 1, sizeof(char *));
+        for (size_t i = 0; i < n; i++)
+            pr->members[i] = xstrdup(users[i]);
+        pr->nmembers = n;
+    }
+    if (atomic_fetch_sub(&pr->waits, 1) == 1)
+        pending_finish(pr);
 }
 
 /* {rm->lock} Whether the answer for seqs [a, z] needs a storage read: part
@@ -665,8 +694,12 @@ static void answer_range_locked(struct broker *b, struct client *c, struct room 
     size_t cap = a <= z ? (size_t)(z - a + 1) : 0;
     struct hist **win = xmalloc((cap + 1) * sizeof(*win));
     size_t nwin = a <= z ? room_window_copy_locked(rm, a, z, win) : 0;
+    bool need_read = a <= z && a < lo;
+    /* in a cluster, `joined` lists the members on every node: the reply
+     * waits (queued in order, as a placeholder) for the directory */
+    bool cluster_members = kind == READ_JOINED && b->cdir;
 
-    if (a > z || a >= lo) {
+    if (!need_read && !cluster_members) {
         struct chat_msg *msgs = xmalloc((nwin + 1) * sizeof(*msgs));
         for (size_t i = 0; i < nwin; i++)
             msgs[i] = win[i]->m;
@@ -702,18 +735,26 @@ static void answer_range_locked(struct broker *b, struct client *c, struct room 
     for (size_t i = 0; i < nn; i++)
         pr->members[i] = xstrdup(names[i]);
     pr->nmembers = nn;
+    pr->slot = need_read;
     pr->placeholder = msg_new_placeholder();
     if (client_push(c, msg_ref(pr->placeholder)) != 0) {
         read_release(pr); /* c is closed: nobody waits for the answer */
         return;
     }
-    METRIC_INC(&b->srv->metrics, history_reads_total);
-    if (store_read_submit(b->srv->store, &pr->r) != 0) {
-        /* answer anyway so the client is not stuck behind an empty slot */
-        read_answer(pr, codec_error(c->fmt, ERR_INTERNAL, "cannot read history, try again", ref,
-                                    -1));
-        read_release(pr);
+    atomic_init(&pr->waits, (int)need_read + (int)cluster_members + 1);
+    if (cluster_members && cdir_who(b->cdir, rm->name, joined_who_done, pr) != 0)
+        atomic_fetch_sub(&pr->waits, 1); /* this node's members, then */
+    if (need_read) {
+        METRIC_INC(&b->srv->metrics, history_reads_total);
+        if (store_read_submit(b->srv->store, &pr->r) != 0) {
+            /* answer anyway so the client is not stuck behind an empty slot */
+            pr->r.status = -EIO;
+            atomic_fetch_sub(&pr->waits, 1);
+        }
     }
+    /* the guard: the last answer (maybe already in) finishes it */
+    if (atomic_fetch_sub(&pr->waits, 1) == 1)
+        pending_finish(pr);
 }
 
 /* ---------------------------------------------- rooms loaded from storage */
@@ -1894,6 +1935,8 @@ static void history_direct(struct broker *b, struct client *c, const struct req 
     str_lcpy(pr->r.owner, c->user, sizeof(pr->r.owner));
     pr->kind = READ_HISTORY;
     pr->direct = true;
+    pr->slot = true;
+    atomic_init(&pr->waits, 1);
     pr->c = client_ref(c);
     pr->fmt = c->fmt;
     str_lcpy(pr->ref, r->ref, sizeof(pr->ref));
