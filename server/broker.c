@@ -1623,9 +1623,22 @@ static void do_join(struct broker *b, struct client *c, const struct req *r)
 static void leave_room(struct broker *b, struct client *c, struct room *rm)
 {
     bool due = false;
+    char **told = NULL;
+    size_t ntold = 0;
     pthread_mutex_lock(&rm->lock);
+    /* in a cluster, the last local member's leave takes back from the
+     * directory everyone this node said is present here (their deferred
+     * leaves included): an empty room owes its own members nothing, but
+     * the other nodes are still owed those leaves */
+    if (b->cdir && rm->nmembers == 1 && room_has_member_locked(rm, c))
+        told = room_announced_locked(rm, &ntold);
     if (room_remove_member_locked(rm, c))
         due = presence_locked(b, rm, c->user, false);
+    for (size_t i = 0; i < ntold; i++) {
+        cdir_room_leave(b->cdir, rm->name, told[i]);
+        free(told[i]);
+    }
+    free(told);
     pthread_mutex_unlock(&rm->lock);
     if (due)
         pres_due_add(c, rm);

@@ -461,6 +461,30 @@ static bool forget_announcements(const char *key, void *val, void *arg)
     return false;
 }
 
+struct announced {
+    char **names;
+    size_t n;
+};
+
+static bool collect_announced(const char *key, void *val, void *arg)
+{
+    struct room_user *u = val;
+    struct announced *a = arg;
+    if (u->announced) {
+        a->names = xrealloc(a->names, (a->n + 1) * sizeof(*a->names));
+        a->names[a->n++] = xstrdup(u->name);
+    }
+    return false;
+}
+
+char **room_announced_locked(struct room *rm, size_t *n)
+{
+    struct announced a = {NULL, 0};
+    strmap_sweep(rm->users, collect_announced, &a);
+    *n = a.n;
+    return a.names;
+}
+
 bool room_has_member_locked(const struct room *rm, const struct client *c)
 {
     for (size_t i = 0; i < rm->nmembers; i++)

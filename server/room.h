@@ -174,6 +174,11 @@ enum room_presence { ROOM_PRES_NONE, ROOM_PRES_ANNOUNCE, ROOM_PRES_DEFERRED };
 enum room_presence room_presence_locked(struct room *rm, const char *user, int64_t now_ms,
                                         bool force, bool *present);
 
+/* The users the members were last told are present (a cluster node whose
+ * room is about to empty takes them back from the directory): a malloc'd
+ * array of malloc'd names, *n of them. */
+char **room_announced_locked(struct room *rm, size_t *n);
+
 /* Park c until the room's load finishes (takes a client reference). */
 void room_add_waiter_locked(struct room *rm, struct client *c);
 /* Hand the waiters over (the caller owns the array and its references). */
