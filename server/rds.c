@@ -731,7 +731,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
         shard_drop(s, (redisAsyncContext *)ac, ac->err ? ac->errstr : "connection closed");
 }
 
-static redisAsyncContext *conn_new(struct shard *s)
+static redisAsyncContext *conn_new(struct shard *s, bool cmd)
 {
     rds_t *r = s->r;
     redisAsyncContext *ac = redisAsyncConnect(s->host, s->port);
@@ -757,6 +757,17 @@ static redisAsyncContext *conn_new(struct shard *s)
         const char *argv[] = {"SELECT", db};
         redisAsyncCommandArgv(ac, hs_reply, NULL, 2, argv, NULL);
     }
+    if (cmd) {
+        /* a restarted Redis has no scripts: load them before any EVALSHA
+         * (see rds_script) */
+        pthread_mutex_lock(&r->lock);
+        for (int i = 0; i < r->nscripts; i++) {
+            const char *argv[] = {"SCRIPT", "LOAD", r->scripts[i].src};
+            const size_t lens[] = {6, 4, r->scripts[i].len};
+            redisAsyncCommandArgv(ac, hs_reply, NULL, 3, argv, lens);
+        }
+        pthread_mutex_unlock(&r->lock);
+    }
     const char *ping[] = {"PING"};
     redisAsyncCommandArgv(ac, hs_reply, NULL, 1, ping, NULL);
     return ac;
@@ -768,8 +779,8 @@ static void shard_connect(struct shard *s)
     s->hs_cmd = s->hs_sub = false;
     s->hs_deadline_ms = now_mono_ms() + s->r->o.connect_timeout_ms;
     s->last_sent_ms = now_mono_ms();
-    s->cmd = conn_new(s);
-    s->sub = s->cmd ? conn_new(s) : NULL;
+    s->cmd = conn_new(s, true);
+    s->sub = s->cmd ? conn_new(s, false) : NULL;
     if (!s->cmd || !s->sub) {
         shard_drop(s, NULL, "cannot create a connection");
         return;
@@ -1141,6 +1152,15 @@ int rds_script(rds_t *r, const char *lua)
     sc->len = len;
     int id = r->nscripts++;
     pthread_mutex_unlock(&r->lock);
+    /* Load it now, ahead of its first EVALSHA on every shard (and again in
+     * each reconnect's handshake): a NOSCRIPT retry is sent after whatever
+     * was pipelined behind the failed call, so it would reorder scripts
+     * that must run in the order they were queued (a room's sends). */
+    for (size_t i = 0; i < r->n; i++) {
+        const char *argv[] = {"SCRIPT", "LOAD", sc->src};
+        const size_t lens[] = {6, 4, sc->len};
+        rds_cmd(r, i, 3, argv, lens, NULL, NULL);
+    }
     return id;
 }
 
