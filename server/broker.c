@@ -146,6 +146,9 @@ struct resume {
     const struct room *rm; /* identity only: the park holds the reference */
     bool ok;
     bool answered; /* the waiting request was answered already: do not run it again */
+    /* instead of the waiting request: run this with req (then freed) */
+    void (*run)(struct broker *b, struct client *c, const struct req *r);
+    struct req *req;
 };
 
 /* A storage write in flight, owned by the store until done(). */
@@ -828,6 +831,7 @@ static void resume_job(void *arg)
     /* gone (broker_disconnected freed the park) or not this room's */
     if (!pk || pk->room != rs->rm) {
         client_unref(&rs->c);
+        free(rs->req);
         free(rs);
         return;
     }
@@ -852,6 +856,11 @@ static void resume_job(void *arg)
             free(f);
             f = next;
         }
+    }
+    if (rs->run) {
+        if (!c->discard)
+            rs->run(b, c, rs->req);
+        free(rs->req);
     }
     while (f) {
         struct pframe *next = f->next;
@@ -1238,58 +1247,103 @@ static void rooms_done(void *arg, const struct cdir_room *rooms, size_t n, bool 
 
 /* ------------------------------------------------ cluster online checks */
 
-/* A DM (open mode) or a notification waiting to learn whether a user is
- * online on any node. */
+/* A request that waits (parked) to learn whether a user is online on any
+ * node (open mode: DMs and DM joins), or a notification that waits to
+ * learn whether its recipient is offline everywhere. */
 struct online_wait {
     struct broker *b;
-    struct client *c;     /* DM: the sender (a reference); NULL: a notification */
+    struct client *c;     /* request: its connection (a reference); NULL: a notification */
+    struct req *req;      /* request: a copy (text after it) */
+    void (*run)(struct broker *b, struct client *c, const struct req *r);
+    bool online;
     struct hist *h;       /* notification: the message */
     struct note_target t; /* notification: whom */
     bool dm;
-    struct req r;         /* DM: the request, text in text[] */
-    char room[CODEC_ROOMID_MAX + 1];
-    char text[];
 };
 
-static void dm_online_job(void *arg)
+/* A request's copy that owns its text. */
+static struct req *req_copy(const struct req *r)
+{
+    struct req *q = xmalloc(sizeof(*q) + r->text_len + 1);
+    *q = *r;
+    q->token = NULL;
+    q->text = (char *)(q + 1);
+    if (r->text)
+        memcpy(q->text, r->text, r->text_len);
+    q->text[r->text_len] = '\0';
+    if (!r->text)
+        q->text = NULL;
+    return q;
+}
+
+static void online_job(void *arg)
 {
     struct online_wait *ow = arg;
     struct client *c = ow->c;
-    if (!c->discard) {
-        if (ow->dm)
-            publish_shared(ow->b, c, ow->room, &ow->r);
-        else
-            reply_no_such_user(ow->b, c, ow->r.ref);
+    struct park *pk = c->park;
+    if (!pk || pk->room) {
+        /* the connection went meanwhile */
+        client_unref(&ow->c);
+        free(ow->req);
+        free(ow);
+        return;
     }
-    client_unref(&ow->c);
+    /* the waiting frame is this request: answered here, or run now */
+    struct resume *rs = xmalloc(sizeof(*rs));
+    *rs = (struct resume){.b = ow->b, .c = ow->c, .rm = NULL, .ok = true, .answered = true};
+    if (ow->online) {
+        rs->run = ow->run;
+        rs->req = ow->req;
+    } else {
+        reply_no_such_user(ow->b, c, ow->req->ref);
+        free(ow->req);
+    }
     free(ow);
+    resume_job(rs);
 }
 
-/* Thread: the engine's. ow->dm carries "online" into the job. */
-static void dm_online_done(void *arg, bool online, bool ok)
+/* Thread: the engine's. */
+static void online_done(void *arg, bool online, bool ok)
 {
     struct online_wait *ow = arg;
-    ow->dm = ok && online;
-    if (client_post(ow->c, dm_online_job, ow) != 0) {
+    ow->online = ok && online;
+    if (client_post(ow->c, online_job, ow) != 0) {
         client_unref(&ow->c);
+        free(ow->req);
         free(ow);
     }
 }
 
-/* {home loop}. Open mode in a cluster: send r to room (a DM) once the
- * directory says peer is online somewhere; no_such_user otherwise. */
-static void dm_if_online(struct broker *b, struct client *c, const char *room, const char *peer,
-                         const struct req *r)
+/* {home loop}. Open mode in a cluster: run r (a DM, or a DM room's join or
+ * send) once the directory says peer is online on some node, no_such_user
+ * otherwise; c is parked meanwhile so its requests keep their order. */
+static void when_online(struct broker *b, struct client *c, const char *peer,
+                        const struct req *r,
+                        void (*run)(struct broker *, struct client *, const struct req *))
 {
-    struct online_wait *ow = xcalloc(1, sizeof(*ow) + r->text_len + 1);
+    struct online_wait *ow = xcalloc(1, sizeof(*ow));
     ow->b = b;
     ow->c = client_ref(c);
-    ow->r = *r;
-    memcpy(ow->text, r->text, r->text_len);
-    ow->r.text = ow->text;
-    str_lcpy(ow->room, room, sizeof(ow->room));
-    if (cdir_user_online(b->cdir, peer, dm_online_done, ow) != 0)
-        dm_online_done(ow, false, false);
+    ow->req = req_copy(r);
+    ow->run = run;
+    park(c, NULL, r->ref);
+    if (cdir_user_online(b->cdir, peer, online_done, ow) != 0)
+        online_done(ow, false, false);
+}
+
+static void run_dm(struct broker *b, struct client *c, const struct req *r)
+{
+    char room[CODEC_ROOMID_MAX + 1];
+    codec_dm_room(c->user, r->to, room);
+    publish_shared(b, c, room, r);
+}
+
+static void run_room_send(struct broker *b, struct client *c, const struct req *r)
+{
+    if (joined_find(c, r->room))
+        publish_shared(b, c, r->room, r);
+    else
+        reply_error(c, ERR_NOT_JOINED, "join the room before sending to it", r->ref);
 }
 
 /* Thread: the engine's. */
@@ -1559,10 +1613,18 @@ static void notify_targets(struct broker *b, const struct note_target *t, size_t
 
 static bool dm_join_ok(struct broker *b, struct client *c, const struct req *r);
 
+static void join_room(struct broker *b, struct client *c, const struct req *r);
+
 static void do_join(struct broker *b, struct client *c, const struct req *r)
 {
     if (strncmp(r->room, "dm:", 3) == 0 && !dm_join_ok(b, c, r))
         return;
+    join_room(b, c, r);
+}
+
+/* {home loop}. The join itself, its DM rules checked. */
+static void join_room(struct broker *b, struct client *c, const struct req *r)
+{
     const struct config *cfg = b->srv->cfg;
     if (!joined_find(c, r->room) && (long)c->njoined >= cfg->max_rooms_per_conn) {
         reply_error(c, ERR_BAD_REQUEST, "too many rooms joined on this connection", r->ref);
@@ -1577,7 +1639,7 @@ static void do_join(struct broker *b, struct client *c, const struct req *r)
          * reference went meanwhile); look again, which parks us */
         pthread_mutex_unlock(&rm->lock);
         rooms_release(b->rooms, &rm);
-        do_join(b, c, r);
+        join_room(b, c, r);
         return;
     }
     if ((long)rm->nmembers >= cfg->max_room_members && !room_has_member_locked(rm, c)) {
@@ -1870,8 +1932,13 @@ static bool dm_join_ok(struct broker *b, struct client *c, const struct req *r)
                     r->ref);
         return false;
     }
-    if (!user_exists(b, strcmp(a, c->user) == 0 ? z : a)) {
-        reply_no_such_user(b, c, r->ref);
+    const char *peer = strcmp(a, c->user) == 0 ? z : a;
+    if (!user_exists(b, peer)) {
+        /* open mode in a cluster: the peer may be online on another node */
+        if (b->cdir && !b->srv->accounts)
+            when_online(b, c, peer, r, join_room);
+        else
+            reply_no_such_user(b, c, r->ref);
         return false;
     }
     return true;
@@ -1890,7 +1957,7 @@ static void do_send(struct broker *b, struct client *c, const struct req *r)
         /* open mode: as for dm, only to someone online now */
         if (!b->srv->accounts && !user_known(b, peer)) {
             if (b->cdir)
-                dm_if_online(b, c, rm->name, peer, r);
+                when_online(b, c, peer, r, run_room_send);
             else
                 reply_no_such_user(b, c, r->ref);
             return;
@@ -1917,7 +1984,7 @@ static void do_dm(struct broker *b, struct client *c, const struct req *r)
     if (!user_known(b, r->to)) {
         /* open mode in a cluster: the peer may be online on another node */
         if (b->cdir && !b->srv->accounts)
-            dm_if_online(b, c, room, r->to, r);
+            when_online(b, c, r->to, r, run_dm);
         else
             reply_no_such_user(b, c, r->ref);
         return;
@@ -2254,6 +2321,11 @@ static void url_join(struct broker *b, struct client *c, const char *room, bool 
     r.type = REQ_JOIN;
     str_lcpy(r.room, room, sizeof(r.room));
     r.limit = CODEC_LIMIT_DEFAULT;
+    if (!codec_valid_room(room)) {
+        /* (checked here for a join that waited behind a cluster's hello) */
+        reply_error(c, ERR_BAD_REQUEST, "invalid room name in the query string", "");
+        return;
+    }
     if (!c->authed) {
         /* its hello was refused while it waited (a cluster's name check) */
         reply_error(c, ERR_AUTH_REQUIRED, "say hello first (room= needs user=)", "");
@@ -2285,7 +2357,7 @@ void broker_connected(struct broker *b, struct client *c, const char *user, cons
         if (token[0])
             r.token = (char *)token;
         do_hello(b, c, &r, true);
-        if (c->park && room[0] && codec_valid_room(room)) {
+        if (c->park && room[0] && strlen(room) <= CODEC_ROOMID_MAX) {
             /* the hello waits for the cluster: so does the join */
             park_append(b, c, room, strlen(room), false, true);
             return;
