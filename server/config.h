@@ -43,6 +43,11 @@ struct config {
     long max_text;              /* --max-text code points, default 4000 */
     long max_frame;             /* --max-frame bytes, default 65536 */
     enum cfg_durability durability; /* --durability normal|full, default normal */
+    char *engine;               /* --engine local | redis://H:P[/DB][,...], default local */
+    char *redis_password_file;  /* --redis-password-file, default none */
+    char *node_id;              /* --node-id, default <host name>:<port> */
+    long history_max;           /* --history-max events per room kept by the redis engine */
+    long node_ttl;              /* --node-ttl seconds before a silent node counts as dead */
     long commit_batch;          /* --commit-batch writes per transaction, default 512 */
     long commit_window_us;      /* --commit-window-us, default 1000 */
     enum cfg_auth auth;         /* --auth open|accounts, default open */
