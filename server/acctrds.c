@@ -37,20 +37,19 @@ enum { R_OK, R_EXISTS, R_DELETED, R_NONE };
  * with a member in names was used: registration never hands it over; the
  * operator (adopt) may give a password to one that has none, never to a
  * deleted one. */
-static const char lua_add[] =
-    "if redis.call('ZSCORE', KEYS[1], ARGV[1]) then\n"
-    "  if ARGV[5] ~= '1' then return 1 end\n"
-    "  if redis.call('HEXISTS', KEYS[4], 'd') == 1 then return 2 end\n"
-    "  if redis.call('HEXISTS', KEYS[4], 'h') == 1 then return 1 end\n"
-    "else\n"
-    "  redis.call('ZADD', KEYS[1], 0, ARGV[1])\n"
-    "end\n"
-    "local g = redis.call('INCR', KEYS[3])\n"
-    "redis.call('HSET', KEYS[4], 'h', ARGV[2], 'g', g)\n"
-    "if ARGV[4] == '1' then redis.call('HSET', KEYS[4], 'e', ARGV[3])\n"
-    "else redis.call('HDEL', KEYS[4], 'e') end\n"
-    "redis.call('ZADD', KEYS[2], g, ARGV[1])\n"
-    "return 0\n";
+static const char lua_add[] = "if redis.call('ZSCORE', KEYS[1], ARGV[1]) then\n"
+                              "  if ARGV[5] ~= '1' then return 1 end\n"
+                              "  if redis.call('HEXISTS', KEYS[4], 'd') == 1 then return 2 end\n"
+                              "  if redis.call('HEXISTS', KEYS[4], 'h') == 1 then return 1 end\n"
+                              "else\n"
+                              "  redis.call('ZADD', KEYS[1], 0, ARGV[1])\n"
+                              "end\n"
+                              "local g = redis.call('INCR', KEYS[3])\n"
+                              "redis.call('HSET', KEYS[4], 'h', ARGV[2], 'g', g)\n"
+                              "if ARGV[4] == '1' then redis.call('HSET', KEYS[4], 'e', ARGV[3])\n"
+                              "else redis.call('HDEL', KEYS[4], 'e') end\n"
+                              "redis.call('ZADD', KEYS[2], g, ARGV[1])\n"
+                              "return 0\n";
 
 /* KEYS gens gen u:<name>; ARGV name hash now_ms margin_ms. tokens_after
  * never moves back (a clock stepped back). */
@@ -528,16 +527,14 @@ int acctrds_load_users(acctrds_t *a, uint64_t since_gen,
         cursor_len = (size_t)snprintf(cursor, sizeof(cursor), "-");
     snprintf(limit, sizeof(limit), "%d", LOAD_PAGE);
     for (;;) {
-        const char *argv[] = {K_NAMES, K_GENS, K_GEN, since_gen ? "s" : "a", cursor, limit,
-                              K_USER};
-        size_t lens[] = {strlen(K_NAMES), strlen(K_GENS), strlen(K_GEN), 1, cursor_len,
-                         strlen(limit), strlen(K_USER)};
+        const char *argv[] = {K_NAMES, K_GENS, K_GEN, since_gen ? "s" : "a", cursor, limit, K_USER};
+        size_t lens[] = {strlen(K_NAMES), strlen(K_GENS), strlen(K_GEN), 1,
+                         cursor_len,      strlen(limit),  strlen(K_USER)};
         redisReply *r = call(a, S_PAGE, 3, 7, argv, lens, true);
         if (!r)
             return -1;
         if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || (r->elements - 1) % 6) {
-            log_warn(MOD, "unexpected reply to a users page from Redis %s:%d", a->host,
-                     a->port);
+            log_warn(MOD, "unexpected reply to a users page from Redis %s:%d", a->host, a->port);
             freeReplyObject(r);
             return -1;
         }
@@ -568,10 +565,9 @@ int acctrds_load_users(acctrds_t *a, uint64_t since_gen,
             if (strlen(u.name) == f[0]->len && f[0]->len <= NAME_MAX_BYTES)
                 cb(arg, &u);
             if (i == rows - 1) {
-                cursor_len = since_gen
-                                 ? (size_t)snprintf(cursor, sizeof(cursor), "(%" PRIu64, g)
-                                 : (size_t)snprintf(cursor, sizeof(cursor), "(%.*s",
-                                                    (int)f[0]->len, f[0]->str);
+                cursor_len = since_gen ? (size_t)snprintf(cursor, sizeof(cursor), "(%" PRIu64, g)
+                                       : (size_t)snprintf(cursor, sizeof(cursor), "(%.*s",
+                                                          (int)f[0]->len, f[0]->str);
                 if (cursor_len >= sizeof(cursor))
                     cursor_len = sizeof(cursor) - 1;
             }
@@ -616,10 +612,24 @@ int acctrds_account_add(acctrds_t *a, const struct store_account_add *add)
     size_t klen;
     char *key = user_key(add->name, &klen);
     const char *email = add->email ? add->email : "";
-    const char *argv[] = {K_NAMES, K_GENS, K_GEN, key, add->name, add->password_hash, email,
-                          add->email ? "1" : "0", add->adopt ? "1" : "0"};
-    size_t lens[] = {strlen(K_NAMES), strlen(K_GENS), strlen(K_GEN), klen, strlen(add->name),
-                     strlen(add->password_hash), strlen(email), 1, 1};
+    const char *argv[] = {K_NAMES,
+                          K_GENS,
+                          K_GEN,
+                          key,
+                          add->name,
+                          add->password_hash,
+                          email,
+                          add->email ? "1" : "0",
+                          add->adopt ? "1" : "0"};
+    size_t lens[] = {strlen(K_NAMES),
+                     strlen(K_GENS),
+                     strlen(K_GEN),
+                     klen,
+                     strlen(add->name),
+                     strlen(add->password_hash),
+                     strlen(email),
+                     1,
+                     1};
     /* not retried after an I/O error but EOF: had it run, a second try
      * would answer -EEXIST for a registration that worked */
     int rc = status_of(call(a, S_ADD, 4, 9, argv, lens, false));
@@ -637,8 +647,8 @@ int acctrds_account_passwd(acctrds_t *a, const char *name, const char *password_
     snprintf(now, sizeof(now), "%" PRId64, now_wall_ms());
     snprintf(margin, sizeof(margin), "%d", STORE_REVOKE_MARGIN_MS);
     const char *argv[] = {K_GENS, K_GEN, key, name, password_hash, now, margin};
-    size_t lens[] = {strlen(K_GENS), strlen(K_GEN), klen, strlen(name), strlen(password_hash),
-                     strlen(now), strlen(margin)};
+    size_t lens[] = {strlen(K_GENS),        strlen(K_GEN), klen,          strlen(name),
+                     strlen(password_hash), strlen(now),   strlen(margin)};
     int rc = status_of(call(a, S_PASSWD, 3, 7, argv, lens, true));
     free(key);
     return rc;
@@ -654,8 +664,8 @@ int acctrds_account_del(acctrds_t *a, const char *name)
     snprintf(now, sizeof(now), "%" PRId64, now_wall_ms());
     snprintf(margin, sizeof(margin), "%d", STORE_REVOKE_MARGIN_MS);
     const char *argv[] = {K_NAMES, K_GENS, K_GEN, key, name, now, margin};
-    size_t lens[] = {strlen(K_NAMES), strlen(K_GENS), strlen(K_GEN), klen, strlen(name),
-                     strlen(now), strlen(margin)};
+    size_t lens[] = {strlen(K_NAMES), strlen(K_GENS), strlen(K_GEN), klen,
+                     strlen(name),    strlen(now),    strlen(margin)};
     int rc = status_of(call(a, S_DEL, 4, 7, argv, lens, true));
     free(key);
     return rc;
@@ -685,8 +695,7 @@ int acctrds_account_get(acctrds_t *a, const char *name, char *hash, size_t hashs
             if (email)
                 str_lcpy(email, e->type == REDIS_REPLY_STRING ? e->str : "", emailsz);
             if (tokens_after_ms)
-                *tokens_after_ms =
-                    ta->type == REDIS_REPLY_STRING ? strtoll(ta->str, NULL, 10) : 0;
+                *tokens_after_ms = ta->type == REDIS_REPLY_STRING ? strtoll(ta->str, NULL, 10) : 0;
             rc = 0;
         }
     }

@@ -145,7 +145,10 @@ static void print_user(void *arg, const struct store_user *u)
             printf("\\x%02x", *p);
         else
             putchar(*p);
-    printf("\t%s\t%s\n", u->deleted ? "deleted" : u->email ? "account" : "seen",
+    printf("\t%s\t%s\n",
+           u->deleted ? "deleted"
+           : u->email ? "account"
+                      : "seen",
            u->email ? u->email : "");
 }
 
@@ -245,9 +248,8 @@ int admin_main(int argc, char **argv)
         bool list = argc > 2 && strcmp(argv[2], "list") == 0;
         if (!list && (argc < 4 || (strcmp(argv[2], "add") && strcmp(argv[2], "passwd") &&
                                    strcmp(argv[2], "del")))) {
-            fprintf(stderr,
-                    "usage: parleyd user add|passwd|del NAME [--email ADDR] [options]\n"
-                    "       parleyd user list [options]\n");
+            fprintf(stderr, "usage: parleyd user add|passwd|del NAME [--email ADDR] [options]\n"
+                            "       parleyd user list [options]\n");
             goto out;
         }
         op = argv[2];
