@@ -819,7 +819,7 @@ Test(acctrds, open_refuses_bad_urls_unreachable_servers_and_bad_passwords)
 /* Redis stalled (SIGSTOP) or gone (SIGKILL): every call answers -EIO
  * within about its timeout, names seen complete with -EIO; when Redis is
  * back the same handle works again without being reopened. */
-Test(acctrds, redis_down_is_eio_within_the_timeout_then_recovers)
+Test(acctrds, redis_down_is_eio_within_the_timeout_then_recovers, .timeout = 60)
 {
     redis_start(0);
     int port = redis_port;
