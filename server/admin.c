@@ -9,6 +9,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "acctrds.h"
 #include "auth.h"
 #include "codec.h"
 #include "config.h"
@@ -87,14 +88,91 @@ static int cmd_token(struct config *cfg, const char *user, long ttl)
     return 0;
 }
 
+/* --engine redis://...: accounts live in the cluster's Redis (the first of
+ * the list, as the server keeps them); else in the --db file. */
+struct admin_accounts {
+    store_t *st;
+    acctrds_t *ra;
+};
+
+/* The first line of --redis-password-file, without its line end. */
+static int read_password_file(const char *path, char *pw, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    char *ok = fgets(pw, (int)cap, f);
+    fclose(f);
+    if (!ok)
+        return -1;
+    pw[strcspn(pw, "\r\n")] = '\0';
+    return 0;
+}
+
+static int accounts_open(struct admin_accounts *aa, const struct config *cfg)
+{
+    char err[512], pw[512] = "";
+    struct store_opts so = {.path = cfg->db_path, .readers = 1};
+
+    if (strncmp(cfg->engine, "redis://", 8) != 0) {
+        aa->st = store_open(&so, err, sizeof(err));
+    } else if (cfg->redis_password_file &&
+               read_password_file(cfg->redis_password_file, pw, sizeof(pw)) != 0) {
+        snprintf(err, sizeof(err), "cannot read --redis-password-file '%s'",
+                 cfg->redis_password_file);
+    } else {
+        aa->ra = acctrds_open(cfg->engine, pw, 2000, err, sizeof(err));
+        memset(pw, 0, sizeof(pw));
+    }
+    if (aa->st || aa->ra)
+        return 0;
+    fprintf(stderr, "parleyd user: %s\n", err);
+    return -1;
+}
+
+static void accounts_close(struct admin_accounts *aa)
+{
+    store_close(aa->st);
+    acctrds_close(aa->ra);
+}
+
+/* A name as the store holds it, control bytes escaped for the terminal. */
+static void print_user(void *arg, const struct store_user *u)
+{
+    (void)arg;
+    for (const unsigned char *p = (const unsigned char *)u->name; *p; p++)
+        if (*p < 0x20 || *p == 0x7f || *p == '\\')
+            printf("\\x%02x", *p);
+        else
+            putchar(*p);
+    printf("\t%s\t%s\n",
+           u->deleted ? "deleted"
+           : u->email ? "account"
+                      : "seen",
+           u->email ? u->email : "");
+}
+
+/* `user list`: every name ever seen, one a line: name, state, e-mail. */
+static int cmd_list(struct config *cfg)
+{
+    struct admin_accounts aa = {0};
+    if (accounts_open(&aa, cfg) != 0)
+        return 1;
+    int s = aa.ra ? acctrds_load_users(aa.ra, 0, print_user, NULL)
+                  : store_load_users(aa.st, 0, print_user, NULL);
+    if (s != 0)
+        fprintf(stderr, "parleyd user: cannot read the users\n");
+    accounts_close(&aa);
+    return s == 0 ? 0 : 1;
+}
+
 static int cmd_user(struct config *cfg, const char *op, const char *user, const char *email)
 {
-    char err[512], pw[1100], pw2[1100], hash[256];
+    char pw[1100], pw2[1100], hash[256];
     int rc = 1;
-    struct store_opts so = {.path = cfg->db_path, .readers = 1};
     struct store_account_add add = {.name = user};
     bool del = strcmp(op, "del") == 0;
-    store_t *st = NULL;
+    struct admin_accounts aa = {0};
 
     if (!del) {
         if (email && !auth_email_ok(email)) {
@@ -126,14 +204,17 @@ static int cmd_user(struct config *cfg, const char *op, const char *user, const 
          * registration over HTTP never may */
         add.adopt = true;
     }
-    st = store_open(&so, err, sizeof(err));
-    if (!st) {
-        fprintf(stderr, "parleyd user: %s\n", err);
+    if (accounts_open(&aa, cfg) != 0)
         return 1;
-    }
-    int s = del                        ? store_account_del(st, user)
-            : strcmp(op, "add") == 0 ? store_account_add(st, &add)
-                                     : store_account_passwd(st, user, hash);
+    int s;
+    if (aa.ra)
+        s = del                      ? acctrds_account_del(aa.ra, user)
+            : strcmp(op, "add") == 0 ? acctrds_account_add(aa.ra, &add)
+                                     : acctrds_account_passwd(aa.ra, user, hash);
+    else
+        s = del                      ? store_account_del(aa.st, user)
+            : strcmp(op, "add") == 0 ? store_account_add(aa.st, &add)
+                                     : store_account_passwd(aa.st, user, hash);
     if (s == 0) {
         printf("%s: %s\n", op, user);
         rc = 0;
@@ -145,9 +226,10 @@ static int cmd_user(struct config *cfg, const char *op, const char *user, const 
         fprintf(stderr, "parleyd user: %s '%s'\n",
                 del ? "no user has ever been called" : "no account", user);
     } else {
-        fprintf(stderr, "parleyd user: cannot update the database (%s)\n", strerror(-s));
+        fprintf(stderr, "parleyd user: cannot update the %s (%s)\n",
+                aa.ra ? "accounts in Redis" : "database", strerror(-s));
     }
-    store_close(st);
+    accounts_close(&aa);
     return rc;
 }
 
@@ -163,14 +245,16 @@ int admin_main(int argc, char **argv)
 
     rest[nrest++] = argv[0];
     if (strcmp(cmd, "user") == 0) {
-        if (argc < 4 || (strcmp(argv[2], "add") && strcmp(argv[2], "passwd") &&
-                         strcmp(argv[2], "del"))) {
-            fprintf(stderr, "usage: parleyd user add|passwd|del NAME [--email ADDR] [options]\n");
+        bool list = argc > 2 && strcmp(argv[2], "list") == 0;
+        if (!list && (argc < 4 || (strcmp(argv[2], "add") && strcmp(argv[2], "passwd") &&
+                                   strcmp(argv[2], "del")))) {
+            fprintf(stderr, "usage: parleyd user add|passwd|del NAME [--email ADDR] [options]\n"
+                            "       parleyd user list [options]\n");
             goto out;
         }
         op = argv[2];
-        user = argv[3];
-        i = 4;
+        user = list ? NULL : argv[3];
+        i = list ? 3 : 4;
     }
     for (; i < argc; i++) {
         if (strcmp(cmd, "token") == 0 && strcmp(argv[i], "--user") == 0 && i + 1 < argc) {
@@ -187,7 +271,9 @@ int admin_main(int argc, char **argv)
             rest[nrest++] = argv[i];
         }
     }
-    if (!user || !codec_valid_user(user)) {
+    if (op && strcmp(op, "list") == 0) {
+        /* no name to check */
+    } else if (!user || !codec_valid_user(user)) {
         fprintf(stderr, strcmp(cmd, "token") == 0
                             ? "usage: parleyd token --user NAME [--ttl 1h] [options]\n"
                             : "parleyd user: invalid user name\n");
@@ -208,7 +294,9 @@ int admin_main(int argc, char **argv)
     log_set_level(LOG_WARN);
     if (!cfg.token_secret_file)
         cfg.token_secret_file = path_beside(cfg.db_path, "token.secret");
-    rc = strcmp(cmd, "token") == 0 ? cmd_token(&cfg, user, ttl) : cmd_user(&cfg, op, user, email);
+    rc = strcmp(cmd, "token") == 0 ? cmd_token(&cfg, user, ttl)
+         : strcmp(op, "list") == 0 ? cmd_list(&cfg)
+                                   : cmd_user(&cfg, op, user, email);
     cfg_release(&cfg);
 out:
     free(rest);

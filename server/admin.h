@@ -3,6 +3,8 @@
  * and mosquitto_passwd:
  *   parleyd token --user NAME [--ttl 1h] [server options]
  *   parleyd user add|passwd|del NAME [--email ADDR] [server options]
+ *   parleyd user list [server options]   (name, account|seen|deleted, e-mail)
+ * With --engine redis://... the accounts are the cluster's, in its Redis.
  * Passwords come from a prompt (terminal) or one line of stdin, never argv.
  * Thread: main, with no server running in this process.
  */
