@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "acctrds.h"
 #include "codec.h"
 #include "log.h"
 #include "msg.h"
@@ -82,6 +83,7 @@ struct sroom {
 struct sr {
     struct store_base base;
     store_t *local;
+    acctrds_t *acct; /* accounts, on the first Redis of the list */
     rds_t *rds;
     int script;
     char history_max[24];
@@ -963,40 +965,41 @@ static void sr_close(store_t *st)
     strmap_free(s->dms, NULL);
     strmap_free(s->users, NULL);
     pthread_mutex_destroy(&s->lock);
+    acctrds_close(s->acct);
     store_close(s->local);
     free(s);
 }
 
-/* accounts and outbox: the node's SQLite store */
+/* accounts: the cluster's, in Redis (acctrds); outbox: the node's SQLite */
 static int fw_load_users(store_t *st, uint64_t g, void (*cb)(void *, const struct store_user *),
                          void *arg)
 {
-    return store_load_users(SR(st)->local, g, cb, arg);
+    return acctrds_load_users(SR(st)->acct, g, cb, arg);
 }
 static int fw_users_gen(store_t *st, uint64_t *g)
 {
-    return store_users_gen(SR(st)->local, g);
+    return acctrds_users_gen(SR(st)->acct, g);
 }
 static int fw_user_seen(store_t *st, struct store_user_seen *u)
 {
-    return store_user_seen(SR(st)->local, u);
+    return acctrds_user_seen(SR(st)->acct, u);
 }
 static int fw_account_add(store_t *st, const struct store_account_add *a)
 {
-    return store_account_add(SR(st)->local, a);
+    return acctrds_account_add(SR(st)->acct, a);
 }
 static int fw_account_passwd(store_t *st, const char *name, const char *hash)
 {
-    return store_account_passwd(SR(st)->local, name, hash);
+    return acctrds_account_passwd(SR(st)->acct, name, hash);
 }
 static int fw_account_del(store_t *st, const char *name)
 {
-    return store_account_del(SR(st)->local, name);
+    return acctrds_account_del(SR(st)->acct, name);
 }
 static int fw_account_get(store_t *st, const char *name, char *hash, size_t hashsz, char *email,
                           size_t emailsz, int64_t *after)
 {
-    return store_account_get(SR(st)->local, name, hash, hashsz, email, emailsz, after);
+    return acctrds_account_get(SR(st)->acct, name, hash, hashsz, email, emailsz, after);
 }
 static int fw_outbox_add(store_t *st, struct store_outbox_add *o)
 {
@@ -1069,6 +1072,12 @@ store_t *store_redis_open(const struct store_redis_opts *o, char *err, size_t er
     s->rds = rds_open(&ro, err, errsz);
     if (!s->rds)
         goto fail;
+    /* the first URL of the list (every node's list starts the same) */
+    char first[512];
+    snprintf(first, sizeof(first), "%.*s", (int)strcspn(o->urls, ","), o->urls);
+    s->acct = acctrds_open(first, o->password, 3000, err, errsz);
+    if (!s->acct)
+        goto fail;
     s->script = rds_script(s->rds, APPEND_LUA);
     if (s->script < 0) {
         snprintf(err, errsz, "cannot register the append script");
@@ -1076,6 +1085,7 @@ store_t *store_redis_open(const struct store_redis_opts *o, char *err, size_t er
     }
     return (store_t *)s;
 fail:
+    acctrds_close(s->acct);
     rds_close(s->rds);
     strmap_free(s->rooms, NULL);
     strmap_free(s->users, NULL);

@@ -29,8 +29,10 @@
  * channel get the same per (user, DM room), counted from the first one the
  * node sees while the channel is subscribed.
  *
- * Accounts live in the local SQLite file given at open (for now) and the
- * notification outbox always does: this engine forwards those calls to it.
+ * Accounts live in Redis too (acctrds.h, on the first server of the list),
+ * so a user registered on one node signs in on any; the notification outbox
+ * stays in the node's own SQLite file given at open, durable where it is
+ * produced: this engine forwards those calls to it.
  *
  * Threads: open/close on main; the rest as store.h says. Completions and
  * sink calls run on the rds thread.
