@@ -51,6 +51,11 @@
 #define HISTORY_READS_PER_CONN 4
 /* The retry_after_ms of that refusal: about the time a read takes. */
 #define HISTORY_RETRY_MS 100
+/* How long a cluster's "that user is online" answer is taken as still
+ * true for the same connection (client.h, peer_online): long enough for the
+ * request that asked to run again through a room load, short enough that a
+ * DM to someone who left is refused a moment later. */
+#define PEER_ONLINE_MS 1000
 
 struct joined {
     struct room *room; /* holds a room reference */
@@ -146,9 +151,6 @@ struct resume {
     const struct room *rm; /* identity only: the park holds the reference */
     bool ok;
     bool answered; /* the waiting request was answered already: do not run it again */
-    /* instead of the waiting request: run this with req (then freed) */
-    void (*run)(struct broker *b, struct client *c, const struct req *r);
-    struct req *req;
 };
 
 /* A storage write in flight, owned by the store until done(). */
@@ -831,7 +833,6 @@ static void resume_job(void *arg)
     /* gone (broker_disconnected freed the park) or not this room's */
     if (!pk || pk->room != rs->rm) {
         client_unref(&rs->c);
-        free(rs->req);
         free(rs);
         return;
     }
@@ -856,11 +857,6 @@ static void resume_job(void *arg)
             free(f);
             f = next;
         }
-    }
-    if (rs->run) {
-        if (!c->discard)
-            rs->run(b, c, rs->req);
-        free(rs->req);
     }
     while (f) {
         struct pframe *next = f->next;
@@ -1090,6 +1086,7 @@ static void hello_claim(struct broker *b, struct client *c, const char *user, in
 static void publish_shared(struct broker *b, struct client *c, const char *room,
                            const struct req *r);
 static void reply_no_such_user(struct broker *b, struct client *c, const char *ref);
+static bool user_known(struct broker *b, const char *name);
 static void notify_targets(struct broker *b, const struct note_target *t, size_t n,
                            const struct chat_msg *m, bool dm);
 
@@ -1253,28 +1250,13 @@ static void rooms_done(void *arg, const struct cdir_room *rooms, size_t n, bool 
 struct online_wait {
     struct broker *b;
     struct client *c;     /* request: its connection (a reference); NULL: a notification */
-    struct req *req;      /* request: a copy (text after it) */
-    void (*run)(struct broker *b, struct client *c, const struct req *r);
+    char peer[CODEC_USER_MAX + 1];
+    char ref[CODEC_REF_MAX + 1];
     bool online;
     struct hist *h;       /* notification: the message */
     struct note_target t; /* notification: whom */
     bool dm;
 };
-
-/* A request's copy that owns its text. */
-static struct req *req_copy(const struct req *r)
-{
-    struct req *q = xmalloc(sizeof(*q) + r->text_len + 1);
-    *q = *r;
-    q->token = NULL;
-    q->text = (char *)(q + 1);
-    if (r->text)
-        memcpy(q->text, r->text, r->text_len);
-    q->text[r->text_len] = '\0';
-    if (!r->text)
-        q->text = NULL;
-    return q;
-}
 
 static void online_job(void *arg)
 {
@@ -1284,19 +1266,21 @@ static void online_job(void *arg)
     if (!pk || pk->room) {
         /* the connection went meanwhile */
         client_unref(&ow->c);
-        free(ow->req);
         free(ow);
         return;
     }
-    /* the waiting frame is this request: answered here, or run now */
+    /* the waiting frame is the request: run again, it finds the answer in
+     * peer_online; or answered here */
     struct resume *rs = xmalloc(sizeof(*rs));
-    *rs = (struct resume){.b = ow->b, .c = ow->c, .rm = NULL, .ok = true, .answered = true};
+    *rs = (struct resume){.b = ow->b, .c = ow->c, .rm = NULL, .ok = true,
+                          .answered = !ow->online};
     if (ow->online) {
-        rs->run = ow->run;
-        rs->req = ow->req;
-    } else {
-        reply_no_such_user(ow->b, c, ow->req->ref);
-        free(ow->req);
+        str_lcpy(c->peer_online, ow->peer, sizeof(c->peer_online));
+        c->peer_online_ms = now_mono_ms();
+    }
+    else {
+        c->peer_online[0] = '\0';
+        reply_no_such_user(ow->b, c, ow->ref);
     }
     free(ow);
     resume_job(rs);
@@ -1309,41 +1293,37 @@ static void online_done(void *arg, bool online, bool ok)
     ow->online = ok && online;
     if (client_post(ow->c, online_job, ow) != 0) {
         client_unref(&ow->c);
-        free(ow->req);
         free(ow);
     }
 }
 
-/* {home loop}. Open mode in a cluster: run r (a DM, or a DM room's join or
- * send) once the directory says peer is online on some node, no_such_user
- * otherwise; c is parked meanwhile so its requests keep their order. */
-static void when_online(struct broker *b, struct client *c, const char *peer,
-                        const struct req *r,
-                        void (*run)(struct broker *, struct client *, const struct req *))
+/*
+ * {home loop}. Open mode: may c address peer (a DM, a DM room's join or
+ * send)? True if peer is online here. In a cluster, when not: false, and c
+ * is parked while the directory is asked; the request then runs again
+ * (peer_online tells it the answer) or is answered no_such_user. On one
+ * node: false after answering no_such_user.
+ */
+static bool peer_reachable(struct broker *b, struct client *c, const char *peer,
+                           const char *ref)
 {
+    if (user_known(b, peer))
+        return true;
+    if (!b->cdir) {
+        reply_no_such_user(b, c, ref);
+        return false;
+    }
+    if (strcmp(c->peer_online, peer) == 0 && now_mono_ms() - c->peer_online_ms < PEER_ONLINE_MS)
+        return true;
     struct online_wait *ow = xcalloc(1, sizeof(*ow));
     ow->b = b;
     ow->c = client_ref(c);
-    ow->req = req_copy(r);
-    ow->run = run;
-    park(c, NULL, r->ref);
+    str_lcpy(ow->peer, peer, sizeof(ow->peer));
+    str_lcpy(ow->ref, ref, sizeof(ow->ref));
+    park(c, NULL, ref);
     if (cdir_user_online(b->cdir, peer, online_done, ow) != 0)
         online_done(ow, false, false);
-}
-
-static void run_dm(struct broker *b, struct client *c, const struct req *r)
-{
-    char room[CODEC_ROOMID_MAX + 1];
-    codec_dm_room(c->user, r->to, room);
-    publish_shared(b, c, room, r);
-}
-
-static void run_room_send(struct broker *b, struct client *c, const struct req *r)
-{
-    if (joined_find(c, r->room))
-        publish_shared(b, c, r->room, r);
-    else
-        reply_error(c, ERR_NOT_JOINED, "join the room before sending to it", r->ref);
+    return false;
 }
 
 /* Thread: the engine's. */
@@ -1710,6 +1690,26 @@ static void leave_room(struct broker *b, struct client *c, struct room *rm)
     rooms_release(b->rooms, &rm);
 }
 
+/* A cluster's `left`, held (as a placeholder, in order) until the
+ * directory has taken the leave in: a `who` or `rooms` asked anywhere after
+ * the reply then no longer lists the user. */
+struct left_wait {
+    struct client *c; /* a reference */
+    msg_t *placeholder;
+    msg_t *left;
+};
+
+/* Thread: the engine's. The directory answered a query queued after the
+ * leave on the same Redis connection, so the leave is in. */
+static void left_done(void *arg, const char *const *users, size_t n, bool ok)
+{
+    struct left_wait *lw = arg;
+    client_fill(lw->c, lw->placeholder, lw->left);
+    msg_unref(&lw->placeholder);
+    client_unref(&lw->c);
+    free(lw);
+}
+
 static void do_leave(struct broker *b, struct client *c, const struct req *r)
 {
     struct room *rm = joined_find(c, r->room);
@@ -1718,7 +1718,18 @@ static void do_leave(struct broker *b, struct client *c, const struct req *r)
         return;
     }
     leave_room(b, c, rm);
-    reply(c, codec_left(c->fmt, r->room, r->ref));
+    msg_t *left = codec_left(c->fmt, r->room, r->ref);
+    if (!b->cdir) {
+        reply(c, left);
+        return;
+    }
+    struct left_wait *lw = xcalloc(1, sizeof(*lw));
+    lw->c = client_ref(c);
+    lw->placeholder = msg_new_placeholder();
+    lw->left = left;
+    if (client_push(c, msg_ref(lw->placeholder)) != 0 ||
+        cdir_who(b->cdir, r->room, left_done, lw) != 0)
+        left_done(lw, NULL, 0, false);
 }
 
 /*
@@ -1933,11 +1944,8 @@ static bool dm_join_ok(struct broker *b, struct client *c, const struct req *r)
         return false;
     }
     const char *peer = strcmp(a, c->user) == 0 ? z : a;
-    if (!user_exists(b, peer)) {
-        /* open mode in a cluster: the peer may be online on another node */
-        if (b->cdir && !b->srv->accounts)
-            when_online(b, c, peer, r, join_room);
-        else
+    if (b->srv->accounts ? !user_exists(b, peer) : !peer_reachable(b, c, peer, r->ref)) {
+        if (b->srv->accounts)
             reply_no_such_user(b, c, r->ref);
         return false;
     }
@@ -1955,13 +1963,8 @@ static void do_send(struct broker *b, struct client *c, const struct req *r)
     if (rm->is_dm && codec_parse_dm(rm->name, a, z)) {
         const char *peer = strcmp(a, c->user) == 0 ? z : a;
         /* open mode: as for dm, only to someone online now */
-        if (!b->srv->accounts && !user_known(b, peer)) {
-            if (b->cdir)
-                when_online(b, c, peer, r, run_room_send);
-            else
-                reply_no_such_user(b, c, r->ref);
+        if (!b->srv->accounts && !peer_reachable(b, c, peer, r->ref))
             return;
-        }
         if (b->shared)
             publish_shared(b, c, rm->name, r);
         else
@@ -1981,11 +1984,9 @@ static void do_dm(struct broker *b, struct client *c, const struct req *r)
         return;
     }
     codec_dm_room(c->user, r->to, room);
-    if (!user_known(b, r->to)) {
-        /* open mode in a cluster: the peer may be online on another node */
-        if (b->cdir && !b->srv->accounts)
-            when_online(b, c, r->to, r, run_dm);
-        else
+    if (!user_known(b, r->to) &&
+        (b->srv->accounts || !peer_reachable(b, c, r->to, r->ref))) {
+        if (b->srv->accounts)
             reply_no_such_user(b, c, r->ref);
         return;
     }

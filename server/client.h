@@ -66,6 +66,11 @@ struct client {
     struct room *current;          /* text mode: the room joined last (one of joined) */
     struct joined *joined;         /* rooms this connection has joined */
     struct park *park;             /* waiting for a room to load (broker.c), or NULL */
+    /* a peer the cluster directory said is online (open mode), and when
+     * (monotonic ms): the request that asked, run again (maybe after a room
+     * load too), does not ask again for a few seconds (broker.c) */
+    char peer_online[CODEC_USER_MAX + 1];
+    int64_t peer_online_ms;
     struct room **pres_due;        /* rooms owing others a presence change of ours */
     unsigned njoined;
     unsigned npres_due;
