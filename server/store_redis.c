@@ -34,6 +34,10 @@
 /* Messages held for a room while its gap is filled; beyond this the held
  * ones are dropped and read back from the log instead (they are there). */
 #define HOLD_MAX 4096
+/* DM rooms whose last seq the node tracks (per user channel): past this the
+ * idle ones are forgotten (each starts counting again from its next DM), so
+ * names that DM a user here cannot grow the table without bound. */
+#define DMS_MAX 65536
 /* Entries per XRANGE of a fill that runs to the end of the log. */
 #define FILL_BATCH 1000
 
@@ -401,6 +405,15 @@ static bool channel_room(const char *ch, size_t len, char *out, size_t outsz)
     return true;
 }
 
+static bool drop_idle_dm(const char *key, void *val, void *arg)
+{
+    struct sroom *r = val;
+    if (r->filling || r->held)
+        return false;
+    free(r);
+    return true;
+}
+
 static bool channel_user(const char *ch, size_t len, char *out, size_t outsz)
 {
     if (len < 5 || memcmp(ch, "u:{", 3) != 0 || ch[len - 1] != '}' || len - 4 >= outsz)
@@ -428,6 +441,8 @@ static void on_message(void *arg, size_t shard, const char *ch, size_t chlen, co
         struct sroom *r = NULL;
         if (strmap_get(s->users, name)) {
             r = strmap_get(s->dms, key);
+            if (!r && strmap_count(s->dms) >= DMS_MAX)
+                strmap_sweep(s->dms, drop_idle_dm, NULL);
             if (!r) {
                 /* the first DM of this room seen here: it starts the count */
                 r = xcalloc(1, sizeof(*r));
