@@ -146,7 +146,8 @@ function post(ws, name, topics, text, id, ref) {
 }
 
 function sign_in(ws, user, ref) {
-  if (typeof user !== 'string' || !NAME_RE.test(user)) return error(ws, 'bad_request', 'bad user name', ref);
+  if (typeof user !== 'string' || !NAME_RE.test(user))
+    return error(ws, 'bad_request', 'bad user name', ref);
   if (users.has(user)) return error(ws, 'name_taken', 'name is in use', ref);
   users.set(user, 1);
   ws.data.user = user;
@@ -190,7 +191,8 @@ function on_request(ws, q) {
     leave(ws, room);
     return reply(ws, { type: 'left', room }, ref);
   case 'send':
-    if (!good_text(q.text) || !good_id(q.id)) return error(ws, 'bad_request', 'bad text or id', ref);
+    if (!good_text(q.text) || !good_id(q.id))
+      return error(ws, 'bad_request', 'bad text or id', ref);
     if (!d.rooms.has(room)) return error(ws, 'not_joined', 'join the room first', ref);
     return post(ws, room, ['r:' + room], q.text, q.id, ref);
   case 'dm': {
@@ -263,7 +265,8 @@ const server = Bun.serve({
     },
     message(ws, data) {
       const d = ws.data;
-      if (typeof data !== 'string') return d.raw ? undefined : error(ws, 'bad_request', 'binary frame');
+      if (typeof data !== 'string')
+        return d.raw ? undefined : error(ws, 'bad_request', 'binary frame');
       if (d.raw) return server.publish('raw:' + d.room, data);
       let q;
       try {
