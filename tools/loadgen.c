@@ -20,6 +20,11 @@
  * only the `"type":"` prefix is looked at to tell message, ack and the rest
  * apart. Everything is bounded: connection count, duration, in-flight window,
  * buffers, and a hard deadline after which the process exits whatever happens.
+ *
+ * A cluster is measured as one server: --url several times spreads the connections over
+ * its nodes (connection i to URL i mod n, so each room's publishers and subscribers
+ * alternate), and --pid several times sums every node's and Redis's CPU; in parley mode the
+ * time from send to ack is a histogram of its own, as an ack means the message is durable.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -57,6 +62,8 @@
 #define MAX_WINDOW 65536u
 #define MAX_SIZE (1u << 20)
 #define NCODES 8
+#define MAX_TARGETS 8 /* --url given several times: a cluster's nodes */
+#define MAX_PIDS 8    /* --pid given several times: every process of the server side */
 
 /* RFC 6455's sample key: its accept value is a constant, so the handshake can
  * be checked without SHA-1. Every connection may use the same key. */
@@ -129,19 +136,31 @@ struct hist {
 
 struct opts {
     enum scen scen;
-    const char *url, *subprotocol, *csv, *prefix;
+    const char *url[MAX_TARGETS], *subprotocol, *csv, *prefix;
+    uint32_t nurls, npids;
     bool raw, json, allow_remote;
     uint32_t conns, pubs, members, sources, window, size, concurrency;
     double rate, duration;
     uint64_t max_messages;
-    pid_t pid;
+    pid_t pid[MAX_PIDS];
     uint32_t settle_ms, drain_ms, connect_timeout_ms, inflight_timeout_ms, hold_ms;
 };
 
 struct srv_sample {
     bool ok;
-    double cpu_s, user_s, sys_s;
+    double cpu_s, user_s, sys_s; /* summed over every --pid */
     long rss_kib, anon_kib;
+    double pid_cpu_s[MAX_PIDS];
+};
+
+/* One server address; connection i talks to target i % ntargets, so with two nodes the
+ * subscribers and the publishers of every room alternate between them. */
+struct target {
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    char host_hdr[300];
+    char path[1024];
+    bool v4;
 };
 
 struct codes {
@@ -151,12 +170,8 @@ struct codes {
 
 static struct {
     struct opts o;
-    /* target */
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
-    char host_hdr[300];
-    char path[1024];
-    bool v4;
+    struct target tg[MAX_TARGETS];
+    uint32_t ntargets;
     uint32_t nsources;
     /* population */
     struct conn *conns;
@@ -183,7 +198,7 @@ static struct {
     uint64_t cycles, join_gaps, live_gaps, recovered, churn_timeouts;
     uint64_t behind; /* rate mode: sends that were due while the window was full */
     struct codes err_codes, close_codes;
-    struct hist lat, lat_iv, join;
+    struct hist lat, lat_iv, join, ack; /* ack: send to ack, parley mode */
     uint64_t iv_sent, iv_deliv;
     int64_t t_connect_done;
     /* server and self */
@@ -312,45 +327,55 @@ static double hist_q(const struct hist *h, double q)
 
 /* ---- server sampling from /proc ---------------------------------------------------------- */
 
-static struct srv_sample srv_sample(void)
+/* Add one process's CPU and memory to s; false if it is gone. */
+static bool srv_sample_pid(struct srv_sample *s, uint32_t i)
 {
-    struct srv_sample s = {0};
     char path[64], buf[4096];
-    if (g.o.pid <= 0)
-        return s;
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)g.o.pid);
+    pid_t pid = g.o.pid[i];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
     FILE *f = fopen(path, "r");
     if (!f)
-        return s;
+        return false;
     size_t n = fread(buf, 1, sizeof(buf) - 1, f);
     fclose(f);
     buf[n] = '\0';
     /* the command name may hold spaces and parentheses: fields start after the last ')' */
     char *p = strrchr(buf, ')');
     if (!p)
-        return s;
+        return false;
     unsigned long long ut = 0, st = 0;
     /* after ')': state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
      * utime(14) stime(15) */
     if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-        return s;
+        return false;
     double hz = (double)sysconf(_SC_CLK_TCK);
-    s.user_s = (double)ut / hz;
-    s.sys_s = (double)st / hz;
-    s.cpu_s = s.user_s + s.sys_s;
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)g.o.pid);
+    s->user_s += (double)ut / hz;
+    s->sys_s += (double)st / hz;
+    s->pid_cpu_s[i] = (double)(ut + st) / hz;
+    s->cpu_s += s->pid_cpu_s[i];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
     f = fopen(path, "r");
     if (!f)
-        return s;
+        return false;
     char line[256];
     while (fgets(line, sizeof(line), f)) {
         if (strncmp(line, "VmRSS:", 6) == 0)
-            s.rss_kib = strtol(line + 6, NULL, 10);
+            s->rss_kib += strtol(line + 6, NULL, 10);
         else if (strncmp(line, "RssAnon:", 8) == 0)
-            s.anon_kib = strtol(line + 8, NULL, 10);
+            s->anon_kib += strtol(line + 8, NULL, 10);
     }
     fclose(f);
-    s.ok = true;
+    return true;
+}
+
+/* CPU and memory of every --pid, summed: the whole server side (e.g. nodes and Redis). */
+static struct srv_sample srv_sample(void)
+{
+    struct srv_sample s = {0};
+    for (uint32_t i = 0; i < g.o.npids; i++)
+        if (!srv_sample_pid(&s, i))
+            return (struct srv_sample){0};
+    s.ok = g.o.npids > 0;
     return s;
 }
 
@@ -371,7 +396,7 @@ static bool is_loopback(const struct sockaddr_storage *ss)
     return false;
 }
 
-static void parse_url(const char *url)
+static void parse_url(struct target *t, const char *url)
 {
     if (strncmp(url, "ws://", 5) != 0)
         die("only ws:// URLs are supported: '%s'", url);
@@ -408,10 +433,10 @@ static void parse_url(const char *url)
     if (*pstart == '\0')
         pstart = "/";
     if (*pstart == '?')
-        snprintf(g.path, sizeof(g.path), "/%s", pstart);
-    else if (str_lcpy(g.path, pstart, sizeof(g.path)) >= sizeof(g.path))
+        snprintf(t->path, sizeof(t->path), "/%s", pstart);
+    else if (str_lcpy(t->path, pstart, sizeof(t->path)) >= sizeof(t->path))
         die("URL path too long");
-    snprintf(g.host_hdr, sizeof(g.host_hdr), "%.*s", (int)(pstart - (url + 5)), url + 5);
+    snprintf(t->host_hdr, sizeof(t->host_hdr), "%.*s", (int)(pstart - (url + 5)), url + 5);
 
     struct addrinfo hints = {0}, *res = NULL;
     hints.ai_socktype = SOCK_STREAM;
@@ -425,12 +450,12 @@ static void parse_url(const char *url)
     if (rc != 0 || !res)
         die("cannot resolve '%s': %s%s", host, gai_strerror(rc),
             g.o.allow_remote ? "" : " (only loopback literals without --allow-remote)");
-    memcpy(&g.addr, res->ai_addr, res->ai_addrlen);
-    g.addrlen = res->ai_addrlen;
+    memcpy(&t->addr, res->ai_addr, res->ai_addrlen);
+    t->addrlen = res->ai_addrlen;
     freeaddrinfo(res);
-    if (!is_loopback(&g.addr) && !g.o.allow_remote)
+    if (!is_loopback(&t->addr) && !g.o.allow_remote)
         die("refusing non-loopback target '%s' (use --allow-remote to override)", host);
-    g.v4 = g.addr.ss_family == AF_INET;
+    t->v4 = t->addr.ss_family == AF_INET;
 }
 
 /* ---- population -------------------------------------------------------------------------- */
@@ -678,7 +703,8 @@ static bool subst(char *out, size_t cap, const char *src, const char *user, cons
 static void conn_start(struct conn *c, int64_t now)
 {
     uint32_t idx = (uint32_t)(c - g.conns);
-    int fd = socket(g.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    const struct target *t = &g.tg[idx % g.ntargets];
+    int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         warnx_("socket: %s", strerror(errno));
         g.conn_failed++;
@@ -687,7 +713,7 @@ static void conn_start(struct conn *c, int64_t now)
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (g.nsources > 1 && g.v4) {
+    if (g.nsources > 1 && t->v4) {
         /* spread connections over 127.0.0.x so the 4-tuples never run out of ports; the
          * port is picked at connect() time thanks to IP_BIND_ADDRESS_NO_PORT */
         struct sockaddr_in src = {.sin_family = AF_INET};
@@ -712,7 +738,8 @@ static void conn_start(struct conn *c, int64_t now)
         die("epoll_ctl: %s", strerror(errno));
     g.pending++;
     c->state = CS_CONNECTING;
-    if (connect(fd, (struct sockaddr *)&g.addr, g.addrlen) < 0 && errno != EINPROGRESS) {
+    if (connect(fd, (const struct sockaddr *)&t->addr, t->addrlen) < 0 &&
+        errno != EINPROGRESS) {
         if (g.conn_failed < 5)
             warnx_("connect: %s", strerror(errno));
         conn_close(c, true);
@@ -722,14 +749,15 @@ static void conn_start(struct conn *c, int64_t now)
 static void send_upgrade(struct conn *c)
 {
     uint32_t idx = (uint32_t)(c - g.conns);
+    const struct target *t = &g.tg[idx % g.ntargets];
     char user[64], path[1400], req[2048];
     user_name(idx, user, sizeof(user));
     const char *room = c->room != NO_IDX ? g.rooms[c->room].name : "";
     /* churn joins with an explicit request (so it can pass `since`) and dm has no room */
     bool url_room = c->room != NO_IDX && g.o.scen != SC_CHURN && g.o.scen != SC_DM;
-    if (!subst(path, sizeof(path), g.path, user, room))
+    if (!subst(path, sizeof(path), t->path, user, room))
         die("URL too long");
-    if (!g.o.raw && !strstr(g.path, "{user}")) {
+    if (!g.o.raw && !strstr(t->path, "{user}")) {
         size_t l = strlen(path);
         snprintf(path + l, sizeof(path) - l, "%cuser=%s%s%s", strchr(path, '?') ? '&' : '?',
                  user, url_room ? "&room=" : "", url_room ? room : "");
@@ -738,7 +766,7 @@ static void send_upgrade(struct conn *c)
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: " WS_KEY "\r\n"
                      "Sec-WebSocket-Version: 13\r\n%s%s%s\r\n",
-                     path, g.host_hdr, g.o.subprotocol ? "Sec-WebSocket-Protocol: " : "",
+                     path, t->host_hdr, g.o.subprotocol ? "Sec-WebSocket-Protocol: " : "",
                      g.o.subprotocol ? g.o.subprotocol : "", g.o.subprotocol ? "\r\n" : "");
     if (n < 0 || (size_t)n >= sizeof(req))
         die("upgrade request too long");
@@ -1023,7 +1051,10 @@ static void on_ack(struct conn *c, const uint8_t *p, size_t n, bool error)
     struct pub *pb = &g.pubs[c->pub];
     uint64_t seq = (uint64_t)ref;
     if (seq >= pb->base && seq < pb->next_seq) {
-        pb->ring[seq % g.o.window].acked = true;
+        struct slot *s = &pb->ring[seq % g.o.window];
+        if (!error && !s->acked && g.phase >= PH_RUN)
+            hist_add(&g.ack, now_mono_ns() - s->t_send);
+        s->acked = true;
         /* an error (e.g. rate_limited) means no delivery will come: free the slot now */
         if (error) {
             pb->ring[seq % g.o.window].remaining = 0;
@@ -1431,6 +1462,7 @@ static void set_phase(enum phase ph, int64_t now)
         g.self_cpu0 = self_cpu();
         g.t_run = now;
         memset(&g.lat, 0, sizeof(g.lat));
+        memset(&g.ack, 0, sizeof(g.ack));
         memset(&g.lat_iv, 0, sizeof(g.lat_iv));
         g.iv_sent = g.iv_deliv = 0;
         double interval = g.o.rate > 0 ? (double)g.npubs / g.o.rate * 1e9 : 0;
@@ -1576,17 +1608,29 @@ static void report(void)
                ",\"expired\":%" PRIu64 ",\"behind\":%" PRIu64 ",\"errors\":%" PRIu64
                ",\"server_closes\":%" PRIu64 ",\"latency_us\":{\"p50\":%.1f,\"p90\":%.1f,"
                "\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f,\"n\":%" PRIu64 "}",
-               scen_names[o->scen], o->url, o->raw ? "raw" : "parley", g.nconns, g.ready,
+               scen_names[o->scen], o->url[0], o->raw ? "raw" : "parley", g.nconns, g.ready,
                g.conn_failed, connect_s, g.nrooms, g.npubs, o->window, o->size, o->rate, run_s,
                g.sent, g.acked, g.send_errors, g.deliveries, (double)g.deliveries / deliv_s,
                expected, loss, g.order_viol, g.late, g.expired, g.behind, g.errors,
                g.server_closes, p50 / 1e3, p90 / 1e3, p99 / 1e3, p999 / 1e3, pmax / 1e3,
                g.lat.n);
-        if (srv)
+        printf(",\"targets\":%u", g.ntargets);
+        if (g.ack.n)
+            printf(",\"ack_us\":{\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,\"p999\":%.1f,"
+                   "\"max\":%.1f,\"n\":%" PRIu64 "}",
+                   hist_q(&g.ack, 0.5) / 1e3, hist_q(&g.ack, 0.9) / 1e3,
+                   hist_q(&g.ack, 0.99) / 1e3, hist_q(&g.ack, 0.999) / 1e3,
+                   (double)g.ack.max / 1e3, g.ack.n);
+        if (srv) {
             printf(",\"server\":{\"pid\":%d,\"cpu_s\":%.3f,\"user_s\":%.3f,\"sys_s\":%.3f,"
                    "\"deliveries_per_cpu_s\":%.1f,\"rss_kib\":%ld,\"rss_per_conn_bytes\":%.1f,"
-                   "\"anon_per_conn_bytes\":%.1f}",
-                   (int)o->pid, scpu, ucpu, kcpu, per_cpu, g.srv1.rss_kib, rss_per, anon_per);
+                   "\"anon_per_conn_bytes\":%.1f,\"pids\":[",
+                   (int)o->pid[0], scpu, ucpu, kcpu, per_cpu, g.srv1.rss_kib, rss_per, anon_per);
+            for (uint32_t i = 0; i < o->npids; i++)
+                printf("%s{\"pid\":%d,\"cpu_s\":%.3f}", i ? "," : "", (int)o->pid[i],
+                       g.srv1.pid_cpu_s[i] - g.srv0.pid_cpu_s[i]);
+            printf("]}");
+        }
         if (o->scen == SC_CHURN)
             printf(",\"churn\":{\"cycles\":%" PRIu64 ",\"cycles_per_s\":%.1f,\"join_gaps\":%"
                    PRIu64 ",\"live_gaps\":%" PRIu64 ",\"recovered\":%" PRIu64
@@ -1608,7 +1652,8 @@ static void report(void)
     }
     if (g.tty)
         printf("\r\033[K");
-    printf("loadgen %s  %s  (%s)\n", scen_names[o->scen], o->url, o->raw ? "raw" : "parley");
+    printf("loadgen %s  %s%s  (%s)\n", scen_names[o->scen], o->url[0],
+           g.ntargets > 1 ? " and more" : "", o->raw ? "raw" : "parley");
     printf("  connections  %u ready of %u (%" PRIu64 " failed, %" PRIu64 " timed out) in %.2f s,"
            " %u rooms, %u publishers\n",
            g.ready, g.nconns, g.conn_failed, g.conn_timeouts, connect_s, g.nrooms, g.npubs);
@@ -1626,6 +1671,12 @@ static void report(void)
         printf("  order violations %" PRIu64 "\n", g.order_viol);
         printf("  latency      p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  p99.9 %.3f ms  max %.3f ms\n",
                p50 / 1e6, p90 / 1e6, p99 / 1e6, p999 / 1e6, pmax / 1e6);
+        if (g.ack.n)
+            printf("  acks         p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  p99.9 %.3f ms  "
+                   "max %.3f ms\n",
+                   hist_q(&g.ack, 0.5) / 1e6, hist_q(&g.ack, 0.9) / 1e6,
+                   hist_q(&g.ack, 0.99) / 1e6, hist_q(&g.ack, 0.999) / 1e6,
+                   (double)g.ack.max / 1e6);
         if (g.expired || g.late || g.behind)
             printf("  window       %" PRIu64 " expired, %" PRIu64 " late, %" PRIu64
                    " sends > 5 ms behind schedule\n", g.expired, g.late, g.behind);
@@ -1638,11 +1689,14 @@ static void report(void)
                hist_q(&g.join, 0.99) / 1e6, g.recovered, g.join_gaps, g.live_gaps,
                g.churn_timeouts);
     if (srv) {
-        printf("  server       pid %d: cpu %.3f s (user %.3f, sys %.3f)", (int)o->pid, scpu,
-               ucpu, kcpu);
+        printf("  server       pid %d%s: cpu %.3f s (user %.3f, sys %.3f)", (int)o->pid[0],
+               o->npids > 1 ? " and the rest" : "", scpu, ucpu, kcpu);
         if (o->scen != SC_IDLE)
             printf(", %.0f deliveries per cpu-second", per_cpu);
         printf(", rss %.1f MiB\n", g.srv1.rss_kib / 1024.0);
+        for (uint32_t i = 0; o->npids > 1 && i < o->npids; i++)
+            printf("    pid %d: cpu %.3f s\n", (int)o->pid[i],
+                   g.srv1.pid_cpu_s[i] - g.srv0.pid_cpu_s[i]);
         if (o->scen == SC_IDLE)
             printf("  idle memory  %.0f B rss per connection (%.0f B anonymous)\n", rss_per,
                    anon_per);
@@ -1672,7 +1726,8 @@ static void usage(FILE *f)
 "Usage: loadgen SCENARIO [OPTIONS]\n"
 "Scenarios: fanout, rooms, churn, idle, dm (see tools/bench/README.md)\n\n"
 "  --url URL              ws://HOST:PORT/PATH; {user} and {room} are substituted\n"
-"                         (default ws://127.0.0.1:8080/ws)\n"
+"                         (default ws://127.0.0.1:8080/ws); given up to 8 times\n"
+"                         (a cluster's nodes), connection i uses URL i mod count\n"
 "  --raw                  no parley protocol: each text frame is the message\n"
 "  --subprotocol NAME     Sec-WebSocket-Protocol to ask for (e.g. lws-mirror-protocol)\n"
 "  --connections N        subscribers (fanout), connections (rooms, idle, dm), churners\n"
@@ -1685,7 +1740,8 @@ static void usage(FILE *f)
 "                         delivered to every member (and acked) (default 32)\n"
 "  --duration S           seconds of publishing (default 10, at most 3600)\n"
 "  --max-messages N       stop after N messages in total\n"
-"  --pid PID              server process: CPU seconds and RSS from /proc\n"
+"  --pid PID              server process: CPU seconds and RSS from /proc; up to 8\n"
+"                         times (e.g. every node and Redis): the figures are summed\n"
 "  --json                 print the summary as one JSON object\n"
 "  --csv FILE             one row per second (throughput, latency, server CPU)\n"
 "  --sources N            spread connections over 127.0.0.1..N (default: 1 per 500)\n"
@@ -1723,7 +1779,7 @@ static void parse_opts(int argc, char **argv)
 {
     static char prefix[32];
     struct opts *o = &g.o;
-    *o = (struct opts){.url = "ws://127.0.0.1:8080/ws", .conns = 100, .pubs = 1,
+    *o = (struct opts){.conns = 100, .pubs = 1,
                        .members = 0, .window = 32, .size = 100, .duration = 10,
                        .concurrency = 200, .settle_ms = 500, .drain_ms = 3000,
                        .connect_timeout_ms = 30000, .inflight_timeout_ms = 2000,
@@ -1764,7 +1820,11 @@ static void parse_opts(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
         switch (c) {
-        case O_URL: o->url = optarg; break;
+        case O_URL:
+            if (o->nurls == MAX_TARGETS)
+                die("--url at most %d times", MAX_TARGETS);
+            o->url[o->nurls++] = optarg;
+            break;
         case O_RAW: o->raw = true; break;
         case O_SUB: o->subprotocol = optarg; break;
         case O_CONNS: o->conns = (uint32_t)num_opt("connections", optarg, 1, MAX_CONNS); break;
@@ -1778,7 +1838,11 @@ static void parse_opts(int argc, char **argv)
         case O_WINDOW: o->window = (uint32_t)num_opt("window", optarg, 1, MAX_WINDOW); break;
         case O_DUR: o->duration = dbl_opt("duration", optarg, 0, MAX_DURATION_S); break;
         case O_MAXMSG: o->max_messages = num_opt("max-messages", optarg, 1, UINT64_MAX); break;
-        case O_PID: o->pid = (pid_t)num_opt("pid", optarg, 1, INT_MAX); break;
+        case O_PID:
+            if (o->npids == MAX_PIDS)
+                die("--pid at most %d times", MAX_PIDS);
+            o->pid[o->npids++] = (pid_t)num_opt("pid", optarg, 1, INT_MAX);
+            break;
         case O_JSON: o->json = true; break;
         case O_CSV: o->csv = optarg; break;
         case O_SOURCES: o->sources = (uint32_t)num_opt("sources", optarg, 1, 254); break;
@@ -1817,6 +1881,8 @@ static void parse_opts(int argc, char **argv)
         }
     if (!found)
         die("unknown scenario '%s' (fanout, rooms, churn, idle, dm)", s);
+    if (!o->nurls)
+        o->url[o->nurls++] = "ws://127.0.0.1:8080/ws";
     if (!members_set)
         o->members = o->scen == SC_ROOMS ? 5 : o->scen == SC_CHURN ? 10 : 0;
     if (o->scen == SC_DM)
@@ -1869,7 +1935,9 @@ int main(int argc, char **argv)
 {
     parse_opts(argc, argv);
     g.tty = isatty(STDOUT_FILENO);
-    parse_url(g.o.url);
+    g.ntargets = g.o.nurls;
+    for (uint32_t i = 0; i < g.ntargets; i++)
+        parse_url(&g.tg[i], g.o.url[i]);
     build_population();
     raise_nofile(g.nconns);
     /* servers cap connections per address (parley: --max-connections-per-ip) and each
@@ -1877,9 +1945,14 @@ int main(int argc, char **argv)
     g.nsources = g.o.sources ? g.o.sources : g.nconns / 500 + 1;
     if (g.nsources > 254)
         g.nsources = 254;
-    if (!g.o.sources && !is_loopback(&g.addr))
+    bool all_v4 = true, all_lo = true;
+    for (uint32_t i = 0; i < g.ntargets; i++) {
+        all_v4 = all_v4 && g.tg[i].v4;
+        all_lo = all_lo && is_loopback(&g.tg[i].addr);
+    }
+    if (!g.o.sources && !all_lo)
         g.nsources = 1;
-    if (g.nsources > 1 && !g.v4) {
+    if (g.nsources > 1 && !all_v4) {
         warnx_("--sources needs an IPv4 target; using one source");
         g.nsources = 1;
     }
