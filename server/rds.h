@@ -40,6 +40,16 @@ struct rds_opts {
     int connect_timeout_ms; /* default 2000 */
     int reconnect_base_ms;  /* backoff.h, equal jitter; default 100 */
     int reconnect_max_ms;   /* default 5000 */
+    /* A shard that leaves a command (or the heartbeat PING rds sends on an
+     * idle command connection every second) unanswered this long is taken
+     * as lost: a stopped or wedged Redis keeps its TCP connections open, so
+     * only a deadline notices it. Pending commands then fail (NULL), the
+     * shard goes down and reconnects. Default 3000. */
+    int reply_timeout_ms;
+    /* Commands queued or awaiting a reply on one shard before rds_cmd and
+     * rds_eval refuse more (-ENOBUFS): bounds memory while a Redis is
+     * stalled. Default 65536. */
+    size_t max_pending;
     /* A published message arrived on a channel this node subscribed to
      * (shard: where). Strings are valid during the call only. */
     void (*on_message)(void *arg, size_t shard, const char *channel, size_t chlen,
@@ -63,6 +73,10 @@ void rds_close(rds_t *r);
 size_t rds_nshards(const rds_t *r);
 /* The shard of a name (a room name; what hashes is the whole string). */
 size_t rds_shard(const rds_t *r, const char *name, size_t len);
+/* rds_shard for a URL list without connecting (tests pin placements with
+ * it; an operator tool can say where a room lives): the shard index, or
+ * -EINVAL for a bad list. Thread: any. */
+int rds_ring_lookup(const char *urls, const char *name, size_t len);
 /* The shard's URL as given, for logs. */
 const char *rds_shard_url(const rds_t *r, size_t shard);
 /* Is the shard connected (both connections)? Thread: any. */
@@ -78,7 +92,8 @@ typedef void rds_cb(void *arg, const struct redisReply *reply);
  * Commands on one shard run in the order queued. A shard that is down
  * fails the command at once (cb with NULL, on the rds thread). Returns 0,
  * or -ESHUTDOWN after rds_close began, -EINVAL on bad arguments (cb not
- * called then). */
+ * called then), -ENOBUFS when max_pending commands of the shard are
+ * already waiting (cb not called). Thread: any. */
 int rds_cmd(rds_t *r, size_t shard, int argc, const char *const *argv, const size_t *lens,
             rds_cb *cb, void *arg);
 
@@ -87,6 +102,7 @@ int rds_cmd(rds_t *r, size_t shard, int argc, const char *const *argv, const siz
  * loads the script and runs it again, transparently. argv holds the
  * keys (nkeys of them) then the arguments. */
 int rds_script(rds_t *r, const char *lua); /* script id >= 0, or -errno */
+/* Returns like rds_cmd (and -EINVAL for an unknown script). Thread: any. */
 int rds_eval(rds_t *r, size_t shard, int script, int nkeys, int argc, const char *const *argv,
              const size_t *lens, rds_cb *cb, void *arg);
 
@@ -96,7 +112,12 @@ int rds_eval(rds_t *r, size_t shard, int script, int nkeys, int argc, const char
  * subscription is confirmed (reply non-NULL) or failed (NULL); messages
  * published after a confirmed subscription reach on_message. Subscribing
  * twice to one channel or unsubscribing one that is not subscribed is the
- * caller's bug (-EALREADY / -ENOENT). */
+ * caller's bug (-EALREADY / -ENOENT). On a shard that is down (or goes
+ * down before the confirmation) cb gets NULL but the channel stays
+ * remembered: it is subscribed again with the others before on_state(up).
+ * Unsubscribing before the confirmation also gives cb NULL. A channel is
+ * 1..RDS_CHANNEL_MAX bytes without NUL (-EINVAL otherwise). Thread: any. */
+#define RDS_CHANNEL_MAX 1024
 int rds_subscribe(rds_t *r, size_t shard, const char *channel, size_t len, rds_cb *cb,
                   void *arg);
 int rds_unsubscribe(rds_t *r, size_t shard, const char *channel, size_t len);
@@ -110,7 +131,10 @@ struct rds_stats {
     size_t subscriptions;   /* channels subscribed now */
     double rtt_seconds_sum; /* command round trips, queued to reply */
     uint64_t rtt_count;
+    uint64_t timeouts;     /* shards dropped for an unanswered command */
+    uint64_t script_loads; /* EVAL after NOSCRIPT */
 };
+/* Thread: any. */
 void rds_stats(rds_t *r, struct rds_stats *out);
 
 #endif

@@ -3,7 +3,7 @@
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD_PKGS="libwebsockets-dev libwebsockets-evlib-ev libev-dev libssl-dev libjansson-dev libsqlite3-dev libcurl4-openssl-dev
-libcriterion-dev meson ninja-build pkg-config gcc"
+libcriterion-dev libhiredis-dev redis-server meson ninja-build pkg-config gcc"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
