@@ -478,24 +478,34 @@ static void on_reply(void *arg, const struct redisReply *r)
 
 /* ---- issuing ---- */
 
-/* Queue script sc on shard with o as its completion; argv holds the keys
- * then the arguments. Counts o in flight; on a refusal (cb not called) frees
- * o and returns the error. */
-static int issue(cdir_t *c, struct op *o, int sc, int nkeys, int argc, const char *const *argv)
+/* {lock}. Queue script sc on shard with o as its completion; argv holds the
+ * keys then the arguments. Counts o in flight; on a refusal (cb not called)
+ * frees o and returns the error. rds_eval only queues (its callbacks run on
+ * the rds thread, outside its lock), so calling it under c->lock is safe and
+ * keeps a node's steps in the order of its calls. */
+static int issue_locked(cdir_t *c, struct op *o, int sc, int nkeys, int argc,
+                        const char *const *argv)
 {
     size_t lens[16];
     int rc;
 
     for (int i = 0; i < argc; i++)
         lens[i] = strlen(argv[i]);
-    pthread_mutex_lock(&c->lock);
     c->inflight++;
-    pthread_mutex_unlock(&c->lock);
     rc = rds_eval(c->rds, o->shard, c->sc[sc], nkeys, argc, argv, lens, on_reply, o);
     if (rc < 0) {
         free(o);
-        op_end(c, true);
+        c->inflight--;
+        c->st.script_failures++;
     }
+    return rc;
+}
+
+static int issue(cdir_t *c, struct op *o, int sc, int nkeys, int argc, const char *const *argv)
+{
+    pthread_mutex_lock(&c->lock);
+    int rc = issue_locked(c, o, sc, nkeys, argc, argv);
+    pthread_mutex_unlock(&c->lock);
     return rc;
 }
 
@@ -527,10 +537,10 @@ static int pair_script_locked(cdir_t *c, const char *room, const char *user, boo
         const char *dm = strncmp(room, "dm:", 3) == 0 ? "1" : "0";
         const char *argv[] = {who, rp, old, "cdir:rooms", "cdir:nodes", room, user, c->id,
                               chan, dm};
-        return issue(c, op_new(c, OP_JOIN, shard), SC_JOIN, 5, 10, argv);
+        return issue_locked(c, op_new(c, OP_JOIN, shard), SC_JOIN, 5, 10, argv);
     }
     const char *argv[] = {who, rp, old, "cdir:rooms", room, user, chan};
-    return issue(c, op_new(c, OP_LEAVE, shard), SC_LEAVE, 4, 7, argv);
+    return issue_locked(c, op_new(c, OP_LEAVE, shard), SC_LEAVE, 4, 7, argv);
 }
 
 /* {lock}: issue the add script for name. */
@@ -548,7 +558,7 @@ static int user_add_locked(cdir_t *c, const char *name, bool exclusive, uintptr_
     o->gen = gen;
     snprintf(o->name, sizeof(o->name), "%s", name);
     const char *argv[] = {u, nm, old, "cdir:nodes", c->id, exclusive ? "1" : "0", name};
-    return issue(c, o, SC_UADD, 4, 7, argv);
+    return issue_locked(c, o, SC_UADD, 4, 7, argv);
 }
 
 static void pair_key(char *out, size_t sz, const char *room, const char *user)
@@ -665,7 +675,7 @@ int cdir_user_del(cdir_t *c, const char *name)
     const char *argv[] = {u, nm, old, c->id, name};
     pthread_mutex_lock(&c->lock);
     strmap_del(c->names, name);
-    rc = issue(c, op_new(c, OP_UDEL, shard_of(c, name)), SC_UDEL, 3, 5, argv);
+    rc = issue_locked(c, op_new(c, OP_UDEL, shard_of(c, name)), SC_UDEL, 3, 5, argv);
     pthread_mutex_unlock(&c->lock);
     return rc;
 }
@@ -706,7 +716,7 @@ static int heartbeat_locked(cdir_t *c, size_t s)
     snprintf(ttl, sizeof(ttl), "%d", c->ttl_ms);
     const char *argv[] = {key, "cdir:nodes", c->id, ttl};
     c->sh[s].hb_busy = true;
-    int rc = issue(c, op_new(c, OP_HEARTBEAT, s), SC_HEARTBEAT, 2, 4, argv);
+    int rc = issue_locked(c, op_new(c, OP_HEARTBEAT, s), SC_HEARTBEAT, 2, 4, argv);
     if (rc < 0)
         c->sh[s].hb_busy = false;
     return rc;
@@ -719,7 +729,7 @@ static void scan_locked(cdir_t *c, size_t s)
     snprintf(budget, sizeof(budget), "%d", CDIR_CLEAN_BUDGET);
     const char *argv[] = {"cdir:nodes", "cdir:rooms", c->id, budget};
     c->sh[s].scan_busy = true;
-    if (issue(c, op_new(c, OP_SCAN, s), SC_SCAN, 2, 4, argv) < 0)
+    if (issue_locked(c, op_new(c, OP_SCAN, s), SC_SCAN, 2, 4, argv) < 0)
         c->sh[s].scan_busy = false;
 }
 
@@ -731,7 +741,7 @@ static int self_clean_locked(cdir_t *c, size_t s, bool merge, bool bye)
     const char *argv[] = {"cdir:nodes", "cdir:rooms", c->id, budget, merge ? "1" : "0",
                           bye ? "1" : "0"};
     c->sh[s].self_busy = true;
-    int rc = issue(c, op_new(c, bye ? OP_BYE : OP_SELF, s), SC_SELF, 2, 6, argv);
+    int rc = issue_locked(c, op_new(c, bye ? OP_BYE : OP_SELF, s), SC_SELF, 2, 6, argv);
     if (rc < 0)
         c->sh[s].self_busy = false;
     return rc;
