@@ -239,6 +239,8 @@ struct shard_state {
     bool hb_busy;     /* a heartbeat is in flight */
     bool replay;      /* the heartbeat found our key gone: re-announce */
     bool self_more;   /* the start-up cleanup has more to remove */
+    int64_t self_at;  /* ... from then on (monotonic ms) */
+    bool hb_ok;       /* a heartbeat has succeeded (the key is ours to miss) */
     bool self_busy;   /* a cleanup of our own records is in flight */
     int bye;          /* goodbye: 0 running, 1 done, -1 failed */
     size_t alive;     /* nodes alive at its latest scan */
@@ -412,9 +414,13 @@ static void on_reply(void *arg, const struct redisReply *r)
     case OP_HEARTBEAT:
         pthread_mutex_lock(&c->lock);
         s->hb_busy = false;
-        if (ok && r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
-            s->replay = true;
-            pthread_cond_broadcast(&c->cond);
+        if (ok && r->type == REDIS_REPLY_INTEGER) {
+            /* the first one always finds the key missing */
+            if (r->integer == 0 && s->hb_ok) {
+                s->replay = true;
+                pthread_cond_broadcast(&c->cond);
+            }
+            s->hb_ok = true;
         }
         pthread_mutex_unlock(&c->lock);
         break;
@@ -733,11 +739,11 @@ static void scan_locked(cdir_t *c, size_t s)
         c->sh[s].scan_busy = false;
 }
 
-static int self_clean_locked(cdir_t *c, size_t s, bool merge, bool bye)
+static int self_clean_locked(cdir_t *c, size_t s, int n, bool merge, bool bye)
 {
     char budget[16];
 
-    snprintf(budget, sizeof(budget), "%d", CDIR_CLEAN_BUDGET);
+    snprintf(budget, sizeof(budget), "%d", n);
     const char *argv[] = {"cdir:nodes", "cdir:rooms", c->id, budget, merge ? "1" : "0",
                           bye ? "1" : "0"};
     c->sh[s].self_busy = true;
@@ -842,9 +848,11 @@ static void *cdir_main(void *arg)
                 sh->replay = false;
                 replay_locked(c, s);
             }
-            if (sh->self_more && !sh->self_busy) {
+            if (sh->self_more && !sh->self_busy && now >= sh->self_at) {
                 sh->self_more = false;
-                self_clean_locked(c, s, false, false);
+                self_clean_locked(c, s, CDIR_CLEAN_BUDGET, false, false);
+            } else if (sh->self_more && sh->self_at < wake) {
+                wake = sh->self_at;
             }
             if (now >= sh->scan_at && !sh->scan_busy) {
                 scan_locked(c, s);
@@ -924,11 +932,15 @@ int cdir_start(cdir_t *c)
     int rc;
 
     /* Queued before any join can be: the previous run's records move aside
-     * (merge) in the first step, so what this run adds is never taken for
-     * them; then the first heartbeat. */
+     * (merge, removing nothing yet), so what this run adds is never taken
+     * for them; then the first heartbeat. They are removed one ttl later,
+     * like a dead node's: a user who reconnects meanwhile moves their entry
+     * back (the join script's SMOVE), so a quick restart makes no
+     * leave-and-join flap. */
     pthread_mutex_lock(&c->lock);
     for (size_t s = 0; s < c->nshards; s++) {
-        self_clean_locked(c, s, true, false);
+        self_clean_locked(c, s, 0, true, false);
+        c->sh[s].self_at = now + c->ttl_ms;
         heartbeat_locked(c, s);
         c->sh[s].scan_at = now + scan_interval();
     }
@@ -990,7 +1002,7 @@ static void goodbye_locked(cdir_t *c, int64_t deadline)
         for (size_t s = 0; s < c->nshards; s++) {
             if (c->sh[s].bye != 0 || c->sh[s].self_busy)
                 continue;
-            if (self_clean_locked(c, s, first, true) < 0)
+            if (self_clean_locked(c, s, CDIR_CLEAN_BUDGET, first, true) < 0)
                 c->sh[s].bye = -1;
             else
                 open++;

@@ -322,6 +322,16 @@ static void who(cdir_t *c, const char *room, struct waiter *w)
     cr_assert(w->ok);
 }
 
+/* A node's steps on one shard run in order on its connection, and nodes
+ * have connections of their own: a who() through node c returns after
+ * every step c queued before it on room's shard. */
+static void fence(cdir_t *c, const char *room)
+{
+    struct waiter w;
+
+    who(c, room, &w);
+}
+
 static const struct cdir_room *find_room(const struct waiter *w, const char *name)
 {
     for (size_t i = 0; i < w->n; i++)
@@ -358,6 +368,20 @@ static bool online(cdir_t *c, const char *name)
     waiter_wait(&w);
     cr_assert(w.ok);
     return w.online;
+}
+
+/* Poll online(name) until it is want (another node's steps reach Redis on
+ * that node's connection: no order with ours). */
+static bool online_until(cdir_t *c, const char *name, bool want, int ms)
+{
+    int64_t end = now_mono_ms() + ms;
+
+    while (online(c, name) != want)
+        if (now_mono_ms() > end)
+            return false;
+        else
+            usleep(20000);
+    return true;
 }
 
 /* Poll who(room) until it has (want) or lacks (!want) user. */
@@ -415,6 +439,7 @@ Test(cdir, presence_counts_nodes_and_publishes_once, .init = one_shard, .fini = 
     cr_assert(rec_wait("r:{lobby} p+ann", 1, WAIT_MS));
     cr_assert_eq(cdir_room_join(b.c, "lobby", "ann"), 0); /* ann on a second node */
     cr_assert_eq(cdir_room_join(b.c, "lobby", "ann"), 0); /* said twice: still one */
+    fence(b.c, "lobby");
     cr_assert_eq(cdir_room_leave(a.c, "lobby", "ann"), 0);
     who(a.c, "lobby", &w);
     cr_assert_eq(w.n, 1);
@@ -447,6 +472,8 @@ Test(cdir, who_and_rooms_are_cluster_wide, .init = one_shard, .fini = one_shard_
     cdir_room_join(a.c, "gone", "ann");
     cdir_room_leave(a.c, "gone", "ann");
     freeReplyObject(redisCommand(k, "SET r:{lobby}:seq 42"));
+    fence(a.c, "lobby");
+    fence(b.c, "lobby");
 
     who(b.c, "lobby", &w);
     cr_assert_eq(w.n, 2);
@@ -484,16 +511,14 @@ Test(cdir, exclusive_names_and_online, .init = one_shard, .fini = one_shard_stop
     cr_assert_eq(cdir_user_del(a.c, "ann"), 0);
     cr_assert(online(a.c, "ann"), "still on B");
     cr_assert_eq(cdir_user_del(b.c, "ann"), 0);
-    cr_assert_not(online(a.c, "ann"));
+    cr_assert_not(online(b.c, "ann"));
+    cr_assert(online_until(a.c, "ann", false, WAIT_MS));
     cr_assert(add_user(b.c, "ann", true));
 
     /* a dead node's names do not count, even before its cleanup */
     cr_assert(add_user(a.c, "dora", true));
     node_kill(&a);
-    int64_t end = now_mono_ms() + DEAD_BOUND_MS;
-    while (online(b.c, "dora") && now_mono_ms() < end)
-        usleep(50000);
-    cr_assert_not(online(b.c, "dora"));
+    cr_assert(online_until(b.c, "dora", false, DEAD_BOUND_MS));
     cr_assert(add_user(b.c, "dora", true));
     node_down(&b);
 }
@@ -513,6 +538,7 @@ Test(cdir, dead_node_cleaned_up_once, .init = one_shard, .fini = one_shard_stop)
     cdir_room_join(a.c, "lobby", "dora");
     cdir_room_join(a.c, "dev", "dora");
     cdir_room_join(b.c, "lobby", "ann");
+    fence(b.c, "lobby");
     cr_assert(add_user(a.c, "dora", false));
     cr_assert(rec_wait("r:{dev} p+dora", 1, WAIT_MS));
 
@@ -535,6 +561,11 @@ Test(cdir, dead_node_cleaned_up_once, .init = one_shard, .fini = one_shard_stop)
     cdir_stats(c.c, &sc);
     cr_assert_eq(sb.cleanups + sc.cleanups, 1, "cleaned up by exactly one survivor");
     cr_assert_eq(sb.leaves_announced + sc.leaves_announced, 2);
+    int64_t end = now_mono_ms() + WAIT_MS;
+    while (sb.nodes_alive != 2 && now_mono_ms() < end) { /* B's latest scan may predate */
+        usleep(50000);
+        cdir_stats(b.c, &sb);
+    }
     cr_assert_eq(sb.nodes_alive, 2);
     cr_assert_eq(sb.script_failures + sc.script_failures, 0);
     /* nothing of A is left */
@@ -550,8 +581,8 @@ Test(cdir, dead_node_cleaned_up_once, .init = one_shard, .fini = one_shard_stop)
 }
 
 /* A node stops without goodbye and starts again with the same id: what the
- * previous run left is removed (its leaves announced), what the new run
- * adds stays. */
+ * previous run left is removed one ttl later (its leaves announced), what
+ * the new run adds stays, and a user back by then makes no flap. */
 Test(cdir, restart_with_same_id_cleans_the_previous_run, .init = one_shard,
      .fini = one_shard_stop)
 {
@@ -568,7 +599,9 @@ Test(cdir, restart_with_same_id_cleans_the_previous_run, .init = one_shard,
 
     a = node_up(s1.url, "A"); /* at once: the old heartbeat has not expired */
     cdir_room_join(a.c, "lobby", "ann"); /* ann reconnected, bob did not */
+    int64_t t0 = now_mono_ms();
     cr_assert(rec_wait("r:{lobby} p-bob", 1, WAIT_MS));
+    cr_assert_geq(now_mono_ms() - t0, TTL_MS / 2, "cleaned up at once");
     quiet();
     who(a.c, "lobby", &w);
     cr_assert_eq(w.n, 1);
@@ -593,6 +626,7 @@ Test(cdir, goodbye_announces_leaves_and_leaves_nothing, .init = one_shard,
     cdir_room_join(a.c, "lobby", "ann");
     cdir_room_join(a.c, "lobby", "bob");
     cdir_room_join(b.c, "lobby", "bob");
+    fence(b.c, "lobby");
     cr_assert(add_user(a.c, "ann", true));
     int64_t t0 = now_mono_ms();
     node_down(&a);
@@ -662,6 +696,8 @@ Test(cdir, two_shards, .init = two_shards, .fini = two_shards_stop)
     cdir_room_join(a.c, r0, "ann");
     cdir_room_join(a.c, r1, "ann");
     cdir_room_join(b.c, r1, "bob");
+    fence(a.c, r0);
+    fence(a.c, r1);
     rooms(b.c, &w);
     cr_assert_eq(w.n, 2);
     cr_assert_eq(find_room(&w, r0)->members, 1);
