@@ -721,12 +721,28 @@ Test(cdir, two_shards, .init = two_shards, .fini = two_shards_stop)
     rds_close(obs);
 }
 
-Test(cdir, bad_arguments)
+Test(cdir, bad_arguments, .init = one_shard, .fini = one_shard_stop)
 {
     char err[256], big[CDIR_NAME_MAX + 2];
+    rds_t *r = open_rds(s1.url, false);
+    struct node a;
 
     cr_assert_null(cdir_new(NULL, "A", 0, err, sizeof(err)));
+    cr_assert_null(cdir_new(r, "", 0, err, sizeof(err)));
+    cr_assert_null(cdir_new(r, "a{b}", 0, err, sizeof(err)), "a hash tag in the id");
+    cr_assert_null(cdir_new(r, "A", 100, err, sizeof(err)), "ttl under 300 ms");
+    rds_close(r);
+
+    a = node_up(s1.url, "A");
     memset(big, 'x', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
-    (void)big;
+    cr_assert_eq(cdir_room_join(a.c, big, "ann"), -EINVAL);
+    cr_assert_eq(cdir_room_join(a.c, "lobby", "a\nb"), -EINVAL);
+    cr_assert_eq(cdir_room_leave(a.c, "lobby", ""), -EINVAL);
+    cr_assert_eq(cdir_user_add(a.c, big, false, NULL, NULL), -EINVAL);
+    cr_assert_eq(cdir_who(a.c, "lobby", NULL, NULL), -EINVAL);
+    big[CDIR_NAME_MAX] = '\0'; /* the longest name works */
+    cr_assert_eq(cdir_room_join(a.c, big, "ann"), 0);
+    fence(a.c, big);
+    node_down(&a);
 }
