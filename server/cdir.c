@@ -100,25 +100,22 @@ static const char lua_join[] =
 /* KEYS: who, rp, rp.old, index. ARGV: room, user, channel. Returns 1 if the
  * user became absent cluster-wide. */
 static const char lua_leave[] =
-    LUA_DROP
-    "local pair = ARGV[1] .. '\\n' .. ARGV[2]\n"
-    "if redis.call('SREM', KEYS[2], pair) + redis.call('SREM', KEYS[3], pair) == 0 then\n"
-    "  return 0\n"
-    "end\n"
-    "return drop(KEYS[1], ARGV[3], KEYS[4], ARGV[1], ARGV[2])\n";
+    LUA_DROP "local pair = ARGV[1] .. '\\n' .. ARGV[2]\n"
+             "if redis.call('SREM', KEYS[2], pair) + redis.call('SREM', KEYS[3], pair) == 0 then\n"
+             "  return 0\n"
+             "end\n"
+             "return drop(KEYS[1], ARGV[3], KEYS[4], ARGV[1], ARGV[2])\n";
 
 /* KEYS: node:<id>, nodes. ARGV: id, ttl ms. Returns 1 if the key was still
  * there (0: expired or lost, so the records may have been cleaned up). */
-static const char lua_heartbeat[] =
-    "local had = redis.call('EXISTS', KEYS[1])\n"
-    "redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])\n"
-    "redis.call('SADD', KEYS[2], ARGV[1])\n"
-    "return had\n";
+static const char lua_heartbeat[] = "local had = redis.call('EXISTS', KEYS[1])\n"
+                                    "redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])\n"
+                                    "redis.call('SADD', KEYS[2], ARGV[1])\n"
+                                    "return had\n";
 
 /* KEYS: nodes, index. ARGV: own id, budget. Cleans up the nodes whose key
  * expired. Returns {alive, nodes finished, leaves announced, more}. */
-static const char lua_scan[] =
-    LUA_DROP LUA_CLEAN
+static const char lua_scan[] = LUA_DROP LUA_CLEAN
     "local budget, alive, cleaned, announced, more = tonumber(ARGV[2]), 0, 0, 0, 0\n"
     "for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
     "  if id == ARGV[1] or redis.call('EXISTS', 'node:' .. id) == 1 then\n"
@@ -142,8 +139,7 @@ static const char lua_scan[] =
  * records: at start what a previous run left, at goodbye everything (then
  * the heartbeat key and the node's place in nodes go too). Returns {done,
  * leaves announced}. */
-static const char lua_self[] =
-    LUA_DROP LUA_CLEAN
+static const char lua_self[] = LUA_DROP LUA_CLEAN
     "local id = ARGV[1]\n"
     "local a, b, done = clean(id, tonumber(ARGV[2]), ARGV[3] == '1')\n"
     "if done and ARGV[4] == '1' then\n"
@@ -214,36 +210,46 @@ static const char lua_user_del[] = "redis.call('HDEL', KEYS[1], ARGV[1])\n"
                                    "return 0\n";
 
 /* KEYS: u:{name}. Returns 1 if a node holding the name is alive. */
-static const char lua_online[] =
-    "for _, n in ipairs(redis.call('HKEYS', KEYS[1])) do\n"
-    "  if redis.call('EXISTS', 'node:' .. n) == 1 then return 1 end\n"
-    "end\n"
-    "return 0\n";
+static const char lua_online[] = "for _, n in ipairs(redis.call('HKEYS', KEYS[1])) do\n"
+                                 "  if redis.call('EXISTS', 'node:' .. n) == 1 then return 1 end\n"
+                                 "end\n"
+                                 "return 0\n";
 
 /* ---- state ---- */
 
-enum { SC_JOIN, SC_LEAVE, SC_HEARTBEAT, SC_SCAN, SC_SELF, SC_WHO, SC_ROOMS, SC_UADD, SC_UDEL,
-       SC_ONLINE, SC_N };
+enum {
+    SC_JOIN,
+    SC_LEAVE,
+    SC_HEARTBEAT,
+    SC_SCAN,
+    SC_SELF,
+    SC_WHO,
+    SC_ROOMS,
+    SC_UADD,
+    SC_UDEL,
+    SC_ONLINE,
+    SC_N
+};
 
 static const char *const script_src[SC_N] = {
-    [SC_JOIN] = lua_join,     [SC_LEAVE] = lua_leave, [SC_HEARTBEAT] = lua_heartbeat,
-    [SC_SCAN] = lua_scan,     [SC_SELF] = lua_self,   [SC_WHO] = lua_who,
+    [SC_JOIN] = lua_join,     [SC_LEAVE] = lua_leave,   [SC_HEARTBEAT] = lua_heartbeat,
+    [SC_SCAN] = lua_scan,     [SC_SELF] = lua_self,     [SC_WHO] = lua_who,
     [SC_ROOMS] = lua_rooms,   [SC_UADD] = lua_user_add, [SC_UDEL] = lua_user_del,
     [SC_ONLINE] = lua_online,
 };
 
 /* What the timer thread owes one shard. All {lock}. */
 struct shard_state {
-    int64_t scan_at;  /* next scan (monotonic ms) */
-    bool scan_busy;   /* a scan is in flight */
-    bool hb_busy;     /* a heartbeat is in flight */
-    bool replay;      /* the heartbeat found our key gone: re-announce */
-    bool self_more;   /* the start-up cleanup has more to remove */
-    int64_t self_at;  /* ... from then on (monotonic ms) */
-    bool hb_ok;       /* a heartbeat has succeeded (the key is ours to miss) */
-    bool self_busy;   /* a cleanup of our own records is in flight */
-    int bye;          /* goodbye: 0 running, 1 done, -1 failed */
-    size_t alive;     /* nodes alive at its latest scan */
+    int64_t scan_at; /* next scan (monotonic ms) */
+    bool scan_busy;  /* a scan is in flight */
+    bool hb_busy;    /* a heartbeat is in flight */
+    bool replay;     /* the heartbeat found our key gone: re-announce */
+    bool self_more;  /* the start-up cleanup has more to remove */
+    int64_t self_at; /* ... from then on (monotonic ms) */
+    bool hb_ok;      /* a heartbeat has succeeded (the key is ours to miss) */
+    bool self_busy;  /* a cleanup of our own records is in flight */
+    int bye;         /* goodbye: 0 running, 1 done, -1 failed */
+    size_t alive;    /* nodes alive at its latest scan */
 };
 
 struct cdir {
@@ -256,26 +262,37 @@ struct cdir {
     pthread_mutex_t lock;
     pthread_cond_t cond; /* CLOCK_MONOTONIC; timer work, in-flight drops, goodbye steps */
     pthread_t thread;
-    bool started;         /* main thread only */
-    bool stop;            /* {lock} */
-    bool orphaned;        /* {lock} shut down with replies outstanding: the last one frees */
-    unsigned inflight;    /* {lock} scripts queued and not yet answered */
-    strmap_t *pairs;      /* {lock} "room\nuser" -> HELD: what this node holds */
-    strmap_t *names;      /* {lock} name -> generation (uintptr_t) */
-    uintptr_t name_gen;   /* {lock} */
+    bool started;       /* main thread only */
+    bool stop;          /* {lock} */
+    bool orphaned;      /* {lock} shut down with replies outstanding: the last one frees */
+    unsigned inflight;  /* {lock} scripts queued and not yet answered */
+    strmap_t *pairs;    /* {lock} "room\nuser" -> HELD: what this node holds */
+    strmap_t *names;    /* {lock} name -> generation (uintptr_t) */
+    uintptr_t name_gen; /* {lock} */
     struct shard_state sh[RDS_SHARDS_MAX]; /* {lock} */
-    struct cdir_stats st; /* {lock} but nodes_alive, computed on demand */
+    struct cdir_stats st;                  /* {lock} but nodes_alive, computed on demand */
 };
 
-enum op_kind { OP_JOIN, OP_LEAVE, OP_HEARTBEAT, OP_SCAN, OP_SELF, OP_BYE, OP_WHO, OP_ROOMS,
-               OP_UADD, OP_UDEL, OP_ONLINE };
+enum op_kind {
+    OP_JOIN,
+    OP_LEAVE,
+    OP_HEARTBEAT,
+    OP_SCAN,
+    OP_SELF,
+    OP_BYE,
+    OP_WHO,
+    OP_ROOMS,
+    OP_UADD,
+    OP_UDEL,
+    OP_ONLINE
+};
 
 struct rooms_agg {
     cdir_rooms_cb *cb;
     void *arg;
     atomic_size_t pending; /* shards outstanding + the issuer's guard */
     atomic_bool failed;
-    size_t n;              /* rds thread only (callbacks) */
+    size_t n; /* rds thread only (callbacks) */
     struct cdir_room rooms[CDIR_LIST_MAX];
 };
 
@@ -541,8 +558,8 @@ static int pair_script_locked(cdir_t *c, const char *room, const char *user, boo
     snprintf(old, sizeof(old), "node:%s:rp.old", c->id);
     if (join) {
         const char *dm = strncmp(room, "dm:", 3) == 0 ? "1" : "0";
-        const char *argv[] = {who, rp, old, "cdir:rooms", "cdir:nodes", room, user, c->id,
-                              chan, dm};
+        const char *argv[] = {who,  rp,   old,   "cdir:rooms", "cdir:nodes",
+                              room, user, c->id, chan,         dm};
         return issue_locked(c, op_new(c, OP_JOIN, shard), SC_JOIN, 5, 10, argv);
     }
     const char *argv[] = {who, rp, old, "cdir:rooms", room, user, chan};
@@ -744,8 +761,8 @@ static int self_clean_locked(cdir_t *c, size_t s, int n, bool merge, bool bye)
     char budget[16];
 
     snprintf(budget, sizeof(budget), "%d", n);
-    const char *argv[] = {"cdir:nodes", "cdir:rooms", c->id, budget, merge ? "1" : "0",
-                          bye ? "1" : "0"};
+    const char *argv[] = {"cdir:nodes", "cdir:rooms",      c->id,
+                          budget,       merge ? "1" : "0", bye ? "1" : "0"};
     c->sh[s].self_busy = true;
     int rc = issue_locked(c, op_new(c, bye ? OP_BYE : OP_SELF, s), SC_SELF, 2, 6, argv);
     if (rc < 0)
@@ -878,8 +895,10 @@ cdir_t *cdir_new(rds_t *rds, const char *node_id, int ttl_ms, char *err, size_t 
     int rc;
 
     if (!rds || !name_ok(node_id) || strpbrk(node_id, "{}")) {
-        snprintf(err, errsz, "cluster directory: node id must be 1-%d characters without "
-                 "braces or line breaks", CDIR_NAME_MAX);
+        snprintf(err, errsz,
+                 "cluster directory: node id must be 1-%d characters without "
+                 "braces or line breaks",
+                 CDIR_NAME_MAX);
         return NULL;
     }
     if (ttl_ms <= 0)

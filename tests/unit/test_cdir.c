@@ -20,9 +20,9 @@
 #include "testutil.h"
 #include "util.h"
 
-#define TTL_MS 600          /* short, so a dead node is noticed quickly */
-#define QUIET_MS 400        /* a negative check listens this long */
-#define WAIT_MS 5000        /* ordinary waits */
+#define TTL_MS 600   /* short, so a dead node is noticed quickly */
+#define QUIET_MS 400 /* a negative check listens this long */
+#define WAIT_MS 5000 /* ordinary waits */
 /* a dead node's leaves: ttl + scan interval (+20 % jitter) + replies */
 #define DEAD_BOUND_MS (TTL_MS + CDIR_SCAN_MS * 12 / 10 + 1500)
 
@@ -544,8 +544,7 @@ Test(cdir, dead_node_cleaned_up_once, .init = one_shard, .fini = one_shard_stop)
 
     int64_t t0 = now_mono_ms();
     node_kill(&a);
-    cr_assert(rec_wait("r:{lobby} p-dora", 1, DEAD_BOUND_MS), "not within %d ms",
-              DEAD_BOUND_MS);
+    cr_assert(rec_wait("r:{lobby} p-dora", 1, DEAD_BOUND_MS), "not within %d ms", DEAD_BOUND_MS);
     cr_assert(rec_wait("r:{dev} p-dora", 1, WAIT_MS));
     cr_log_info("dead node's leaves announced after %lld ms", (long long)(now_mono_ms() - t0));
     quiet();
@@ -570,7 +569,8 @@ Test(cdir, dead_node_cleaned_up_once, .init = one_shard, .fini = one_shard_stop)
     cr_assert_eq(sb.script_failures + sc.script_failures, 0);
     /* nothing of A is left */
     cr_assert_eq(direct_int(k, "EXISTS node:A node:A:rp node:A:rp.old node:A:names "
-                               "node:A:names.old"), 0);
+                               "node:A:names.old"),
+                 0);
     cr_assert_eq(direct_int(k, "SISMEMBER cdir:nodes A"), 0);
     cr_assert_eq(direct_int(k, "SISMEMBER cdir:rooms dev"), 0);
 
@@ -583,8 +583,7 @@ Test(cdir, dead_node_cleaned_up_once, .init = one_shard, .fini = one_shard_stop)
 /* A node stops without goodbye and starts again with the same id: what the
  * previous run left is removed one ttl later (its leaves announced), what
  * the new run adds stays, and a user back by then makes no flap. */
-Test(cdir, restart_with_same_id_cleans_the_previous_run, .init = one_shard,
-     .fini = one_shard_stop)
+Test(cdir, restart_with_same_id_cleans_the_previous_run, .init = one_shard, .fini = one_shard_stop)
 {
     const char *watch[] = {"lobby"};
     rds_t *obs = observe(s1.url, watch, 1);
@@ -597,7 +596,7 @@ Test(cdir, restart_with_same_id_cleans_the_previous_run, .init = one_shard,
     cr_assert(rec_wait("r:{lobby} p+bob", 1, WAIT_MS));
     node_kill(&a);
 
-    a = node_up(s1.url, "A"); /* at once: the old heartbeat has not expired */
+    a = node_up(s1.url, "A");            /* at once: the old heartbeat has not expired */
     cdir_room_join(a.c, "lobby", "ann"); /* ann reconnected, bob did not */
     int64_t t0 = now_mono_ms();
     cr_assert(rec_wait("r:{lobby} p-bob", 1, WAIT_MS));
@@ -615,8 +614,7 @@ Test(cdir, restart_with_same_id_cleans_the_previous_run, .init = one_shard,
     rds_close(obs);
 }
 
-Test(cdir, goodbye_announces_leaves_and_leaves_nothing, .init = one_shard,
-     .fini = one_shard_stop)
+Test(cdir, goodbye_announces_leaves_and_leaves_nothing, .init = one_shard, .fini = one_shard_stop)
 {
     const char *watch[] = {"lobby"};
     rds_t *obs = observe(s1.url, watch, 1);
@@ -636,7 +634,8 @@ Test(cdir, goodbye_announces_leaves_and_leaves_nothing, .init = one_shard,
     cr_assert_eq(rec_count("r:{lobby} p-bob"), 0);
     cr_assert_not(online(b.c, "ann"));
     cr_assert_eq(direct_int(k, "EXISTS node:A node:A:rp node:A:rp.old node:A:names "
-                               "node:A:names.old"), 0);
+                               "node:A:names.old"),
+                 0);
     cr_assert_eq(direct_int(k, "SISMEMBER cdir:nodes A"), 0);
 
     redisFree(k);
