@@ -100,25 +100,22 @@ static const char lua_join[] =
 /* KEYS: who, rp, rp.old, index. ARGV: room, user, channel. Returns 1 if the
  * user became absent cluster-wide. */
 static const char lua_leave[] =
-    LUA_DROP
-    "local pair = ARGV[1] .. '\\n' .. ARGV[2]\n"
-    "if redis.call('SREM', KEYS[2], pair) + redis.call('SREM', KEYS[3], pair) == 0 then\n"
-    "  return 0\n"
-    "end\n"
-    "return drop(KEYS[1], ARGV[3], KEYS[4], ARGV[1], ARGV[2])\n";
+    LUA_DROP "local pair = ARGV[1] .. '\\n' .. ARGV[2]\n"
+             "if redis.call('SREM', KEYS[2], pair) + redis.call('SREM', KEYS[3], pair) == 0 then\n"
+             "  return 0\n"
+             "end\n"
+             "return drop(KEYS[1], ARGV[3], KEYS[4], ARGV[1], ARGV[2])\n";
 
 /* KEYS: node:<id>, nodes. ARGV: id, ttl ms. Returns 1 if the key was still
  * there (0: expired or lost, so the records may have been cleaned up). */
-static const char lua_heartbeat[] =
-    "local had = redis.call('EXISTS', KEYS[1])\n"
-    "redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])\n"
-    "redis.call('SADD', KEYS[2], ARGV[1])\n"
-    "return had\n";
+static const char lua_heartbeat[] = "local had = redis.call('EXISTS', KEYS[1])\n"
+                                    "redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])\n"
+                                    "redis.call('SADD', KEYS[2], ARGV[1])\n"
+                                    "return had\n";
 
 /* KEYS: nodes, index. ARGV: own id, budget. Cleans up the nodes whose key
  * expired. Returns {alive, nodes finished, leaves announced, more}. */
-static const char lua_scan[] =
-    LUA_DROP LUA_CLEAN
+static const char lua_scan[] = LUA_DROP LUA_CLEAN
     "local budget, alive, cleaned, announced, more = tonumber(ARGV[2]), 0, 0, 0, 0\n"
     "for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
     "  if id == ARGV[1] or redis.call('EXISTS', 'node:' .. id) == 1 then\n"
@@ -142,8 +139,7 @@ static const char lua_scan[] =
  * records: at start what a previous run left, at goodbye everything (then
  * the heartbeat key and the node's place in nodes go too). Returns {done,
  * leaves announced}. */
-static const char lua_self[] =
-    LUA_DROP LUA_CLEAN
+static const char lua_self[] = LUA_DROP LUA_CLEAN
     "local id = ARGV[1]\n"
     "local a, b, done = clean(id, tonumber(ARGV[2]), ARGV[3] == '1')\n"
     "if done and ARGV[4] == '1' then\n"
@@ -214,34 +210,46 @@ static const char lua_user_del[] = "redis.call('HDEL', KEYS[1], ARGV[1])\n"
                                    "return 0\n";
 
 /* KEYS: u:{name}. Returns 1 if a node holding the name is alive. */
-static const char lua_online[] =
-    "for _, n in ipairs(redis.call('HKEYS', KEYS[1])) do\n"
-    "  if redis.call('EXISTS', 'node:' .. n) == 1 then return 1 end\n"
-    "end\n"
-    "return 0\n";
+static const char lua_online[] = "for _, n in ipairs(redis.call('HKEYS', KEYS[1])) do\n"
+                                 "  if redis.call('EXISTS', 'node:' .. n) == 1 then return 1 end\n"
+                                 "end\n"
+                                 "return 0\n";
 
 /* ---- state ---- */
 
-enum { SC_JOIN, SC_LEAVE, SC_HEARTBEAT, SC_SCAN, SC_SELF, SC_WHO, SC_ROOMS, SC_UADD, SC_UDEL,
-       SC_ONLINE, SC_N };
+enum {
+    SC_JOIN,
+    SC_LEAVE,
+    SC_HEARTBEAT,
+    SC_SCAN,
+    SC_SELF,
+    SC_WHO,
+    SC_ROOMS,
+    SC_UADD,
+    SC_UDEL,
+    SC_ONLINE,
+    SC_N
+};
 
 static const char *const script_src[SC_N] = {
-    [SC_JOIN] = lua_join,     [SC_LEAVE] = lua_leave, [SC_HEARTBEAT] = lua_heartbeat,
-    [SC_SCAN] = lua_scan,     [SC_SELF] = lua_self,   [SC_WHO] = lua_who,
+    [SC_JOIN] = lua_join,     [SC_LEAVE] = lua_leave,   [SC_HEARTBEAT] = lua_heartbeat,
+    [SC_SCAN] = lua_scan,     [SC_SELF] = lua_self,     [SC_WHO] = lua_who,
     [SC_ROOMS] = lua_rooms,   [SC_UADD] = lua_user_add, [SC_UDEL] = lua_user_del,
     [SC_ONLINE] = lua_online,
 };
 
 /* What the timer thread owes one shard. All {lock}. */
 struct shard_state {
-    int64_t scan_at;  /* next scan (monotonic ms) */
-    bool scan_busy;   /* a scan is in flight */
-    bool hb_busy;     /* a heartbeat is in flight */
-    bool replay;      /* the heartbeat found our key gone: re-announce */
-    bool self_more;   /* the start-up cleanup has more to remove */
-    bool self_busy;   /* a cleanup of our own records is in flight */
-    int bye;          /* goodbye: 0 running, 1 done, -1 failed */
-    size_t alive;     /* nodes alive at its latest scan */
+    int64_t scan_at; /* next scan (monotonic ms) */
+    bool scan_busy;  /* a scan is in flight */
+    bool hb_busy;    /* a heartbeat is in flight */
+    bool replay;     /* the heartbeat found our key gone: re-announce */
+    bool self_more;  /* the start-up cleanup has more to remove */
+    int64_t self_at; /* ... from then on (monotonic ms) */
+    bool hb_ok;      /* a heartbeat has succeeded (the key is ours to miss) */
+    bool self_busy;  /* a cleanup of our own records is in flight */
+    int bye;         /* goodbye: 0 running, 1 done, -1 failed */
+    size_t alive;    /* nodes alive at its latest scan */
 };
 
 struct cdir {
@@ -254,26 +262,37 @@ struct cdir {
     pthread_mutex_t lock;
     pthread_cond_t cond; /* CLOCK_MONOTONIC; timer work, in-flight drops, goodbye steps */
     pthread_t thread;
-    bool started;         /* main thread only */
-    bool stop;            /* {lock} */
-    bool orphaned;        /* {lock} shut down with replies outstanding: the last one frees */
-    unsigned inflight;    /* {lock} scripts queued and not yet answered */
-    strmap_t *pairs;      /* {lock} "room\nuser" -> HELD: what this node holds */
-    strmap_t *names;      /* {lock} name -> generation (uintptr_t) */
-    uintptr_t name_gen;   /* {lock} */
+    bool started;       /* main thread only */
+    bool stop;          /* {lock} */
+    bool orphaned;      /* {lock} shut down with replies outstanding: the last one frees */
+    unsigned inflight;  /* {lock} scripts queued and not yet answered */
+    strmap_t *pairs;    /* {lock} "room\nuser" -> HELD: what this node holds */
+    strmap_t *names;    /* {lock} name -> generation (uintptr_t) */
+    uintptr_t name_gen; /* {lock} */
     struct shard_state sh[RDS_SHARDS_MAX]; /* {lock} */
-    struct cdir_stats st; /* {lock} but nodes_alive, computed on demand */
+    struct cdir_stats st;                  /* {lock} but nodes_alive, computed on demand */
 };
 
-enum op_kind { OP_JOIN, OP_LEAVE, OP_HEARTBEAT, OP_SCAN, OP_SELF, OP_BYE, OP_WHO, OP_ROOMS,
-               OP_UADD, OP_UDEL, OP_ONLINE };
+enum op_kind {
+    OP_JOIN,
+    OP_LEAVE,
+    OP_HEARTBEAT,
+    OP_SCAN,
+    OP_SELF,
+    OP_BYE,
+    OP_WHO,
+    OP_ROOMS,
+    OP_UADD,
+    OP_UDEL,
+    OP_ONLINE
+};
 
 struct rooms_agg {
     cdir_rooms_cb *cb;
     void *arg;
     atomic_size_t pending; /* shards outstanding + the issuer's guard */
     atomic_bool failed;
-    size_t n;              /* rds thread only (callbacks) */
+    size_t n; /* rds thread only (callbacks) */
     struct cdir_room rooms[CDIR_LIST_MAX];
 };
 
@@ -412,9 +431,13 @@ static void on_reply(void *arg, const struct redisReply *r)
     case OP_HEARTBEAT:
         pthread_mutex_lock(&c->lock);
         s->hb_busy = false;
-        if (ok && r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
-            s->replay = true;
-            pthread_cond_broadcast(&c->cond);
+        if (ok && r->type == REDIS_REPLY_INTEGER) {
+            /* the first one always finds the key missing */
+            if (r->integer == 0 && s->hb_ok) {
+                s->replay = true;
+                pthread_cond_broadcast(&c->cond);
+            }
+            s->hb_ok = true;
         }
         pthread_mutex_unlock(&c->lock);
         break;
@@ -478,11 +501,13 @@ static void on_reply(void *arg, const struct redisReply *r)
 
 /* ---- issuing ---- */
 
-/* Queue script sc on shard with o as its completion; argv holds the keys
- * then the arguments. Counts o in flight; on a refusal (cb not called) frees
- * o and returns the error. */
-/* {lock}: queue one script call; o is freed here if it cannot be queued. */
-static int issue(cdir_t *c, struct op *o, int sc, int nkeys, int argc, const char *const *argv)
+/* {lock}. Queue script sc on shard with o as its completion; argv holds the
+ * keys then the arguments. Counts o in flight; on a refusal (cb not called)
+ * frees o and returns the error. rds_eval only queues (its callbacks run on
+ * the rds thread, outside its lock), so calling it under c->lock is safe and
+ * keeps a node's steps in the order of its calls. */
+static int issue_locked(cdir_t *c, struct op *o, int sc, int nkeys, int argc,
+                        const char *const *argv)
 {
     size_t lens[16];
     int rc;
@@ -492,13 +517,18 @@ static int issue(cdir_t *c, struct op *o, int sc, int nkeys, int argc, const cha
     c->inflight++;
     rc = rds_eval(c->rds, o->shard, c->sc[sc], nkeys, argc, argv, lens, on_reply, o);
     if (rc < 0) {
-        /* not queued: no reply will come (and the caller holds the lock,
-         * so this is op_end without taking it) */
         free(o);
-        c->st.script_failures++;
         c->inflight--;
-        pthread_cond_broadcast(&c->cond);
+        c->st.script_failures++;
     }
+    return rc;
+}
+
+static int issue(cdir_t *c, struct op *o, int sc, int nkeys, int argc, const char *const *argv)
+{
+    pthread_mutex_lock(&c->lock);
+    int rc = issue_locked(c, o, sc, nkeys, argc, argv);
+    pthread_mutex_unlock(&c->lock);
     return rc;
 }
 
@@ -528,12 +558,12 @@ static int pair_script_locked(cdir_t *c, const char *room, const char *user, boo
     snprintf(old, sizeof(old), "node:%s:rp.old", c->id);
     if (join) {
         const char *dm = strncmp(room, "dm:", 3) == 0 ? "1" : "0";
-        const char *argv[] = {who, rp, old, "cdir:rooms", "cdir:nodes", room, user, c->id,
-                              chan, dm};
-        return issue(c, op_new(c, OP_JOIN, shard), SC_JOIN, 5, 10, argv);
+        const char *argv[] = {who,  rp,   old,   "cdir:rooms", "cdir:nodes",
+                              room, user, c->id, chan,         dm};
+        return issue_locked(c, op_new(c, OP_JOIN, shard), SC_JOIN, 5, 10, argv);
     }
     const char *argv[] = {who, rp, old, "cdir:rooms", room, user, chan};
-    return issue(c, op_new(c, OP_LEAVE, shard), SC_LEAVE, 4, 7, argv);
+    return issue_locked(c, op_new(c, OP_LEAVE, shard), SC_LEAVE, 4, 7, argv);
 }
 
 /* {lock}: issue the add script for name. */
@@ -551,7 +581,7 @@ static int user_add_locked(cdir_t *c, const char *name, bool exclusive, uintptr_
     o->gen = gen;
     snprintf(o->name, sizeof(o->name), "%s", name);
     const char *argv[] = {u, nm, old, "cdir:nodes", c->id, exclusive ? "1" : "0", name};
-    return issue(c, o, SC_UADD, 4, 7, argv);
+    return issue_locked(c, o, SC_UADD, 4, 7, argv);
 }
 
 static void pair_key(char *out, size_t sz, const char *room, const char *user)
@@ -602,10 +632,7 @@ int cdir_who(cdir_t *c, const char *room, cdir_list_cb *cb, void *arg)
     snprintf(who, sizeof(who), "r:{%s}:who", room);
     snprintf(max, sizeof(max), "%d", CDIR_LIST_MAX);
     const char *argv[] = {who, max};
-    pthread_mutex_lock(&c->lock);
-    int rc = issue(c, o, SC_WHO, 1, 2, argv);
-    pthread_mutex_unlock(&c->lock);
-    return rc;
+    return issue(c, o, SC_WHO, 1, 2, argv);
 }
 
 int cdir_rooms(cdir_t *c, cdir_rooms_cb *cb, void *arg)
@@ -626,10 +653,7 @@ int cdir_rooms(cdir_t *c, cdir_rooms_cb *cb, void *arg)
         struct op *o = op_new(c, OP_ROOMS, s);
         o->agg = a;
         const char *argv[] = {"cdir:rooms", max};
-        pthread_mutex_lock(&c->lock);
-        int rc = issue(c, o, SC_ROOMS, 1, 2, argv);
-        pthread_mutex_unlock(&c->lock);
-        if (rc < 0) {
+        if (issue(c, o, SC_ROOMS, 1, 2, argv) < 0) {
             atomic_store(&a->failed, true);
             rooms_part_done(a);
         } else {
@@ -674,7 +698,7 @@ int cdir_user_del(cdir_t *c, const char *name)
     const char *argv[] = {u, nm, old, c->id, name};
     pthread_mutex_lock(&c->lock);
     strmap_del(c->names, name);
-    rc = issue(c, op_new(c, OP_UDEL, shard_of(c, name)), SC_UDEL, 3, 5, argv);
+    rc = issue_locked(c, op_new(c, OP_UDEL, shard_of(c, name)), SC_UDEL, 3, 5, argv);
     pthread_mutex_unlock(&c->lock);
     return rc;
 }
@@ -691,10 +715,7 @@ int cdir_user_online(cdir_t *c, const char *name, cdir_online_cb *cb, void *arg)
     o->arg = arg;
     snprintf(u, sizeof(u), "u:{%s}", name);
     const char *argv[] = {u};
-    pthread_mutex_lock(&c->lock);
-    int rc = issue(c, o, SC_ONLINE, 1, 1, argv);
-    pthread_mutex_unlock(&c->lock);
-    return rc;
+    return issue(c, o, SC_ONLINE, 1, 1, argv);
 }
 
 void cdir_stats(cdir_t *c, struct cdir_stats *out)
@@ -718,7 +739,7 @@ static int heartbeat_locked(cdir_t *c, size_t s)
     snprintf(ttl, sizeof(ttl), "%d", c->ttl_ms);
     const char *argv[] = {key, "cdir:nodes", c->id, ttl};
     c->sh[s].hb_busy = true;
-    int rc = issue(c, op_new(c, OP_HEARTBEAT, s), SC_HEARTBEAT, 2, 4, argv);
+    int rc = issue_locked(c, op_new(c, OP_HEARTBEAT, s), SC_HEARTBEAT, 2, 4, argv);
     if (rc < 0)
         c->sh[s].hb_busy = false;
     return rc;
@@ -731,19 +752,19 @@ static void scan_locked(cdir_t *c, size_t s)
     snprintf(budget, sizeof(budget), "%d", CDIR_CLEAN_BUDGET);
     const char *argv[] = {"cdir:nodes", "cdir:rooms", c->id, budget};
     c->sh[s].scan_busy = true;
-    if (issue(c, op_new(c, OP_SCAN, s), SC_SCAN, 2, 4, argv) < 0)
+    if (issue_locked(c, op_new(c, OP_SCAN, s), SC_SCAN, 2, 4, argv) < 0)
         c->sh[s].scan_busy = false;
 }
 
-static int self_clean_locked(cdir_t *c, size_t s, bool merge, bool bye)
+static int self_clean_locked(cdir_t *c, size_t s, int n, bool merge, bool bye)
 {
     char budget[16];
 
-    snprintf(budget, sizeof(budget), "%d", CDIR_CLEAN_BUDGET);
-    const char *argv[] = {"cdir:nodes", "cdir:rooms", c->id, budget, merge ? "1" : "0",
-                          bye ? "1" : "0"};
+    snprintf(budget, sizeof(budget), "%d", n);
+    const char *argv[] = {"cdir:nodes", "cdir:rooms",      c->id,
+                          budget,       merge ? "1" : "0", bye ? "1" : "0"};
     c->sh[s].self_busy = true;
-    int rc = issue(c, op_new(c, bye ? OP_BYE : OP_SELF, s), SC_SELF, 2, 6, argv);
+    int rc = issue_locked(c, op_new(c, bye ? OP_BYE : OP_SELF, s), SC_SELF, 2, 6, argv);
     if (rc < 0)
         c->sh[s].self_busy = false;
     return rc;
@@ -844,9 +865,11 @@ static void *cdir_main(void *arg)
                 sh->replay = false;
                 replay_locked(c, s);
             }
-            if (sh->self_more && !sh->self_busy) {
+            if (sh->self_more && !sh->self_busy && now >= sh->self_at) {
                 sh->self_more = false;
-                self_clean_locked(c, s, false, false);
+                self_clean_locked(c, s, CDIR_CLEAN_BUDGET, false, false);
+            } else if (sh->self_more && sh->self_at < wake) {
+                wake = sh->self_at;
             }
             if (now >= sh->scan_at && !sh->scan_busy) {
                 scan_locked(c, s);
@@ -872,8 +895,10 @@ cdir_t *cdir_new(rds_t *rds, const char *node_id, int ttl_ms, char *err, size_t 
     int rc;
 
     if (!rds || !name_ok(node_id) || strpbrk(node_id, "{}")) {
-        snprintf(err, errsz, "cluster directory: node id must be 1-%d characters without "
-                 "braces or line breaks", CDIR_NAME_MAX);
+        snprintf(err, errsz,
+                 "cluster directory: node id must be 1-%d characters without "
+                 "braces or line breaks",
+                 CDIR_NAME_MAX);
         return NULL;
     }
     if (ttl_ms <= 0)
@@ -926,11 +951,15 @@ int cdir_start(cdir_t *c)
     int rc;
 
     /* Queued before any join can be: the previous run's records move aside
-     * (merge) in the first step, so what this run adds is never taken for
-     * them; then the first heartbeat. */
+     * (merge, removing nothing yet), so what this run adds is never taken
+     * for them; then the first heartbeat. They are removed one ttl later,
+     * like a dead node's: a user who reconnects meanwhile moves their entry
+     * back (the join script's SMOVE), so a quick restart makes no
+     * leave-and-join flap. */
     pthread_mutex_lock(&c->lock);
     for (size_t s = 0; s < c->nshards; s++) {
-        self_clean_locked(c, s, true, false);
+        self_clean_locked(c, s, 0, true, false);
+        c->sh[s].self_at = now + c->ttl_ms;
         heartbeat_locked(c, s);
         c->sh[s].scan_at = now + scan_interval();
     }
@@ -992,7 +1021,7 @@ static void goodbye_locked(cdir_t *c, int64_t deadline)
         for (size_t s = 0; s < c->nshards; s++) {
             if (c->sh[s].bye != 0 || c->sh[s].self_busy)
                 continue;
-            if (self_clean_locked(c, s, first, true) < 0)
+            if (self_clean_locked(c, s, CDIR_CLEAN_BUDGET, first, true) < 0)
                 c->sh[s].bye = -1;
             else
                 open++;

@@ -56,8 +56,8 @@ typedef struct cdir cdir_t;
 
 #define CDIR_TTL_DEFAULT_MS 10000
 #define CDIR_SCAN_MS 2000
-#define CDIR_LIST_MAX 1024   /* who and rooms replies, like the local ones */
-#define CDIR_NAME_MAX 80     /* room (dm:a:b included), user, node id */
+#define CDIR_LIST_MAX 1024     /* who and rooms replies, like the local ones */
+#define CDIR_NAME_MAX 80       /* room (dm:a:b included), user, node id */
 #define CDIR_CLEAN_BUDGET 5000 /* entries one cleanup script call removes */
 
 struct cdir_room {
