@@ -237,8 +237,13 @@ static void text_of(char *buf, size_t sz, uint64_t k)
 /* The JSON frame every node must deliver for these fields. */
 static void expect_json(const struct rec_ev *e)
 {
-    struct chat_msg m = {.room = e->room, .seq = e->seq, .from = e->from, .text = e->text,
-                         .text_len = strlen(e->text), .ts = e->ts, .id = e->id};
+    struct chat_msg m = {.room = e->room,
+                         .seq = e->seq,
+                         .from = e->from,
+                         .text = e->text,
+                         .text_len = strlen(e->text),
+                         .ts = e->ts,
+                         .id = e->id};
     msg_t *want = codec_message(FMT_JSON, &m);
     size_t wl;
     const unsigned char *wp = msg_payload(want, &wl);
@@ -251,8 +256,8 @@ static void expect_json(const struct rec_ev *e)
 
 /* node saw exactly seqs first..last of (user, room), in order, once each,
  * with the texts text_of gives (when texts) and their JSON frames. */
-static void check_seqs(int node, const char *user, const char *room, uint64_t first,
-                       uint64_t last, bool texts)
+static void check_seqs(int node, const char *user, const char *room, uint64_t first, uint64_t last,
+                       bool texts)
 {
     pthread_mutex_lock(&T.mu);
     struct rec_ev *got = calloc(EVMAX, sizeof(*got));
@@ -265,8 +270,8 @@ static void check_seqs(int node, const char *user, const char *room, uint64_t fi
     cr_assert_eq(n, want, "node %d %s/%s: %d events, want %" PRIu64 "..%" PRIu64, node,
                  user ? user : "-", room, n, first, last);
     for (int i = 0; i < n; i++) {
-        cr_assert_eq(got[i].seq, first + (uint64_t)i, "node %d %s: event %d has seq %" PRIu64,
-                     node, room, i, got[i].seq);
+        cr_assert_eq(got[i].seq, first + (uint64_t)i, "node %d %s: event %d has seq %" PRIu64, node,
+                     room, i, got[i].seq);
         if (texts) {
             char t[64];
             text_of(t, sizeof(t), got[i].seq);
@@ -346,8 +351,12 @@ static void app_init(struct app *x, const char *room, const char *from, const ch
     x->a.ev.text_len = strlen(x->text);
     x->a.ev.id = x->id;
     x->a.ev.ts = TS0 + tsk;
-    struct chat_msg m = {.room = x->room, .from = x->from, .text = x->text,
-                         .text_len = x->a.ev.text_len, .ts = x->a.ev.ts, .id = x->id};
+    struct chat_msg m = {.room = x->room,
+                         .from = x->from,
+                         .text = x->text,
+                         .text_len = x->a.ev.text_len,
+                         .ts = x->a.ev.ts,
+                         .id = x->id};
     size_t seq_at;
     x->frame = codec_message_parts(&m, &seq_at);
     x->a.frame = (const char *)msg_payload(x->frame, &x->a.frame_len);
@@ -516,14 +525,19 @@ static void hand_publish(redisContext *c, const char *room, uint64_t seq)
     char ch[CODEC_ROOMID_MAX + 8], t[64];
     snprintf(ch, sizeof(ch), "r:{%s}", room);
     text_of(t, sizeof(t), seq);
-    struct chat_msg m = {.room = room, .seq = seq, .from = "ann", .text = t,
-                         .text_len = strlen(t), .ts = TS0 + (int64_t)seq, .id = ""};
+    struct chat_msg m = {.room = room,
+                         .seq = seq,
+                         .from = "ann",
+                         .text = t,
+                         .text_len = strlen(t),
+                         .ts = TS0 + (int64_t)seq,
+                         .id = ""};
     msg_t *f = codec_message(FMT_JSON, &m);
     size_t fl;
     const unsigned char *fp = msg_payload(f, &fl);
     char payload[600];
-    int n = snprintf(payload, sizeof(payload), "m%" PRIu64 "\n%.*s", seq, (int)fl,
-                     (const char *)fp);
+    int n =
+        snprintf(payload, sizeof(payload), "m%" PRIu64 "\n%.*s", seq, (int)fl, (const char *)fp);
     msg_unref(&f);
     redisReply *rep = redisCommand(c, "PUBLISH %s %b", ch, payload, (size_t)n);
     cr_assert_not_null(rep);
@@ -565,8 +579,8 @@ static void check_read(store_t *s, const char *room, enum store_read_mode mode, 
     cr_assert(ok, "read: no done");
     cr_assert_eq(w.r.status, 0);
     size_t want = last >= first ? (size_t)(last - first + 1) : 0;
-    cr_assert_eq(w.r.n, want, "mode %d key %" PRIu64 " limit %d: n %zu want %zu", mode, key,
-                 limit, w.r.n, want);
+    cr_assert_eq(w.r.n, want, "mode %d key %" PRIu64 " limit %d: n %zu want %zu", mode, key, limit,
+                 w.r.n, want);
     for (size_t i = 0; i < w.r.n; i++) {
         const struct room_event *e = &w.r.evs[i];
         char text[64];
@@ -766,8 +780,7 @@ Test(store_redis, subscribe_delivers_in_order_to_every_node)
     bool ok;
     WAIT(ok, count_locked(0, NULL, "lobby") >= 12 && count_locked(1, NULL, "lobby") >= 12, 10000);
     cr_assert(ok, "node 0: %d, node 1: %d", count(0, NULL, "lobby"), count(1, NULL, "lobby"));
-    WAIT(ok, count_locked(0, NULL, "lobby") > 12 || count_locked(1, NULL, "lobby") > 12,
-         QUIET_MS);
+    WAIT(ok, count_locked(0, NULL, "lobby") > 12 || count_locked(1, NULL, "lobby") > 12, QUIET_MS);
     cr_assert_not(ok, "no duplicates");
     check_seqs(0, NULL, "lobby", 3, 14, true);
     check_seqs(1, NULL, "lobby", 3, 14, true);
@@ -960,8 +973,9 @@ Test(store_redis, dm_reaches_user_channels)
 
     append_run(E[0], room, 1, 2);
     bool ok;
-    WAIT(ok, count_locked(0, "alice", room) == 2 && count_locked(0, NULL, room) == 2 &&
-                 count_locked(1, "alice", room) == 2 && count_locked(1, "bob", room) == 2,
+    WAIT(ok,
+         count_locked(0, "alice", room) == 2 && count_locked(0, NULL, room) == 2 &&
+             count_locked(1, "alice", room) == 2 && count_locked(1, "bob", room) == 2,
          10000);
     cr_assert(ok);
     WAIT(ok, T.rec[0].nev > 4 || T.rec[1].nev > 4, QUIET_MS);
@@ -1115,14 +1129,19 @@ Test(store_redis, hold_overflow_is_read_back)
     /* published in one pipeline: the first is a jump that starts the fill */
     for (uint64_t k = jump; k <= last; k++) {
         text_of(t, sizeof(t), k);
-        struct chat_msg m = {.room = "o", .seq = k, .from = "ann", .text = t,
-                             .text_len = strlen(t), .ts = TS0 + (int64_t)k, .id = ""};
+        struct chat_msg m = {.room = "o",
+                             .seq = k,
+                             .from = "ann",
+                             .text = t,
+                             .text_len = strlen(t),
+                             .ts = TS0 + (int64_t)k,
+                             .id = ""};
         msg_t *f = codec_message(FMT_JSON, &m);
         size_t fl;
         const unsigned char *fp = msg_payload(f, &fl);
         char payload[600];
-        int n = snprintf(payload, sizeof(payload), "m%" PRIu64 "\n%.*s", k, (int)fl,
-                         (const char *)fp);
+        int n =
+            snprintf(payload, sizeof(payload), "m%" PRIu64 "\n%.*s", k, (int)fl, (const char *)fp);
         msg_unref(&f);
         redisAppendCommand(c, "PUBLISH r:{o} %b", payload, (size_t)n);
     }
