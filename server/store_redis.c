@@ -81,6 +81,8 @@ struct sroom {
     bool filling;              /* a gap fill is in flight */
     struct item *held, **held_tail; /* arrived while opening or filling, in arrival order */
     size_t nheld;
+    bool dropped;              /* some arrived beyond HOLD_MAX: read to the end of the log
+                                  once what is held is delivered */
     struct store_sub *sub;     /* until its done() */
 };
 
@@ -261,7 +263,8 @@ static void offer_locked(struct sr *s, struct sroom *r, struct item *it, struct 
 {
     if (r->st != SR_READY || r->filling) {
         if (r->nheld >= HOLD_MAX) {
-            /* the log has them: drop what is held and read it back later */
+            /* the log has them: drop this one and read it back later */
+            r->dropped = true;
             item_free(it);
             return;
         }
@@ -302,6 +305,9 @@ static void release_held_locked(struct sr *s, struct sroom *r, struct item ***ou
         r->nheld--;
         offer_locked(s, r, it, out);
     }
+    /* nothing newer may arrive to reveal the gap the drops left */
+    if (!r->held && r->dropped && r->st == SR_READY && !r->filling)
+        fill_start_locked(s, r, UINT64_MAX);
 }
 
 struct fill {
@@ -388,6 +394,8 @@ static void fill_start_locked(struct sr *s, struct sroom *r, uint64_t to)
     f->gen = r->gen;
     f->to = to;
     r->filling = true;
+    if (to == UINT64_MAX)
+        r->dropped = false;
     atomic_fetch_add(&s->gap_fills, 1);
     if (rds_cmd(s->rds, r->shard, 6, argv, NULL, fill_done, f) != 0) {
         r->filling = false;
@@ -901,6 +909,15 @@ static int sr_read_submit(store_t *st, struct store_read *r)
         break;
     case SR_SINCE:
         argv[0] = "XRANGE";
+        if (r->key == UINT64_MAX) {
+            /* nothing is newer (and key + 1 would wrap to the start) */
+            r->evs = NULL;
+            r->n = 0;
+            r->more = false;
+            r->status = 0;
+            r->done(r);
+            return 0;
+        }
         snprintf(a, sizeof(a), "%" PRIu64 "-0", r->key + 1);
         strcpy(b, "+");
         break;
