@@ -77,6 +77,7 @@ struct sroom {
     bool filling;              /* a gap fill is in flight */
     struct item *held, **held_tail; /* arrived while opening or filling, in arrival order */
     size_t nheld;
+    uint64_t dropped_to;       /* the newest seq dropped past HOLD_MAX: read back after */
     struct store_sub *sub;     /* until its done() */
 };
 
@@ -257,7 +258,10 @@ static void offer_locked(struct sr *s, struct sroom *r, struct item *it, struct 
 {
     if (r->st != SR_READY || r->filling) {
         if (r->nheld >= HOLD_MAX) {
-            /* the log has them: drop what is held and read it back later */
+            /* the log has it: read back once what is held is delivered
+             * (nothing newer may come to show the gap) */
+            if (it->ev.seq > r->dropped_to)
+                r->dropped_to = it->ev.seq;
             item_free(it);
             return;
         }
@@ -298,6 +302,8 @@ static void release_held_locked(struct sr *s, struct sroom *r, struct item ***ou
         r->nheld--;
         offer_locked(s, r, it, out);
     }
+    if (!r->held && r->st == SR_READY && !r->filling && r->last < r->dropped_to)
+        fill_start_locked(s, r, r->dropped_to);
 }
 
 struct fill {
