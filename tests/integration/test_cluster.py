@@ -824,6 +824,9 @@ class TrimmedGap(ClusterCase):
         await a.expect(is_msg(room, seq=mine["seq"], text="from b"))
         h = await b.call({"type": "history", "room": room, "limit": 3}, "history")
         self.assertEqual([x["text"] for x in h["messages"]], [f"away{away - 1}", "after", "from b"])
+        # the node counted what it could not deliver
+        self.assertGreaterEqual(node_metric(n1, "parley_engine_lost_total"),
+                                away - self.history_max)
 
 
 # ------------------------------------------------------------------ start-up
