@@ -2469,8 +2469,10 @@ static void sink_event(void *arg, const char *user, const struct room_event *ev,
         if (rm) {
             pthread_mutex_lock(&rm->lock);
             /* not ready: forgotten, or a subscription that has not told its
-             * seq yet (the engine tells it first, so: a stale event) */
-            if (rm->state == ROOM_READY && ev->seq == rm->seq + 1) {
+             * seq yet (the engine tells it first, so: a stale event). A jump
+             * is seqs the log lost (trimmed while this node was cut off):
+             * the engine has counted them; the room goes on from here. */
+            if (rm->state == ROOM_READY && ev->seq > rm->seq) {
                 room_append_locked(rm, h);
                 /* a DM room's members are its two users' connections, which
                  * their user channels reach */

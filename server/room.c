@@ -625,6 +625,10 @@ size_t room_member_names_locked(const struct room *rm, const char **out, size_t 
 
 void room_append_locked(struct room *rm, struct hist *h)
 {
+    /* a jump (a shared engine's log lost the seqs between): the window
+     * holds consecutive seqs only, so it starts again here */
+    if (h->m.seq != rm->seq + 1)
+        window_release(rm);
     if (!rm->win)
         rm->win = xcalloc(rm->wcap, sizeof(*rm->win));
     if (rm->wcount == rm->wcap) {

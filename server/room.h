@@ -184,8 +184,9 @@ void room_add_waiter_locked(struct room *rm, struct client *c);
 /* Hand the waiters over (the caller owns the array and its references). */
 struct client **room_take_waiters_locked(struct room *rm, size_t *n);
 
-/* Append the next message (h->m.seq must be seq + 1; the window takes a
- * reference), evicting the oldest beyond the window size. */
+/* Append the next message (h->m.seq > seq: seq + 1, or a jump past seqs a
+ * shared engine's log no longer has, which empties the window first; the
+ * window takes a reference), evicting the oldest beyond the window size. */
 void room_append_locked(struct room *rm, struct hist *h);
 /* Lowest seq held in the window (seq + 1 when empty). */
 uint64_t room_window_lo_locked(const struct room *rm);

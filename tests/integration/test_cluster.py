@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -753,6 +754,79 @@ class RedisOutageUnderLoad(ClusterCase):
             # a gap fill that found seqs missing from the log would mean an
             # acked message was lost (a metric of the engine, where it has it)
             self.assertEqual(m.get("parley_engine_lost_total", {"": 0})[""], 0)
+
+
+def redis_conns_of(pid, redis_port):
+    """Local ports of the TCP connections process pid holds to 127.0.0.1:
+    redis_port (its socket inodes matched in /proc/net/tcp)."""
+    inodes = set()
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            t = os.readlink(os.path.join(fd_dir, fd))
+        except OSError:
+            continue
+        if t.startswith("socket:["):
+            inodes.add(t[8:-1])
+    ports = []
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            col = line.split()
+            lport, rport = int(col[1].split(":")[1], 16), int(col[2].split(":")[1], 16)
+            if rport == redis_port and col[9] in inodes:
+                ports.append(lport)
+    return ports
+
+
+class TrimmedGap(ClusterCase):
+    """A node cut off from Redis while more than --history-max messages
+    were sent elsewhere cannot get them back (the log was trimmed): it must
+    go on from what the log has, not stop delivering the room for good."""
+    nodes = 2
+    history_max = 1000  # the least parleyd takes
+
+    async def test_room_goes_on_after_a_gap_past_history_max(self):
+        n1, redis = self.node(1), self.cluster.redis[0]
+        room = uniq("trim")
+        a = await self.json_client(0, user=uniq("ta"), room=room)
+        b = await self.json_client(1, user=uniq("tb"), room=room)
+        first = await a.send_msg(room, "first")
+        await b.expect(is_msg(room, seq=first["seq"]))
+        # node 1 hangs; its Redis connections are cut meanwhile (so what was
+        # published to it is gone), and twice history_max is sent on node 0
+        n1.proc.send_signal(signal.SIGSTOP)
+        try:
+            away = self.history_max + 200
+            for k0 in range(0, away, 100):  # 100 in flight at a time
+                for k in range(k0, min(away, k0 + 100)):
+                    await a.send({"type": "send", "room": room, "text": f"away{k}"})
+                for k in range(k0, min(away, k0 + 100)):
+                    await a.expect_type("ack")
+            ports = redis_conns_of(n1.proc.pid, redis.port)
+            # its command and pub/sub connections (and the accounts pool's)
+            self.assertGreaterEqual(len(ports), 2, ports)
+            for p in ports:
+                redis.cmd("CLIENT", "KILL", "ADDR", f"127.0.0.1:{p}")
+        finally:
+            n1.proc.send_signal(signal.SIGCONT)
+        await wait_health([n1], 200, b"ok", RECOVER_BOUND)
+        after = await a.send_msg(room, "after")
+        m = await b.expect(is_msg(room, seq=after["seq"]), timeout=RECOVER_BOUND,
+                           what="the room's next message on the node that missed a trimmed gap")
+        self.assertEqual(m["text"], "after")
+        # what b saw meanwhile: what the log still had, in order, once
+        seen = [f["seq"] for f in b.backlog if f.get("type") == "message"]
+        self.assertEqual(seen, sorted(set(seen)))
+        self.assertTrue(all(first["seq"] < s < after["seq"] for s in seen), seen)
+        # a sender on that node is acked and seen on the other
+        mine = await b.send_msg(room, "from b")
+        self.assertEqual(mine["seq"], after["seq"] + 1)
+        await a.expect(is_msg(room, seq=mine["seq"], text="from b"))
+        h = await b.call({"type": "history", "room": room, "limit": 3}, "history")
+        self.assertEqual([x["text"] for x in h["messages"]], [f"away{away - 1}", "after", "from b"])
+        # the node counted what it could not deliver
+        self.assertGreaterEqual(node_metric(n1, "parley_engine_lost_total"),
+                                away - self.history_max)
 
 
 # ------------------------------------------------------------------ start-up
