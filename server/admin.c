@@ -95,20 +95,6 @@ struct admin_accounts {
     acctrds_t *ra;
 };
 
-/* The first line of --redis-password-file, without its line end. */
-static int read_password_file(const char *path, char *pw, size_t cap)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    char *ok = fgets(pw, (int)cap, f);
-    fclose(f);
-    if (!ok)
-        return -1;
-    pw[strcspn(pw, "\r\n")] = '\0';
-    return 0;
-}
-
 static int accounts_open(struct admin_accounts *aa, const struct config *cfg)
 {
     char err[512], pw[512] = "";
@@ -117,7 +103,7 @@ static int accounts_open(struct admin_accounts *aa, const struct config *cfg)
     if (strncmp(cfg->engine, "redis://", 8) != 0) {
         aa->st = store_open(&so, err, sizeof(err));
     } else if (cfg->redis_password_file &&
-               read_password_file(cfg->redis_password_file, pw, sizeof(pw)) != 0) {
+               auth_read_password_file(cfg->redis_password_file, pw, sizeof(pw)) != 0) {
         snprintf(err, sizeof(err), "cannot read --redis-password-file '%s'",
                  cfg->redis_password_file);
     } else {

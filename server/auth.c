@@ -784,3 +784,16 @@ bool auth_bearer_ok(const char *authorization, const char *token)
     size_t n = strlen(t);
     return n == strlen(token) && CRYPTO_memcmp(t, token, n) == 0;
 }
+
+int auth_read_password_file(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    char *ok = fgets(buf, (int)cap, f);
+    fclose(f);
+    if (!ok)
+        return -1;
+    buf[strcspn(buf, "\r\n")] = '\0';
+    return 0;
+}

@@ -128,6 +128,10 @@ int auth_load_or_create_secret(const char *path, unsigned char *key, size_t keyc
  * -1 with a message in err. Thread: any (start-up).
  */
 int auth_load_token_file(const char *path, char *buf, size_t cap, char *err, size_t errsz);
+/* A password file (--smtp-password-file, --redis-password-file): its first
+ * line without the line end, into buf (any length that fits; unlike a
+ * token, nothing is checked). 0, or -1 if it cannot be read. */
+int auth_read_password_file(const char *path, char *buf, size_t cap);
 
 /* Thread: any. True if authorization (an Authorization header's value, may be
  * NULL) is "Bearer <token>" with exactly token, compared in constant time

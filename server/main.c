@@ -55,21 +55,14 @@ static void lws_log_emit(int level, const char *line)
     log_at(l, "lws", "%.*s", (int)(n - (size_t)(text - line)), text);
 }
 
-/* A password file (--smtp-password-file, --redis-password-file): its first
- * line, without the line end, into pw. 0, or -1 with err naming the option. */
+/* auth_read_password_file, with the error naming the option. */
 static int read_password(const char *opt, const char *path, char *pw, size_t cap, char *err,
                          size_t errsz)
 {
-    FILE *f = fopen(path, "r");
-    if (!f || !fgets(pw, (int)cap, f)) {
-        snprintf(err, errsz, "cannot read %s '%s'", opt, path);
-        if (f)
-            fclose(f);
-        return -1;
-    }
-    fclose(f);
-    pw[strcspn(pw, "\r\n")] = '\0';
-    return 0;
+    if (auth_read_password_file(path, pw, cap) == 0)
+        return 0;
+    snprintf(err, errsz, "cannot read %s '%s'", opt, path);
+    return -1;
 }
 
 /* The notifier: SMTP when --smtp-url is given, the mbox file otherwise. */

@@ -970,6 +970,20 @@ static void *rds_main(void *arg)
 }
 
 /* Append to the queue and wake the thread; -ESHUTDOWN once closing. */
+/* {r->lock}, not closing: append it to the submit queue and wake the rds
+ * thread. The wakeup is sent under the lock, so rds_close (which sets
+ * closing under it) cannot destroy the loop between the append and this
+ * wakeup; it is one non-blocking write. */
+static void queue_locked(rds_t *r, struct item *it)
+{
+    if (r->q_tail)
+        r->q_tail->next = it;
+    else
+        r->q_head = it;
+    r->q_tail = it;
+    ev_async_send(r->loop, &r->wake);
+}
+
 static int enqueue(rds_t *r, struct item *it)
 {
     pthread_mutex_lock(&r->lock);
@@ -977,15 +991,7 @@ static int enqueue(rds_t *r, struct item *it)
         pthread_mutex_unlock(&r->lock);
         return -ESHUTDOWN;
     }
-    if (r->q_tail)
-        r->q_tail->next = it;
-    else
-        r->q_head = it;
-    r->q_tail = it;
-    /* under the lock, so rds_close (which sets closing under it) cannot
-     * destroy the loop between our enqueue and this wakeup; it is one
-     * non-blocking write */
-    ev_async_send(r->loop, &r->wake);
+    queue_locked(r, it);
     pthread_mutex_unlock(&r->lock);
     return 0;
 }
@@ -1216,13 +1222,8 @@ int rds_subscribe(rds_t *r, size_t shard, const char *channel, size_t len, rds_c
         w = NULL;
         /* queued under the same lock as the set changes, so the rds thread
          * sees subscribe and unsubscribe of one channel in their order */
-        if (r->q_tail)
-            r->q_tail->next = it;
-        else
-            r->q_head = it;
-        r->q_tail = it;
+        queue_locked(r, it);
         it = NULL;
-        ev_async_send(r->loop, &r->wake); /* under the lock: see enqueue */
     }
     pthread_mutex_unlock(&r->lock);
     free(w);
@@ -1248,13 +1249,8 @@ int rds_unsubscribe(rds_t *r, size_t shard, const char *channel, size_t len)
         w = htable_entry(n, struct wanted, node);
         htable_remove(&s->wanted, n);
         r->subscriptions--;
-        if (r->q_tail)
-            r->q_tail->next = it;
-        else
-            r->q_head = it;
-        r->q_tail = it;
+        queue_locked(r, it);
         it = NULL;
-        ev_async_send(r->loop, &r->wake); /* under the lock: see enqueue */
     }
     pthread_mutex_unlock(&r->lock);
     free(w);
