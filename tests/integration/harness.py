@@ -1458,3 +1458,23 @@ def small_rcvbuf_socket(port, size=4096):
 def main():
     """unittest.main with output that tools/test can count."""
     unittest.main(verbosity=2)
+
+
+async def collect_messages(c, room, n, timeout):
+    """The next n message events of room on c, in arrival order (other
+    frames are kept in c.skipped)."""
+    if not hasattr(c, "skipped"):
+        c.skipped = []
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{c.user} got {len(got)} of {n} messages in {timeout:.0f} s:"
+                                 f" seqs {[m['seq'] for m in got][-10:]}")
+        f = await c.recv(left)
+        if f["type"] == "message" and f["room"] == room:
+            got.append(f)
+        else:
+            c.skipped.append(f)
+    return got

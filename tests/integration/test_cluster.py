@@ -31,7 +31,8 @@ import time
 import unittest
 
 import harness
-from harness import QUIET, SCALE, T, ClusterCase, RedisServer, Server, free_port, uniq
+from harness import (QUIET, SCALE, T, ClusterCase, RedisServer, Server, collect_messages,
+                     free_port, uniq)
 
 # A node that dies without a goodbye has its users' presence removed within
 # the TTL (default 15 s); the slack covers the heartbeat period and a
@@ -60,24 +61,6 @@ def dm_room(a, b):
     return "dm:" + ":".join(sorted([a, b]))
 
 
-async def collect_messages(c, room, n, timeout):
-    """The next n message events of room on c, in arrival order (other
-    frames are kept in c.skipped)."""
-    if not hasattr(c, "skipped"):
-        c.skipped = []
-    got = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"{c.user} got {len(got)} of {n} messages in {timeout:.0f} s:"
-                                 f" seqs {[m['seq'] for m in got][-10:]}")
-        f = await c.recv(left)
-        if f["type"] == "message" and f["room"] == room:
-            got.append(f)
-        else:
-            c.skipped.append(f)
-    return got
 
 
 async def history_all(c, room, limit=200):

@@ -5,7 +5,7 @@ import asyncio
 import time
 
 import harness
-from harness import SCALE, T, JClient, ServerCase, uniq
+from harness import SCALE, T, JClient, ServerCase, collect_messages, uniq
 
 
 async def connect_many(server, n, room, prefix, batch=50, **kw):
@@ -29,23 +29,6 @@ async def close_all(clients):
     await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 
-async def collect_messages(c, room, n, timeout):
-    """The next n message events of room, in arrival order (other frames go
-    to c.skipped)."""
-    if not hasattr(c, "skipped"):
-        c.skipped = []
-    got = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"{c.user} got {len(got)} of {n} messages in {timeout:.0f} s")
-        f = await c.recv(left)
-        if f["type"] == "message" and f["room"] == room:
-            got.append(f)
-        else:
-            c.skipped.append(f)
-    return got
 
 
 class ManyClients(ServerCase):
