@@ -25,11 +25,23 @@ extern char **environ;
 #define START_WAIT_MS 10000
 #define STOP_WAIT_MS 5000
 
-static long long mono_ms(void)
+long long redis_proc_mono_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+#define mono_ms redis_proc_mono_ms
+
+void redis_proc_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, long ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_nsec += ms % 1000 * 1000000L;
+    ts.tv_sec += ms / 1000 + ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(cv, mu, &ts);
 }
 
 static void nap_ms(long ms)

@@ -13,6 +13,7 @@
 #define PARLEY_REDIS_PROC_H
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <sys/types.h>
 
@@ -47,5 +48,21 @@ const char *redis_proc_url(const struct redis_proc *p, int db, char *buf, size_t
 struct redisContext *redis_proc_connect(const struct redis_proc *p);
 /* A port on 127.0.0.1 that nothing listens on right now. */
 int redis_proc_free_port(void);
+
+/* Monotonic milliseconds, for the tests' deadlines. */
+long long redis_proc_mono_ms(void);
+/* Wait on cv (mu held; cv made with CLOCK_MONOTONIC) for at most ms milliseconds. */
+void redis_proc_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, long ms);
+
+/* Wait (at most ms) until expr, evaluated under mu, holds; ok gets it.
+ * Whoever changes what expr reads signals cv under mu. */
+#define REDIS_PROC_WAIT(ok, expr, mu, cv, ms)                                                      \
+    do {                                                                                           \
+        long long dl_ = redis_proc_mono_ms() + (ms);                                               \
+        pthread_mutex_lock(&(mu));                                                                 \
+        while (!((ok) = (expr)) && redis_proc_mono_ms() < dl_)                                     \
+            redis_proc_cond_wait_ms(&(cv), &(mu), 20);                                             \
+        pthread_mutex_unlock(&(mu));                                                               \
+    } while (0)
 
 #endif

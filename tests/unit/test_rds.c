@@ -42,12 +42,7 @@ static struct {
 
 static struct redis_proc R1, R2;
 
-static long long mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+#define mono_ms redis_proc_mono_ms
 
 static void setup(void)
 {
@@ -71,22 +66,7 @@ static void teardown(void)
 TestSuite(rds, .init = setup, .fini = teardown, .timeout = 120);
 
 /* Wait (at most ms) until expr, evaluated under B.mu, holds; ok gets it. */
-#define WAIT(ok, expr, ms)                                                                         \
-    do {                                                                                           \
-        long long dl_ = mono_ms() + (ms);                                                          \
-        pthread_mutex_lock(&B.mu);                                                                 \
-        while (!((ok) = (expr)) && mono_ms() < dl_) {                                              \
-            struct timespec ts_;                                                                   \
-            clock_gettime(CLOCK_MONOTONIC, &ts_);                                                  \
-            ts_.tv_nsec += 20 * 1000000L;                                                          \
-            if (ts_.tv_nsec >= 1000000000L) {                                                      \
-                ts_.tv_sec++;                                                                      \
-                ts_.tv_nsec -= 1000000000L;                                                        \
-            }                                                                                      \
-            pthread_cond_timedwait(&B.cv, &B.mu, &ts_);                                            \
-        }                                                                                          \
-        pthread_mutex_unlock(&B.mu);                                                               \
-    } while (0)
+#define WAIT(ok, expr, ms) REDIS_PROC_WAIT(ok, expr, B.mu, B.cv, ms)
 
 static int snap_int(const int *p)
 {

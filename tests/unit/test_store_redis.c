@@ -83,12 +83,7 @@ static store_t *E[NODES + 1]; /* open engines, closed by teardown */
 static char tmpdir[4096];
 static int dbn;
 
-static long long mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+#define mono_ms redis_proc_mono_ms
 
 static void setup(void)
 {
@@ -121,22 +116,7 @@ static void teardown(void)
 TestSuite(store_redis, .init = setup, .fini = teardown, .timeout = 120);
 
 /* Wait (at most ms) until expr, evaluated under T.mu, holds; ok gets it. */
-#define WAIT(ok, expr, ms)                                                                         \
-    do {                                                                                           \
-        long long dl_ = mono_ms() + (ms);                                                          \
-        pthread_mutex_lock(&T.mu);                                                                 \
-        while (!((ok) = (expr)) && mono_ms() < dl_) {                                              \
-            struct timespec ts_;                                                                   \
-            clock_gettime(CLOCK_MONOTONIC, &ts_);                                                  \
-            ts_.tv_nsec += 20 * 1000000L;                                                          \
-            if (ts_.tv_nsec >= 1000000000L) {                                                      \
-                ts_.tv_sec++;                                                                      \
-                ts_.tv_nsec -= 1000000000L;                                                        \
-            }                                                                                      \
-            pthread_cond_timedwait(&T.cv, &T.mu, &ts_);                                            \
-        }                                                                                          \
-        pthread_mutex_unlock(&T.mu);                                                               \
-    } while (0)
+#define WAIT(ok, expr, ms) REDIS_PROC_WAIT(ok, expr, T.mu, T.cv, ms)
 
 /* ------------------------------------------------------------ the sink */
 
