@@ -822,10 +822,11 @@ class Cluster:
         return self
 
 
-class ClusterCase(AsyncCase):
-    """One Cluster per test class (like ServerCase's one Server); clients
-    are closed after each test. Set nodes, shards, server_args (every
-    node), redis_password, history_max on the class."""
+class ClusterCase(ServerCase):
+    """One Cluster per test class (ServerCase's life cycle and failure logs,
+    with a Cluster as its server, also as self.cluster); clients are closed
+    after each test. Set nodes, shards, server_args (every node),
+    redis_password, history_max on the class."""
 
     nodes = 2
     shards = 1
@@ -841,32 +842,13 @@ class ClusterCase(AsyncCase):
                        history_max=cls.history_max)
 
     @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.cluster = cls.make_cluster()
-        try:
-            cls.cluster.start()
-        except BaseException:
-            cls.cluster.cleanup()
-            raise
+    def make_server(cls):
+        return cls.make_cluster()
 
     @classmethod
-    def tearDownClass(cls):
-        c = cls.cluster
-        try:
-            c.finish()
-        finally:
-            c.cleanup()
-            super().tearDownClass()
-
-    def run(self, result=None):
-        before = (len(result.failures) + len(result.errors)) if result else 0
-        r = super().run(result)
-        res = result or r
-        if res is not None and len(res.failures) + len(res.errors) > before:
-            print(f"\n==== cluster logs for {self.id()} ====\n{self.cluster.log_text()}\n====",
-                  file=sys.stderr)
-        return r
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.cluster = cls.server
 
     def node(self, i):
         return self.cluster.nodes[i]
