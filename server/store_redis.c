@@ -15,7 +15,6 @@
 #include <errno.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
-#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -42,8 +41,14 @@
 #define FILL_BATCH 1000
 
 /* KEYS: seq, log[, id record]. ARGV: from, ts, id, text, frame before the
- * seq, frame after it, history max, id ttl, then the channels to publish
- * on. Returns {1, seq} for a new event, {0, seq} for a known id. */
+ * seq, frame after it, history max, id ttl, the event's header (below),
+ * then the channels to publish on. Returns {1, seq} for a new event, {0,
+ * seq} for a known id.
+ *
+ * What is published is "m<seq>\n<header><text><frame>": the header is
+ * "<ts> <room len> <from len> <id len> <text len>\n<room><from><id>", so a
+ * receiving node takes the event's fields by length and the frame as it is,
+ * without parsing JSON (that parse was most of a node's engine thread). */
 static const char APPEND_LUA[] =
     "if #KEYS == 3 then\n"
     "  local dup = redis.call('GET', KEYS[3])\n"
@@ -53,8 +58,8 @@ static const char APPEND_LUA[] =
     "redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], seq .. '-0', 'f', ARGV[1], 't', ARGV[2],\n"
     "           'i', ARGV[3], 'x', ARGV[4])\n"
     "if #KEYS == 3 then redis.call('SET', KEYS[3], seq, 'EX', ARGV[8]) end\n"
-    "local m = 'm' .. seq .. '\\n' .. ARGV[5] .. seq .. ARGV[6]\n"
-    "for i = 9, #ARGV do redis.call('PUBLISH', ARGV[i], m) end\n"
+    "local m = 'm' .. seq .. '\\n' .. ARGV[9] .. ARGV[4] .. ARGV[5] .. seq .. ARGV[6]\n"
+    "for i = 10, #ARGV do redis.call('PUBLISH', ARGV[i], m) end\n"
     "return {1, seq}\n";
 
 /* One event on its way to the sink: the event (strings in buf) and its
@@ -155,42 +160,55 @@ static void items_free(struct item *it)
     }
 }
 
-/* An event from a pub/sub payload "m<seq>\n<json frame>": the frame is
- * used as it is (the publisher encoded it once); its fields are read back
- * for the room's window. NULL if malformed. */
+/* Reads a decimal number ending at `end` (a space or newline) from *p,
+ * advancing past the separator; false if malformed. */
+static bool take_num(const char **p, const char *lim, char end, uint64_t *out)
+{
+    uint64_t v = 0;
+    const char *q = *p;
+    if (q >= lim || *q < '0' || *q > '9')
+        return false;
+    for (; q < lim && *q != end; q++) {
+        if (*q < '0' || *q > '9' || v > UINT64_MAX / 10 - 1)
+            return false;
+        v = v * 10 + (uint64_t)(*q - '0');
+    }
+    if (q >= lim)
+        return false;
+    *p = q + 1;
+    *out = v;
+    return true;
+}
+
+/* An event from a pub/sub payload (see APPEND_LUA): its fields are taken by
+ * length for the room's window and the frame is used as it is (the
+ * publisher encoded it once). NULL if malformed. */
 static struct item *item_from_payload(const char *payload, size_t len)
 {
-    if (len < 3 || payload[0] != 'm')
+    const char *p = payload + 1, *lim = payload + len;
+    uint64_t seq, ts, rl, fl, il, xl;
+
+    if (len < 2 || payload[0] != 'm' || !take_num(&p, lim, '\n', &seq) || !seq ||
+        !take_num(&p, lim, ' ', &ts) || ts > INT64_MAX || !take_num(&p, lim, ' ', &rl) ||
+        !take_num(&p, lim, ' ', &fl) || !take_num(&p, lim, ' ', &il) ||
+        !take_num(&p, lim, '\n', &xl))
         return NULL;
-    const char *nl = memchr(payload, '\n', len);
-    if (!nl)
+    size_t left = (size_t)(lim - p);
+    if (rl == 0 || rl > CODEC_ROOMID_MAX || fl == 0 || fl > CODEC_USER_MAX ||
+        il > CODEC_ID_MAX || xl > left || rl + fl + il > left - xl ||
+        rl + fl + il + xl + 2 > left)
         return NULL;
-    uint64_t seq = 0;
-    for (const char *p = payload + 1; p < nl; p++) {
-        if (*p < '0' || *p > '9' || seq > UINT64_MAX / 10 - 1)
-            return NULL;
-        seq = seq * 10 + (uint64_t)(*p - '0');
-    }
-    const char *frame = nl + 1;
-    size_t flen = len - (size_t)(frame - payload);
-    json_error_t je;
-    json_t *j = json_loadb(frame, flen, 0, &je);
-    if (!j)
+    const char *room = p, *from = room + rl, *id = from + fl, *text = id + il;
+    const char *frame = text + xl;
+    if (frame[0] != '{' || lim[-1] != '}') /* an object, whole */
         return NULL;
-    const char *room = json_string_value(json_object_get(j, "room"));
-    json_t *from = json_object_get(j, "from"), *text = json_object_get(j, "text");
-    json_t *id = json_object_get(j, "id");
-    json_t *ts = json_object_get(j, "ts");
-    struct item *it = NULL;
-    if (room && json_is_string(from) && json_is_string(text) && json_is_integer(ts) &&
-        strlen(room) <= CODEC_ROOMID_MAX) {
-        it = item_new(room, seq, json_string_value(from), json_string_length(from),
-                      id ? json_string_value(id) : "", id ? json_string_length(id) : 0,
-                      json_string_value(text), json_string_length(text),
-                      (int64_t)json_integer_value(ts));
-        it->json = msg_new_text(frame, flen);
-    }
-    json_decref(j);
+    char rb[CODEC_ROOMID_MAX + 1];
+    memcpy(rb, room, rl);
+    rb[rl] = '\0';
+    if (memchr(rb, '\0', rl) || memchr(from, '\0', fl) || (il && memchr(id, '\0', il)))
+        return NULL;
+    struct item *it = item_new(rb, seq, from, fl, id, il, text, xl, (int64_t)ts);
+    it->json = msg_new_text(frame, (size_t)(lim - frame));
     return it;
 }
 
@@ -815,6 +833,13 @@ static int sr_append(store_t *st, struct store_append *a)
     ARG(a->frame + a->frame_seq_at, a->frame_len - a->frame_seq_at);
     SARG(s->history_max);
     SARG(s->id_ttl);
+    size_t rl = strlen(e->room), fl = strlen(e->from), il = has_id ? strlen(e->id) : 0;
+    char hdr[64 + CODEC_ROOMID_MAX + CODEC_USER_MAX + CODEC_ID_MAX];
+    int hl = snprintf(hdr, sizeof(hdr), "%" PRId64 " %zu %zu %zu %zu\n%s%s%s", e->ts, rl, fl,
+                      il, e->text_len, e->room, e->from, has_id ? e->id : "");
+    if (hl < 0 || (size_t)hl >= sizeof(hdr) || e->ts < 0)
+        return -EINVAL;
+    ARG(hdr, (size_t)hl);
     /* the room's channel keeps the room's subscribers (its window and seq)
      * current; a DM also goes to both users' channels, which reach their
      * connections wherever they are */

@@ -499,11 +499,11 @@ static void hand_append(redisContext *c, const char *room, uint64_t seq)
     freeReplyObject(rep);
 }
 
-/* Publish event seq of room on its channel by hand, as the script does. */
-static void hand_publish(redisContext *c, const char *room, uint64_t seq)
+/* Event seq of room (from ann, text_of(seq)) as the append script
+ * publishes it; its length. */
+static int hand_payload(char *payload, size_t size, const char *room, uint64_t seq)
 {
-    char ch[CODEC_ROOMID_MAX + 8], t[64];
-    snprintf(ch, sizeof(ch), "r:{%s}", room);
+    char t[64];
     text_of(t, sizeof(t), seq);
     struct chat_msg m = {.room = room,
                          .seq = seq,
@@ -515,10 +515,19 @@ static void hand_publish(redisContext *c, const char *room, uint64_t seq)
     msg_t *f = codec_message(FMT_JSON, &m);
     size_t fl;
     const unsigned char *fp = msg_payload(f, &fl);
-    char payload[600];
-    int n =
-        snprintf(payload, sizeof(payload), "m%" PRIu64 "\n%.*s", seq, (int)fl, (const char *)fp);
+    int n = snprintf(payload, size, "m%" PRIu64 "\n%" PRId64 " %zu 3 0 %zu\n%sann%s%.*s", seq,
+                     m.ts, strlen(room), m.text_len, room, t, (int)fl, (const char *)fp);
     msg_unref(&f);
+    cr_assert(n > 0 && (size_t)n < size);
+    return n;
+}
+
+/* Publish event seq of room on its channel by hand, as the script does. */
+static void hand_publish(redisContext *c, const char *room, uint64_t seq)
+{
+    char ch[CODEC_ROOMID_MAX + 8], payload[700];
+    snprintf(ch, sizeof(ch), "r:{%s}", room);
+    int n = hand_payload(payload, sizeof(payload), room, seq);
     redisReply *rep = redisCommand(c, "PUBLISH %s %b", ch, payload, (size_t)n);
     cr_assert_not_null(rep);
     cr_assert_eq(rep->integer, 1, "one subscriber of %s", ch);
@@ -833,6 +842,7 @@ Test(store_redis, seq_jump_is_filled_from_the_log)
     cr_assert_eq(st.lost, 0);
 
     /* old seqs published again are dropped */
+    redisReply *rep;
     uint64_t dups = st.dropped_dups;
     hand_publish(c, "g", 2);
     hand_publish(c, "g", 4);
@@ -843,6 +853,22 @@ Test(store_redis, seq_jump_is_filled_from_the_log)
         store_redis_stats(E[0], &st);
     }
     cr_assert_eq(st.dropped_dups, dups + 2);
+    /* malformed payloads (a new seq, but cut short or lying about their
+     * lengths) are dropped whole */
+    char good[700];
+    int gl = hand_payload(good, sizeof(good), "g", 5);
+    static const char *const bad[] = {
+        "m5", "m5\n", "m\n1 1 3 0 2\ngannx5", "m5\n1 1 3 0 9\ngannx5{}",
+        "m5\n1 0 3 0 2\nann5{}", "m5\n1 1 3 0 2\ngann", "m5\n1 1 3 99999999999999999999 2\ngann",
+        "m5\n1 1 3 0 2\ngannx5", "m5\n-1 1 3 0 2\ngannx5{}", "x5\n1 1 3 0 2\ngannx5{}"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        rep = redisCommand(c, "PUBLISH r:{g} %s", bad[i]);
+        freeReplyObject(rep);
+    }
+    for (int cut = 1; cut < gl; cut += 7) {
+        rep = redisCommand(c, "PUBLISH r:{g} %b", good, (size_t)cut);
+        freeReplyObject(rep);
+    }
     WAIT(ok, count_locked(0, NULL, "g") > 4, QUIET_MS);
     cr_assert_not(ok, "nothing more delivered");
     check_seqs(0, NULL, "g", 1, 4, true);
@@ -850,7 +876,7 @@ Test(store_redis, seq_jump_is_filled_from_the_log)
     /* a jump over seqs the log does not have (trimmed): counted lost, then
      * delivery goes on */
     hand_append(c, "g", 5);
-    redisReply *rep = redisCommand(c, "SET r:{g}:seq 9");
+    rep = redisCommand(c, "SET r:{g}:seq 9");
     freeReplyObject(rep);
     hand_append(c, "g", 10);
     hand_publish(c, "g", 10);
@@ -1108,21 +1134,8 @@ Test(store_redis, hold_overflow_is_read_back)
     free(big);
     /* published in one pipeline: the first is a jump that starts the fill */
     for (uint64_t k = jump; k <= last; k++) {
-        text_of(t, sizeof(t), k);
-        struct chat_msg m = {.room = "o",
-                             .seq = k,
-                             .from = "ann",
-                             .text = t,
-                             .text_len = strlen(t),
-                             .ts = TS0 + (int64_t)k,
-                             .id = ""};
-        msg_t *f = codec_message(FMT_JSON, &m);
-        size_t fl;
-        const unsigned char *fp = msg_payload(f, &fl);
-        char payload[600];
-        int n =
-            snprintf(payload, sizeof(payload), "m%" PRIu64 "\n%.*s", k, (int)fl, (const char *)fp);
-        msg_unref(&f);
+        char payload[700];
+        int n = hand_payload(payload, sizeof(payload), "o", k);
         redisAppendCommand(c, "PUBLISH r:{o} %b", payload, (size_t)n);
     }
     for (uint64_t k = jump; k <= last; k++) {
