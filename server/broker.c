@@ -1080,8 +1080,8 @@ static const char *revoked_locked(const struct user *u, int64_t iat_ms)
 
 static void hello_finish(struct broker *b, struct client *c, const char *user, int64_t iat_ms,
                          const char *ref, bool at_connect);
-static void hello_claim(struct broker *b, struct client *c, const char *user, int64_t iat_ms,
-                        const char *ref, bool at_connect);
+static void hello_wait(struct broker *b, struct client *c, const char *user, int64_t iat_ms,
+                       const char *ref, bool at_connect);
 
 static void publish_shared(struct broker *b, struct client *c, const char *room,
                            const struct req *r);
@@ -1092,8 +1092,11 @@ static void notify_targets(struct broker *b, const struct note_target *t, size_t
 
 /* ------------------------------------------------------- cluster names */
 
-/* Open mode in a cluster: a hello waits (parked, like a room load) while
- * the directory grants the name on every node. */
+/* A hello in a cluster waits (parked, like a room load) until the cluster
+ * is ready for its user: in open mode the directory grants the name on
+ * every node; in both modes the user's channel, which brings their DMs
+ * from every node, is live (a DM sent right after the welcome must not
+ * find this node not listening yet). */
 struct hello_wait {
     struct broker *b;
     struct client *c; /* a reference */
@@ -1103,14 +1106,17 @@ struct hello_wait {
     bool at_connect, ok, taken;
 };
 
-/* {any}. This node claimed name but nobody here took it after all. */
+/* {any}. This node claimed name (open mode) and subscribed its channel,
+ * but nobody here took it after all. */
 static void name_unclaim(struct broker *b, const char *name)
 {
     pthread_mutex_lock(&b->users_lock);
     struct user *u = user_get_locked(b, name, false);
     bool held = u && u->n;
-    pthread_mutex_unlock(&b->users_lock);
     if (!held)
+        store_user_unsubscribe(b->srv->store, name);
+    pthread_mutex_unlock(&b->users_lock);
+    if (!held && b->cdir && !b->srv->accounts)
         cdir_user_del(b->cdir, name);
 }
 
@@ -1150,30 +1156,53 @@ static void hello_job(void *arg)
     resume_job(rs);
 }
 
-/* Thread: the engine's. */
-static void hello_claimed(void *arg, bool ok, bool taken)
+/* Thread: any. The wait is over: the rest runs on the client's loop. */
+static void hello_ready(void *arg)
 {
     struct hello_wait *hw = arg;
-    hw->ok = ok;
-    hw->taken = taken;
     if (client_post(hw->c, hello_job, hw) != 0) {
-        if (ok && !taken)
+        if (hw->ok && !hw->taken)
             name_unclaim(hw->b, hw->user);
         client_unref(&hw->c);
         free(hw);
     }
 }
 
-static void hello_claim(struct broker *b, struct client *c, const char *user, int64_t iat_ms,
-                        const char *ref, bool at_connect)
+/* Thread: any. The name is this connection's to take: wait for its
+ * channel. */
+static void hello_channel(struct hello_wait *hw)
 {
-    pthread_mutex_lock(&b->users_lock);
-    struct user *u = user_get_locked(b, user, false);
-    bool taken = u && u->n;
-    pthread_mutex_unlock(&b->users_lock);
-    if (taken) {
-        reply_error(c, ERR_NAME_TAKEN, "that name is in use by a live connection", ref);
-        return;
+    if (store_user_subscribe(hw->b->srv->store, hw->user, hello_ready, hw) != 0)
+        hello_ready(hw);
+}
+
+/* Thread: the engine's. */
+static void hello_claimed(void *arg, bool ok, bool taken)
+{
+    struct hello_wait *hw = arg;
+    hw->ok = ok;
+    hw->taken = taken;
+    if (ok && !taken)
+        hello_channel(hw);
+    else
+        hello_ready(hw);
+}
+
+/* {home loop}. A hello in a cluster: park c until the name is granted
+ * (open mode) and its channel is live, then hello_job finishes it. */
+static void hello_wait(struct broker *b, struct client *c, const char *user, int64_t iat_ms,
+                       const char *ref, bool at_connect)
+{
+    bool open = !b->srv->accounts;
+    if (open) {
+        pthread_mutex_lock(&b->users_lock);
+        struct user *u = user_get_locked(b, user, false);
+        bool taken = u && u->n;
+        pthread_mutex_unlock(&b->users_lock);
+        if (taken) {
+            reply_error(c, ERR_NAME_TAKEN, "that name is in use by a live connection", ref);
+            return;
+        }
     }
     struct hello_wait *hw = xcalloc(1, sizeof(*hw));
     hw->b = b;
@@ -1183,8 +1212,13 @@ static void hello_claim(struct broker *b, struct client *c, const char *user, in
     hw->iat_ms = iat_ms;
     hw->at_connect = at_connect;
     park(c, NULL, ref);
-    if (cdir_user_add(b->cdir, user, true, hello_claimed, hw) != 0)
+    if (!open) {
+        /* accounts: a user may hold many connections; no claim */
+        hw->ok = true;
+        hello_channel(hw);
+    } else if (cdir_user_add(b->cdir, user, true, hello_claimed, hw) != 0) {
         hello_claimed(hw, false, false);
+    }
 }
 
 /* ------------------------------------------------------- cluster lists */
@@ -1364,8 +1398,8 @@ static void do_hello(struct broker *b, struct client *c, const struct req *r, bo
     }
     if (!hello_identity(b, c, r, user, &iat_ms, at_connect))
         return;
-    if (b->cdir && !b->srv->accounts) {
-        hello_claim(b, c, user, iat_ms, r->ref, at_connect);
+    if (b->shared) {
+        hello_wait(b, c, user, iat_ms, r->ref, at_connect);
         return;
     }
     hello_finish(b, c, user, iat_ms, r->ref, at_connect);
@@ -1410,8 +1444,10 @@ static void hello_finish(struct broker *b, struct client *c, const char *user, i
     /* the user's channel brings their DMs from every node; under the lock
      * so a subscribe and an unsubscribe of one name keep their order */
     if (b->shared && u->n == 1) {
-        store_user_subscribe(b->srv->store, user);
-        /* open mode claimed the name on every node before (hello_claim) */
+        /* live already (hello_wait); again in case the user's last other
+         * connection here unsubscribed it meanwhile */
+        store_user_subscribe(b->srv->store, user, NULL, NULL);
+        /* open mode claimed the name on every node before (hello_wait) */
         if (b->cdir && b->srv->accounts)
             cdir_user_add(b->cdir, user, false, NULL, NULL);
     }

@@ -187,9 +187,9 @@ int store_unsubscribe(store_t *s, const char *room)
     return LOG(s)->unsubscribe ? LOG(s)->unsubscribe(s, room) : -ENOTSUP;
 }
 
-int store_user_subscribe(store_t *s, const char *user)
+int store_user_subscribe(store_t *s, const char *user, void (*live)(void *arg), void *arg)
 {
-    return LOG(s)->user_subscribe ? LOG(s)->user_subscribe(s, user) : -ENOTSUP;
+    return LOG(s)->user_subscribe ? LOG(s)->user_subscribe(s, user, live, arg) : -ENOTSUP;
 }
 
 int store_user_unsubscribe(store_t *s, const char *user)

@@ -207,7 +207,14 @@ struct store_sub {
  * a time; unsubscribe may come before the subscribe's done. */
 int store_subscribe(store_t *s, struct store_sub *sub);
 int store_unsubscribe(store_t *s, const char *room);
-int store_user_subscribe(store_t *s, const char *user);
+/* A user's channel, subscribed once however often this is called. Returns
+ * 1 if it is live now (live will not run); 0 if live(arg) (may be NULL)
+ * will run once, on the engine's thread, when it is: confirmed on every
+ * shard, or a shard was down (the channel is subscribed again when the
+ * shard is back), or it was unsubscribed before; or -ENOTSUP (not shared).
+ * Events published before the channel is live may not reach this node, so
+ * a connection is signed in only once its user's channel is live. */
+int store_user_subscribe(store_t *s, const char *user, void (*live)(void *arg), void *arg);
 int store_user_unsubscribe(store_t *s, const char *user);
 /* Publish ephemeral room traffic to every node holding the room ('t'). */
 int store_ephemeral(store_t *s, const char *room, char kind, const char *user);

@@ -32,7 +32,7 @@ struct store_log_ops {
     void (*set_sink)(store_t *s, const struct store_sink *sink);
     int (*subscribe)(store_t *s, struct store_sub *sub);
     int (*unsubscribe)(store_t *s, const char *room);
-    int (*user_subscribe)(store_t *s, const char *user);
+    int (*user_subscribe)(store_t *s, const char *user, void (*live)(void *arg), void *arg);
     int (*user_unsubscribe)(store_t *s, const char *user);
     int (*ephemeral)(store_t *s, const char *room, char kind, const char *user);
     bool (*up)(store_t *s);

@@ -703,40 +703,130 @@ static bool drop_user_dm(const char *key, void *val, void *arg)
     return true;
 }
 
-static int sr_user_sub(store_t *st, const char *user, bool on)
+/* Waiting for a user's channel to be live. */
+struct uwait {
+    struct uwait *next;
+    void (*live)(void *arg);
+    void *arg;
+};
+
+/* A subscribed user's channel (in `users`): live once every shard
+ * confirmed it; who waits until then. */
+struct usub {
+    uint64_t gen;
+    size_t pending; /* shards yet to confirm */
+    struct uwait *waiters;
+};
+
+/* A shard's answer to one user channel's SUBSCRIBE. */
+struct uconfirm {
+    struct sr *s;
+    uint64_t gen;
+    char user[CODEC_USER_MAX + 1];
+};
+
+static void uwaiters_run(struct uwait *w)
+{
+    while (w) {
+        struct uwait *n = w->next;
+        w->live(w->arg);
+        free(w);
+        w = n;
+    }
+}
+
+static void usub_free(void *v)
+{
+    struct usub *u = v;
+    if (!u)
+        return;
+    /* only at close: nobody is left to tell */
+    while (u->waiters) {
+        struct uwait *n = u->waiters->next;
+        free(u->waiters);
+        u->waiters = n;
+    }
+    free(u);
+}
+
+/* Thread: rds. Confirmed (rep) or failed (NULL: the shard is down, and the
+ * channel comes back with it): either way that shard is no longer waited
+ * for, so a hello is not held while Redis is away. */
+static void user_confirmed(void *arg, const redisReply *rep)
+{
+    struct uconfirm *uc = arg;
+    struct sr *s = uc->s;
+    struct uwait *run = NULL;
+    (void)rep;
+    pthread_mutex_lock(&s->lock);
+    struct usub *u = strmap_get(s->users, uc->user);
+    if (u && u->gen == uc->gen && u->pending && --u->pending == 0) {
+        run = u->waiters;
+        u->waiters = NULL;
+    }
+    pthread_mutex_unlock(&s->lock);
+    uwaiters_run(run);
+    free(uc);
+}
+
+static int sr_user_subscribe(store_t *st, const char *user, void (*live)(void *arg), void *arg)
+{
+    struct sr *s = SR(st);
+    char ch[CODEC_USER_MAX + 8];
+    int n = snprintf(ch, sizeof(ch), "u:{%s}", user);
+    size_t nshards = rds_nshards(s->rds);
+
+    pthread_mutex_lock(&s->lock);
+    struct usub *u = strmap_get(s->users, user);
+    bool fresh = !u;
+    if (fresh) {
+        u = xcalloc(1, sizeof(*u));
+        u->gen = ++s->gen;
+        u->pending = nshards;
+        strmap_put(s->users, user, u);
+    }
+    bool now = u->pending == 0;
+    if (!now && live) {
+        struct uwait *w = xmalloc(sizeof(*w));
+        *w = (struct uwait){.next = u->waiters, .live = live, .arg = arg};
+        u->waiters = w;
+    }
+    uint64_t gen = u->gen;
+    pthread_mutex_unlock(&s->lock);
+    for (size_t i = 0; fresh && i < nshards; i++) {
+        struct uconfirm *uc = xmalloc(sizeof(*uc));
+        uc->s = s;
+        uc->gen = gen;
+        str_lcpy(uc->user, user, sizeof(uc->user));
+        if (rds_subscribe(s->rds, i, ch, (size_t)n, user_confirmed, uc) != 0)
+            user_confirmed(uc, NULL);
+    }
+    return now ? 1 : 0;
+}
+
+static int sr_user_unsubscribe(store_t *st, const char *user)
 {
     struct sr *s = SR(st);
     char ch[CODEC_USER_MAX + 8];
     int n = snprintf(ch, sizeof(ch), "u:{%s}", user);
 
     pthread_mutex_lock(&s->lock);
-    bool had = strmap_get(s->users, user) != NULL;
-    if (on && !had)
-        strmap_put(s->users, user, (void *)1);
-    else if (!on && had) {
-        strmap_del(s->users, user);
+    struct usub *u = strmap_del(s->users, user);
+    struct uwait *run = NULL;
+    if (u) {
+        run = u->waiters;
+        u->waiters = NULL;
         strmap_sweep(s->dms, drop_user_dm, (void *)user);
     }
     pthread_mutex_unlock(&s->lock);
-    if (on == had)
-        return on ? -EALREADY : -ENOENT;
-    for (size_t i = 0; i < rds_nshards(s->rds); i++) {
-        if (on)
-            rds_subscribe(s->rds, i, ch, (size_t)n, NULL, NULL);
-        else
-            rds_unsubscribe(s->rds, i, ch, (size_t)n);
-    }
+    if (!u)
+        return -ENOENT;
+    free(u);
+    /* whoever waited is not kept waiting for a channel that is gone */
+    uwaiters_run(run);
+    for (size_t i = 0; i < rds_nshards(s->rds); i++)
+        rds_unsubscribe(s->rds, i, ch, (size_t)n);
     return 0;
-}
-
-static int sr_user_subscribe(store_t *st, const char *user)
-{
-    return sr_user_sub(st, user, true);
-}
-
-static int sr_user_unsubscribe(store_t *st, const char *user)
-{
-    return sr_user_sub(st, user, false);
 }
 
 static int sr_ephemeral(store_t *st, const char *room, char kind, const char *user)
@@ -1020,7 +1110,7 @@ static void sr_close(store_t *st)
     pthread_mutex_unlock(&s->lock);
     strmap_free(s->rooms, NULL);
     strmap_free(s->dms, NULL);
-    strmap_free(s->users, NULL);
+    strmap_free(s->users, usub_free);
     pthread_mutex_destroy(&s->lock);
     acctrds_close(s->acct);
     store_close(s->local);
@@ -1145,7 +1235,7 @@ fail:
     acctrds_close(s->acct);
     rds_close(s->rds);
     strmap_free(s->rooms, NULL);
-    strmap_free(s->users, NULL);
+    strmap_free(s->users, usub_free);
     strmap_free(s->dms, NULL);
     pthread_mutex_destroy(&s->lock);
     store_close(s->local);

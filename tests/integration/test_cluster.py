@@ -217,6 +217,18 @@ class ChatChecks:
         e = await a.call({"type": "dm", "to": uniq("ghost"), "text": "x"})
         self.assertEqual((e["type"], e["code"]), ("error", "no_such_user"))
 
+    async def test_dm_right_after_sign_in(self):
+        """The welcome comes once the user's channel is live on the node, so
+        a DM sent from another node right after it is never missed."""
+        a = await self.json_client(0, user=uniq("dsa"))
+        for k in range(20):
+            b = await self.json_client(self.nodes - 1, user=uniq("dsb"))
+            ack = await a.call({"type": "dm", "to": b.user, "text": f"hi{k}"}, "ack")
+            m = await b.expect(is_msg(ack["room"], seq=ack["seq"]),
+                               what=f"the DM sent right after {b.user} signed in")
+            self.assertEqual(m["text"], f"hi{k}")
+            await b.close()
+
     async def test_presence_who_rooms_cluster_wide(self):
         room, clients = await self.room_across_nodes(prefix="p")
         names = sorted(c.user for c in clients)

@@ -461,15 +461,21 @@ static long long last_seq(struct redis_proc *p, const char *room)
 }
 
 /* Wait until the server counts n subscribers of channel. */
+static long long numsub(redisContext *c, const char *channel)
+{
+    redisReply *rep = redisCommand(c, "PUBSUB NUMSUB %s", channel);
+    cr_assert_not_null(rep);
+    long long got = rep->element[1]->integer;
+    freeReplyObject(rep);
+    return got;
+}
+
 static void wait_numsub(struct redis_proc *p, const char *channel, long long n)
 {
     redisContext *c = rconn(p);
     long long deadline = mono_ms() + 10000, got = -1;
     while (got != n && mono_ms() < deadline) {
-        redisReply *rep = redisCommand(c, "PUBSUB NUMSUB %s", channel);
-        cr_assert_not_null(rep);
-        got = rep->element[1]->integer;
-        freeReplyObject(rep);
+        got = numsub(c, channel);
         if (got != n) {
             struct timespec ts = {0, 10 * 1000000L};
             nanosleep(&ts, NULL);
@@ -962,23 +968,46 @@ Test(store_redis, reconnect_fills_what_was_missed)
     cr_assert_not(ok, "down once, up once");
 }
 
+static atomic_int live_calls;
+
+static void on_live(void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&live_calls, 1);
+}
+
 Test(store_redis, dm_reaches_user_channels)
 {
     cr_assert_eq(redis_proc_start(&R1, NULL, false), 0);
     E[0] = engine_open(&R1, 1000, 0);
     E[1] = engine_open(&R1, 1000, 1);
     const char *room = "dm:alice:bob";
-    cr_assert_eq(store_user_subscribe(E[0], "alice"), 0);
-    cr_assert_eq(store_user_subscribe(E[1], "bob"), 0);
-    cr_assert_eq(store_user_subscribe(E[1], "alice"), 0);
-    cr_assert_eq(store_user_subscribe(E[0], "alice"), -EALREADY);
+    cr_assert_eq(store_user_subscribe(E[0], "alice", on_live, NULL), 0);
+    cr_assert_eq(store_user_subscribe(E[1], "bob", on_live, NULL), 0);
+    cr_assert_eq(store_user_subscribe(E[1], "alice", NULL, NULL), 0);
+    bool ok;
+    WAIT(ok, atomic_load(&live_calls) == 2, 10000);
+    cr_assert(ok, "%d live calls", atomic_load(&live_calls));
+    /* live means Redis has the subscription (it counted it before it
+     * confirmed it), so whatever is published from now on reaches us */
+    redisContext *rc = rconn(&R1);
+    cr_assert_geq(numsub(rc, "u:{bob}"), 1);
+    cr_assert_eq(store_user_subscribe(E[0], "alice", on_live, NULL), 1, "live already");
     cr_assert_eq(store_user_unsubscribe(E[0], "carol"), -ENOENT);
+    /* whoever waits for a channel unsubscribed before it was live is told */
+    cr_assert_eq(store_user_subscribe(E[0], "dave", on_live, NULL), 0);
+    cr_assert_eq(store_user_unsubscribe(E[0], "dave"), 0);
+    WAIT(ok, atomic_load(&live_calls) == 3, 10000);
+    cr_assert(ok);
+    WAIT(ok, atomic_load(&live_calls) > 3, QUIET_MS);
+    cr_assert_not(ok, "each waiter once");
+    wait_numsub(&R1, "u:{dave}", 0);
+    redisFree(rc);
     cr_assert_eq(subscribe_sync(E[0], room), 0);
     wait_numsub(&R1, "u:{alice}", 2);
     wait_numsub(&R1, "u:{bob}", 1);
 
     append_run(E[0], room, 1, 2);
-    bool ok;
     WAIT(ok,
          count_locked(0, "alice", room) == 2 && count_locked(0, NULL, room) == 2 &&
              count_locked(1, "alice", room) == 2 && count_locked(1, "bob", room) == 2,
