@@ -45,6 +45,10 @@ msg_t *metrics_render(struct metrics *m, const struct store_stats *st)
                   "parley_engine_gap_filled_total %llu\n"
                   "# HELP parley_engine_lost_total Seqs a gap fill found missing from a log\n"
                   "# TYPE parley_engine_lost_total counter\nparley_engine_lost_total %llu\n"
+                  "# HELP parley_engine_reseeded_total Rooms whose seq a Redis had lost (it"
+                  " restarted without its data), raised above what this node delivered\n"
+                  "# TYPE parley_engine_reseeded_total counter\n"
+                  "parley_engine_reseeded_total %llu\n"
                   "# HELP parley_engine_rtt_seconds Redis command round trips\n"
                   "# TYPE parley_engine_rtt_seconds summary\n"
                   "parley_engine_rtt_seconds_sum %.9f\nparley_engine_rtt_seconds_count %llu\n"
@@ -54,6 +58,7 @@ msg_t *metrics_render(struct metrics *m, const struct store_stats *st)
                   st->engine_up ? 1 : 0, (unsigned long long)st->engine_reconnects,
                   (unsigned long long)st->engine_gap_fills,
                   (unsigned long long)st->engine_filled, (unsigned long long)st->engine_lost,
+                  (unsigned long long)st->engine_reseeded,
                   st->engine_rtt_seconds_sum, (unsigned long long)st->engine_rtt_count,
                   (unsigned long long)st->engine_subscriptions);
     }

@@ -250,6 +250,7 @@ struct store_stats {
     uint64_t engine_gap_fills; /* log ranges read to close a delivery gap */
     uint64_t engine_filled;  /* events delivered by those */
     uint64_t engine_lost;    /* seqs a fill found missing from a log (trimmed) */
+    uint64_t engine_reseeded; /* rooms whose seq Redis had lost, raised again */
     double engine_rtt_seconds_sum; /* command round trips */
     uint64_t engine_rtt_count;
     uint64_t engine_subscriptions;

@@ -42,8 +42,13 @@
 
 /* KEYS: seq, log[, id record]. ARGV: from, ts, id, text, frame before the
  * seq, frame after it, history max, id ttl, the event's header (below),
- * then the channels to publish on. Returns {1, seq} for a new event, {0,
- * seq} for a known id.
+ * the floor, then the channels to publish on. Returns {1, seq} for a new
+ * event, {0, seq} for a known id.
+ *
+ * The floor is the last seq this node delivered in the room: a seq key
+ * below it means Redis lost the room's data (restarted without its AOF),
+ * and the room goes on above it rather than reuse seqs that clients and
+ * nodes already have (each node would drop the new events as repeats).
  *
  * What is published is "m<seq>\n<header><text><frame>": the header is
  * "<ts> <room len> <from len> <id len> <text len>\n<room><from><id>", so a
@@ -55,12 +60,23 @@ static const char APPEND_LUA[] =
     "  if dup then return {0, tonumber(dup)} end\n"
     "end\n"
     "local seq = redis.call('INCR', KEYS[1])\n"
+    "local floor = tonumber(ARGV[10])\n"
+    "if seq <= floor then seq = floor + 1; redis.call('SET', KEYS[1], seq) end\n"
     "redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], seq .. '-0', 'f', ARGV[1], 't', ARGV[2],\n"
     "           'i', ARGV[3], 'x', ARGV[4])\n"
     "if #KEYS == 3 then redis.call('SET', KEYS[3], seq, 'EX', ARGV[8]) end\n"
     "local m = 'm' .. seq .. '\\n' .. ARGV[9] .. ARGV[4] .. ARGV[5] .. seq .. ARGV[6]\n"
-    "for i = 10, #ARGV do redis.call('PUBLISH', ARGV[i], m) end\n"
+    "for i = 11, #ARGV do redis.call('PUBLISH', ARGV[i], m) end\n"
     "return {1, seq}\n";
+
+/* KEYS: seq. ARGV: a floor, as in APPEND_LUA. Raises the seq to the floor;
+ * returns 1 if it was below (the room's data was lost), else 0. Sent for
+ * every room of a shard when the node connects to it again, so rooms that
+ * nobody here sends to do not go back either. */
+static const char SEED_LUA[] =
+    "local c = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "if c < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]); return 1 end\n"
+    "return 0\n";
 
 /* One event on its way to the sink: the event (strings in buf) and its
  * JSON frame. */
@@ -96,7 +112,7 @@ struct sr {
     store_t *local;
     acctrds_t *acct; /* accounts, on the first Redis of the list */
     rds_t *rds;
-    int script;
+    int script, seed_script;
     char history_max[24];
     char id_ttl[24];
     struct store_sink sink;
@@ -110,7 +126,7 @@ struct sr {
      * once-in-order-no-gap treatment as rooms; dropped with the channel */
     strmap_t *dms;
 
-    _Atomic uint64_t gap_fills, filled, dropped_dups, lost;
+    _Atomic uint64_t gap_fills, filled, dropped_dups, lost, reseeded;
 };
 
 #define SR(s) ((struct sr *)(s))
@@ -520,12 +536,49 @@ struct resync {
     size_t shard;
 };
 
+struct seed {
+    struct sr *s;
+    char room[CODEC_ROOMID_MAX + 1];
+    uint64_t floor;
+};
+
+static void seed_done(void *arg, const redisReply *rep)
+{
+    struct seed *sd = arg;
+    if (rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1) {
+        atomic_fetch_add(&sd->s->reseeded, 1);
+        log_error("engine", "room '%s': its seq in Redis was below %" PRIu64 " (Redis lost its "
+                  "data?): it goes on from there", sd->room, sd->floor);
+    }
+    free(sd);
+}
+
+/* {lock}. Before the fill (commands on a shard keep their order): a room
+ * whose seq Redis lost goes on above what this node delivered. */
+static void seed_locked(struct sr *s, struct sroom *r)
+{
+    if (!r->last)
+        return;
+    char key[CODEC_ROOMID_MAX + 16], floor[24];
+    snprintf(key, sizeof(key), "r:{%s}:seq", r->name);
+    snprintf(floor, sizeof(floor), "%" PRIu64, r->last);
+    const char *argv[] = {key, floor};
+    struct seed *sd = xmalloc(sizeof(*sd));
+    sd->s = s;
+    str_lcpy(sd->room, r->name, sizeof(sd->room));
+    sd->floor = r->last;
+    if (rds_eval(s->rds, r->shard, s->seed_script, 1, 2, argv, NULL, seed_done, sd) != 0)
+        free(sd);
+}
+
 static bool resync_room(const char *key, void *val, void *arg)
 {
     struct resync *rs = arg;
     struct sroom *r = val;
-    if (r->shard == rs->shard && r->st == SR_READY && !r->filling)
+    if (r->shard == rs->shard && r->st == SR_READY && !r->filling) {
+        seed_locked(rs->s, r);
         fill_start_locked(rs->s, r, UINT64_MAX);
+    }
     return false;
 }
 
@@ -887,6 +940,21 @@ static bool dm_peers(const char *room, char *a, char *b, size_t sz)
     return true;
 }
 
+/* The last seq this node delivered in room (as a subscribed room, or as a
+ * DM room on the sender's channel); 0 if it knows none. */
+static uint64_t append_floor(struct sr *s, const char *room, const char *from)
+{
+    char key[CODEC_USER_MAX + CODEC_ROOMID_MAX + 2];
+    snprintf(key, sizeof(key), "%s\x1f%s", from, room);
+    pthread_mutex_lock(&s->lock);
+    const struct sroom *r = strmap_get(s->rooms, room), *d = strmap_get(s->dms, key);
+    uint64_t floor = r ? r->last : 0;
+    if (d && d->last > floor)
+        floor = d->last;
+    pthread_mutex_unlock(&s->lock);
+    return floor;
+}
+
 static int sr_append(store_t *st, struct store_append *a)
 {
     struct sr *s = SR(st);
@@ -898,8 +966,8 @@ static int sr_append(store_t *st, struct store_append *a)
     char kid[CODEC_ROOMID_MAX + CODEC_USER_MAX + CODEC_ID_MAX + 16];
     char ts[24], ch[CODEC_ROOMID_MAX + 8], u1[CODEC_USER_MAX + 8], u2[CODEC_USER_MAX + 8];
     char pa[CODEC_USER_MAX + 1], pb[CODEC_USER_MAX + 1];
-    const char *argv[16];
-    size_t lens[16];
+    const char *argv[18];
+    size_t lens[18];
     int n = 0;
     bool has_id = e->id && e->id[0];
 
@@ -930,6 +998,9 @@ static int sr_append(store_t *st, struct store_append *a)
     if (hl < 0 || (size_t)hl >= sizeof(hdr) || e->ts < 0)
         return -EINVAL;
     ARG(hdr, (size_t)hl);
+    char floor[24];
+    snprintf(floor, sizeof(floor), "%" PRIu64, append_floor(s, e->room, e->from));
+    SARG(floor);
     /* the room's channel keeps the room's subscribers (its window and seq)
      * current; a DM also goes to both users' channels, which reach their
      * connections wherever they are */
@@ -1087,6 +1158,7 @@ static void sr_stats(store_t *st, struct store_stats *out)
     out->engine_gap_fills = atomic_load(&s->gap_fills);
     out->engine_filled = atomic_load(&s->filled);
     out->engine_lost = atomic_load(&s->lost);
+    out->engine_reseeded = atomic_load(&s->reseeded);
     out->engine_rtt_seconds_sum = rs.rtt_seconds_sum;
     out->engine_rtt_count = rs.rtt_count;
     out->engine_subscriptions = rs.subscriptions;
@@ -1226,8 +1298,9 @@ store_t *store_redis_open(const struct store_redis_opts *o, char *err, size_t er
     if (!s->acct)
         goto fail;
     s->script = rds_script(s->rds, APPEND_LUA);
-    if (s->script < 0) {
-        snprintf(err, errsz, "cannot register the append script");
+    s->seed_script = rds_script(s->rds, SEED_LUA);
+    if (s->script < 0 || s->seed_script < 0) {
+        snprintf(err, errsz, "cannot register the engine's scripts");
         goto fail;
     }
     return (store_t *)s;
@@ -1255,6 +1328,7 @@ void store_redis_stats(store_t *st, struct store_redis_stats *out)
     out->filled = atomic_load(&s->filled);
     out->dropped_dups = atomic_load(&s->dropped_dups);
     out->lost = atomic_load(&s->lost);
+    out->reseeded = atomic_load(&s->reseeded);
     pthread_mutex_lock(&s->lock);
     out->rooms = strmap_count(s->rooms);
     pthread_mutex_unlock(&s->lock);

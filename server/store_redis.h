@@ -67,6 +67,7 @@ struct store_redis_stats {
     uint64_t filled;         /* events delivered by them */
     uint64_t dropped_dups;   /* pub/sub messages already delivered */
     uint64_t lost;           /* seqs no longer in a log when a fill needed them */
+    uint64_t reseeded;       /* rooms whose seq Redis had lost, raised again */
     size_t rooms;            /* rooms subscribed now */
 };
 void store_redis_stats(store_t *s, struct store_redis_stats *out);

@@ -968,6 +968,52 @@ Test(store_redis, reconnect_fills_what_was_missed)
     cr_assert_not(ok, "down once, up once");
 }
 
+/* Redis comes back without its data (no AOF): the room's seq must not go
+ * back, or every node would drop the new events as repeats. */
+Test(store_redis, redis_losing_its_data_does_not_take_seqs_back)
+{
+    cr_assert_eq(redis_proc_start(&R1, NULL, false), 0);
+    E[0] = engine_open(&R1, 1000, 0);
+    cr_assert_eq(subscribe_sync(E[0], "z"), 0);
+    append_run(E[0], "z", 1, 5);
+    bool ok;
+    WAIT(ok, count_locked(0, NULL, "z") == 5, 10000);
+    cr_assert(ok);
+
+    redis_proc_kill(&R1);
+    cr_assert_eq(redis_proc_restart(&R1), 0);
+    WAIT(ok, T.rec[0].nstate >= 2, 20000);
+    cr_assert(ok, "back up");
+    /* the node raised the room's seq to what it delivered on its return */
+    struct store_redis_stats st;
+    long long deadline = mono_ms() + 10000;
+    do {
+        store_redis_stats(E[0], &st);
+    } while (st.reseeded < 1 && mono_ms() < deadline);
+    cr_assert_eq(st.reseeded, 1);
+    redisContext *c = rconn(&R1);
+    redisReply *rep = redisCommand(c, "GET r:{z}:seq");
+    cr_assert_str_eq(rep->str, "5");
+    freeReplyObject(rep);
+
+    /* a node that never saw the room sends: it goes on at 6 */
+    E[1] = engine_open(&R1, 1000, 1);
+    append_run(E[1], "z", 6, 6);
+    /* Redis loses it again, under a running node: its send carries the
+     * last seq it delivered, and the room goes on above it */
+    WAIT(ok, count_locked(0, NULL, "z") == 6, 10000);
+    cr_assert(ok);
+    rep = redisCommand(c, "FLUSHALL");
+    freeReplyObject(rep);
+    append_run(E[0], "z", 7, 7);
+    WAIT(ok, count_locked(0, NULL, "z") == 7, 10000);
+    cr_assert(ok, "%d events", count(0, NULL, "z"));
+    check_seqs(0, NULL, "z", 1, 7, true);
+    store_redis_stats(E[0], &st);
+    cr_assert_eq(st.dropped_dups, 0);
+    redisFree(c);
+}
+
 static atomic_int live_calls;
 
 static void on_live(void *arg)
