@@ -500,9 +500,9 @@ static void acks_release_locked(struct room *rm, bool all)
 static void shared_append_done(struct pending_write *pw, struct store_append *a)
 {
     uint64_t seq = a->dup_seq ? a->dup_seq : a->seq;
-    struct room *rm = a->status == 0 && pw->c && strncmp(pw->room, "dm:", 3) != 0
-                          ? rooms_acquire(pw->b->rooms, pw->room, false)
-                          : NULL;
+    /* a DM room too, when loaded here: its window serves history */
+    struct room *rm =
+        a->status == 0 && pw->c ? rooms_acquire(pw->b->rooms, pw->room, false) : NULL;
     if (rm) {
         pthread_mutex_lock(&rm->lock);
         if (rm->state == ROOM_READY && rm->seq < seq) {

@@ -1001,11 +1001,11 @@ static int sr_append(store_t *st, struct store_append *a)
     char floor[24];
     snprintf(floor, sizeof(floor), "%" PRIu64, append_floor(s, e->room, e->from));
     SARG(floor);
-    /* the room's channel keeps the room's subscribers (its window and seq)
-     * current; a DM also goes to both users' channels, which reach their
-     * connections wherever they are */
-    snprintf(ch, sizeof(ch), "r:{%s}", e->room);
-    SARG(ch);
+    /* a DM goes to both users' channels, which reach their connections
+     * wherever they are; the room's channel keeps the room's subscribers
+     * (its window and seq) current. Users first: a node gets both on one
+     * connection, in this order, and the room's event releases the
+     * sender's held ack, so the sender sees the DM before its ack */
     if (dm_peers(e->room, pa, pb, sizeof(pa))) {
         snprintf(u1, sizeof(u1), "u:{%s}", pa);
         snprintf(u2, sizeof(u2), "u:{%s}", pb);
@@ -1013,6 +1013,8 @@ static int sr_append(store_t *st, struct store_append *a)
         if (strcmp(pa, pb) != 0)
             SARG(u2);
     }
+    snprintf(ch, sizeof(ch), "r:{%s}", e->room);
+    SARG(ch);
 #undef ARG
 #undef SARG
     return rds_eval(s->rds, rds_shard(s->rds, e->room, strlen(e->room)), s->script, nkeys, n,

@@ -482,6 +482,35 @@ class AccountsAcrossNodes(ClusterCase):
         for c in (a0, a1, b1):
             await c.expect(is_msg(ack["room"], seq=ack["seq"], text="psst"))
 
+    async def test_dm_ack_then_history_with_the_dm_room_loaded(self):
+        """A DM room joined on the sender's node keeps a window there: the
+        ack waits for the DM to reach it, so a history right after the ack
+        has it, and the sender sees its DM before the ack."""
+        users = {}
+        for n, who in ((0, "dha"), (1, "dhb")):
+            name, pw = uniq(who), "correct horse battery"
+            st, js = post(self.node(n), "/api/register", {"user": name, "password": pw})
+            self.assertEqual(st, 201, js)
+            st, js = post(self.node(n), "/api/login", {"user": name, "password": pw})
+            self.assertEqual(st, 200, js)
+            users[n] = await self.token_client(n, js["token"])
+        a, b = users[0], users[1]
+        dm = dm_room(a.user, b.user)
+        # node 0 learns of an account made on node 1 by its poll (about 1 s)
+        deadline = time.monotonic() + 10 * SCALE
+        while (await a.call({"type": "join", "room": dm}))["type"] != "joined":
+            self.assertLess(time.monotonic(), deadline, f"{b.user} never known on node 0")
+            await asyncio.sleep(0.1)
+        for k in range(10):
+            ack = await a.call({"type": "dm", "to": b.user, "text": f"h{k}"}, "ack")
+            self.assertTrue([f for f in a.backlog if f.get("type") == "message" and
+                             f.get("seq") == ack["seq"]], "the DM came before its ack")
+            h = await a.call({"type": "history", "room": dm, "limit": 1}, "history")
+            self.assertEqual([(m["seq"], m["text"]) for m in h["messages"]],
+                             [(ack["seq"], f"h{k}")])
+            await b.expect(is_msg(dm, seq=ack["seq"]))
+            a.backlog.clear()
+
 
 # ------------------------------------------------------------------ node faults
 
