@@ -106,12 +106,26 @@ static const char lua_leave[] =
              "end\n"
              "return drop(KEYS[1], ARGV[3], KEYS[4], ARGV[1], ARGV[2])\n";
 
-/* KEYS: node:<id>, nodes. ARGV: id, ttl ms. Returns 1 if the key was still
- * there (0: expired or lost, so the records may have been cleaned up). */
+/* KEYS: node:<id>, nodes. ARGV: id, ttl ms, the node's shard list. Returns 1
+ * if the key was still there (0: expired or lost, so the records may have
+ * been cleaned up). The key's value is the shard list, for lua_layout. */
 static const char lua_heartbeat[] = "local had = redis.call('EXISTS', KEYS[1])\n"
-                                    "redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])\n"
+                                    "redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])\n"
                                     "redis.call('SADD', KEYS[2], ARGV[1])\n"
                                     "return had\n";
+
+/* KEYS: nodes. ARGV: own id, own shard list. Returns {id, list} of a live
+ * node whose --engine list differs (it would place rooms elsewhere: two
+ * nodes would each keep their own seq for one room), or 0. A value of
+ * "1" is a node from before the list was kept: not compared. */
+static const char lua_layout[] =
+    "for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+    "  if id ~= ARGV[1] then\n"
+    "    local v = redis.call('GET', 'node:' .. id)\n"
+    "    if v and v ~= '1' and v ~= ARGV[2] then return {id, v} end\n"
+    "  end\n"
+    "end\n"
+    "return 0\n";
 
 /* KEYS: nodes, index. ARGV: own id, budget. Cleans up the nodes whose key
  * expired. Returns {alive, nodes finished, leaves announced, more}. */
@@ -228,6 +242,7 @@ enum {
     SC_UADD,
     SC_UDEL,
     SC_ONLINE,
+    SC_LAYOUT,
     SC_N
 };
 
@@ -235,7 +250,7 @@ static const char *const script_src[SC_N] = {
     [SC_JOIN] = lua_join,     [SC_LEAVE] = lua_leave,   [SC_HEARTBEAT] = lua_heartbeat,
     [SC_SCAN] = lua_scan,     [SC_SELF] = lua_self,     [SC_WHO] = lua_who,
     [SC_ROOMS] = lua_rooms,   [SC_UADD] = lua_user_add, [SC_UDEL] = lua_user_del,
-    [SC_ONLINE] = lua_online,
+    [SC_ONLINE] = lua_online, [SC_LAYOUT] = lua_layout,
 };
 
 /* What the timer thread owes one shard. All {lock}. */
@@ -250,6 +265,7 @@ struct shard_state {
     bool self_busy;  /* a cleanup of our own records is in flight */
     int bye;         /* goodbye: 0 running, 1 done, -1 failed */
     size_t alive;    /* nodes alive at its latest scan */
+    int layout;      /* start-up check: 0 asked, 1 answered, -1 failed */
 };
 
 struct cdir {
@@ -258,6 +274,8 @@ struct cdir {
     int ttl_ms;
     size_t nshards;
     int sc[SC_N];
+    char *layout;       /* the shard list, as every node must give it */
+    char layout_bad[512]; /* {lock} a live node's differing list, from the start-up check */
 
     pthread_mutex_t lock;
     pthread_cond_t cond; /* CLOCK_MONOTONIC; timer work, in-flight drops, goodbye steps */
@@ -284,7 +302,8 @@ enum op_kind {
     OP_ROOMS,
     OP_UADD,
     OP_UDEL,
-    OP_ONLINE
+    OP_ONLINE,
+    OP_LAYOUT
 };
 
 struct rooms_agg {
@@ -315,6 +334,7 @@ static void destroy(cdir_t *c)
 {
     strmap_free(c->pairs, NULL);
     strmap_free(c->names, NULL);
+    free(c->layout);
     pthread_cond_destroy(&c->cond);
     pthread_mutex_destroy(&c->lock);
     free(c);
@@ -493,6 +513,20 @@ static void on_reply(void *arg, const struct redisReply *r)
     }
     case OP_ONLINE:
         o->cb.online(o->arg, ok && r->type == REDIS_REPLY_INTEGER && r->integer == 1, ok);
+        break;
+    case OP_LAYOUT:
+        pthread_mutex_lock(&c->lock);
+        s->layout = ok ? 1 : -1;
+        if (ok && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+            r->element[0]->type == REDIS_REPLY_STRING &&
+            r->element[1]->type == REDIS_REPLY_STRING && !c->layout_bad[0])
+            snprintf(c->layout_bad, sizeof(c->layout_bad), "live node '%.*s' has --engine %.*s",
+                     (int)(r->element[0]->len > 64 ? 64 : r->element[0]->len),
+                     r->element[0]->str,
+                     (int)(r->element[1]->len > 300 ? 300 : r->element[1]->len),
+                     r->element[1]->str);
+        pthread_cond_broadcast(&c->cond);
+        pthread_mutex_unlock(&c->lock);
         break;
     }
     free(o);
@@ -737,9 +771,9 @@ static int heartbeat_locked(cdir_t *c, size_t s)
 
     snprintf(key, sizeof(key), "node:%s", c->id);
     snprintf(ttl, sizeof(ttl), "%d", c->ttl_ms);
-    const char *argv[] = {key, "cdir:nodes", c->id, ttl};
+    const char *argv[] = {key, "cdir:nodes", c->id, ttl, c->layout};
     c->sh[s].hb_busy = true;
-    int rc = issue_locked(c, op_new(c, OP_HEARTBEAT, s), SC_HEARTBEAT, 2, 4, argv);
+    int rc = issue_locked(c, op_new(c, OP_HEARTBEAT, s), SC_HEARTBEAT, 2, 5, argv);
     if (rc < 0)
         c->sh[s].hb_busy = false;
     return rc;
@@ -934,6 +968,17 @@ cdir_t *cdir_new(rds_t *rds, const char *node_id, int ttl_ms, char *err, size_t 
         goto out_mutex;
     c->pairs = strmap_new();
     c->names = strmap_new();
+    /* the list as parleyd normalized it (no passwords in it) */
+    size_t len = 1;
+    for (size_t i = 0; i < c->nshards; i++)
+        len += strlen(rds_shard_url(rds, i)) + 1;
+    c->layout = xmalloc(len);
+    c->layout[0] = '\0';
+    for (size_t i = 0; i < c->nshards; i++) {
+        if (i)
+            strcat(c->layout, ",");
+        strcat(c->layout, rds_shard_url(rds, i));
+    }
     return c;
 
 out_mutex:
@@ -945,7 +990,53 @@ out_free:
     return NULL;
 }
 
-int cdir_start(cdir_t *c)
+static bool wait_until_locked(cdir_t *c, int64_t deadline, bool (*pred)(cdir_t *));
+
+/* How long the start-up check waits for every shard's answer. */
+#define CDIR_START_WAIT_MS 10000
+
+static bool layouts_answered(cdir_t *c)
+{
+    for (size_t s = 0; s < c->nshards; s++)
+        if (c->sh[s].layout == 0)
+            return false;
+    return true;
+}
+
+/* {lock}. Before this node takes part: does a live node place rooms by
+ * another shard list? Then the two would split rooms between them. A
+ * list changed while every node is down is fine: no live node has the old
+ * one (their keys expire with --node-ttl). */
+static int check_layout_locked(cdir_t *c, char *err, size_t errsz)
+{
+    for (size_t s = 0; s < c->nshards; s++) {
+        const char *argv[] = {"cdir:nodes", c->id, c->layout};
+        c->sh[s].layout = 0;
+        if (issue_locked(c, op_new(c, OP_LAYOUT, s), SC_LAYOUT, 1, 3, argv) < 0)
+            c->sh[s].layout = -1;
+    }
+    if (!wait_until_locked(c, mono_ms() + CDIR_START_WAIT_MS, layouts_answered)) {
+        snprintf(err, errsz, "cluster directory: Redis did not answer the start-up check");
+        return -ETIMEDOUT;
+    }
+    for (size_t s = 0; s < c->nshards; s++)
+        if (c->sh[s].layout < 0) {
+            snprintf(err, errsz, "cluster directory: the start-up check failed on %s",
+                     rds_shard_url(c->rds, s));
+            return -EIO;
+        }
+    if (c->layout_bad[0]) {
+        snprintf(err, errsz,
+                 "--engine %s differs from the cluster's: %s; every node must list the "
+                 "same Redis servers in the same order (change the list only with every "
+                 "node stopped)",
+                 c->layout, c->layout_bad);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int cdir_start(cdir_t *c, char *err, size_t errsz)
 {
     int64_t now = mono_ms();
     int rc;
@@ -957,6 +1048,11 @@ int cdir_start(cdir_t *c)
      * back (the join script's SMOVE), so a quick restart makes no
      * leave-and-join flap. */
     pthread_mutex_lock(&c->lock);
+    rc = check_layout_locked(c, err, errsz);
+    if (rc < 0) {
+        pthread_mutex_unlock(&c->lock);
+        return rc;
+    }
     for (size_t s = 0; s < c->nshards; s++) {
         self_clean_locked(c, s, 0, true, false);
         c->sh[s].self_at = now + c->ttl_ms;
@@ -965,8 +1061,10 @@ int cdir_start(cdir_t *c)
     }
     pthread_mutex_unlock(&c->lock);
     rc = pthread_create(&c->thread, NULL, cdir_main, c);
-    if (rc != 0)
+    if (rc != 0) {
+        snprintf(err, errsz, "cluster directory: %s", strerror(rc));
         return -rc;
+    }
     c->started = true;
     log_info("cdir", "node '%s' in the cluster directory (%zu shard%s, ttl %d ms)", c->id,
              c->nshards, c->nshards == 1 ? "" : "s", c->ttl_ms);

@@ -75,10 +75,14 @@ typedef void cdir_online_cb(void *arg, bool online, bool ok);
  * CDIR_TTL_DEFAULT_MS (at least 300). NULL with a message in err on bad
  * arguments. */
 cdir_t *cdir_new(rds_t *rds, const char *node_id, int ttl_ms, char *err, size_t errsz);
-/* Thread: main, once, before any other call. Removes what a previous run
- * with this node id left (announcing its leaves), heartbeats, and starts
- * the timer thread. Returns 0 or -errno (the thread could not start). */
-int cdir_start(cdir_t *c);
+/* Thread: main, once, before any other call. Checks that no live node
+ * lists other shards (or the same in another order: rooms would be placed
+ * differently), waiting for every shard's answer; removes what a previous
+ * run with this node id left (announcing its leaves), heartbeats (the key
+ * holds the shard list), and starts the timer thread. Returns 0 or -errno
+ * with a message in err: -EINVAL for another node's list, -ETIMEDOUT /
+ * -EIO when a shard did not answer, or the thread could not start. */
+int cdir_start(cdir_t *c, char *err, size_t errsz);
 /* Thread: main, before rds_close. Goodbye: removes this node's entries on
  * every shard (announcing leaves), waiting at most about 2 s, then frees.
  * NULL ok. */

@@ -158,11 +158,8 @@ static int open_engine(struct server *srv, struct config *cfg, char *err, size_t
     /* presence, names and liveness across nodes, on the engine's Redis */
     srv->cdir = cdir_new(store_redis_rds(srv->store), cfg->node_id, (int)cfg->node_ttl * 1000,
                          err, errsz);
-    if (!srv->cdir || cdir_start(srv->cdir) != 0) {
-        if (srv->cdir)
-            snprintf(err, errsz, "cannot start the cluster directory");
+    if (!srv->cdir || cdir_start(srv->cdir, err, errsz) != 0)
         return -1;
-    }
     log_info("main", "engine %s, node id '%s'", cfg->engine, cfg->node_id);
     return 0;
 }

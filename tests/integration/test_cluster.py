@@ -375,6 +375,23 @@ class TwoShards(ChatChecks, ClusterCase):
     nodes = 2
     shards = 2
 
+    def test_a_node_with_the_shards_in_another_order_refuses_to_start(self):
+        """It would place rooms on other shards than the running nodes."""
+        swapped = ",".join(r.url for r in reversed(self.cluster.redis))
+        tmp = tempfile.mkdtemp(prefix="parley-it-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        args = ["--listen", f"127.0.0.1:{free_port()}", "--db", os.path.join(tmp, "p.db"),
+                "--engine", swapped, "--node-id", "swapped"]
+        try:
+            r = harness.run_parleyd(args, timeout=15 * SCALE)
+        except subprocess.TimeoutExpired:
+            self.fail("a node with the shards swapped started")
+        out = r.stdout + r.stderr
+        self.assertNotEqual(r.returncode, 0, out)
+        self.assertIn("same order", out)
+        self.assertRegex(out, r"'node[01]'", "names a live node")
+        self.assertLessEqual(len(out.splitlines()), 20, "a clear message, not a flood")
+
     async def test_rooms_land_on_both_shards(self):
         a = await self.json_client(0, user=uniq("sh"))
         b = await self.json_client(1, user=uniq("sh"))

@@ -176,7 +176,7 @@ static struct node node_up(const char *urls, const char *id)
 
     n.c = cdir_new(n.r, id, TTL_MS, err, sizeof(err));
     cr_assert_not_null(n.c, "cdir_new: %s", err);
-    cr_assert_eq(cdir_start(n.c), 0);
+    cr_assert_eq(cdir_start(n.c, err, sizeof(err)), 0, "cdir_start: %s", err);
     return n;
 }
 
@@ -718,6 +718,49 @@ Test(cdir, two_shards, .init = two_shards, .fini = two_shards_stop)
 
     node_down(&b);
     rds_close(obs);
+}
+
+/* Start node id on urls: 0 and the node in *n, or the error (err says). */
+static int try_start(const char *urls, const char *id, struct node *n, char *err, size_t errsz)
+{
+    n->r = open_rds(urls, false);
+    n->c = cdir_new(n->r, id, TTL_MS, err, errsz);
+    cr_assert_not_null(n->c, "cdir_new: %s", err);
+    int rc = cdir_start(n->c, err, errsz);
+    if (rc != 0)
+        node_down(n);
+    return rc;
+}
+
+/* Nodes listing the shards differently would place rooms differently: a
+ * node whose list differs from a live node's refuses to start, and may
+ * once every node with the old list is gone. */
+Test(cdir, a_different_shard_list_is_refused_while_a_node_lives, .init = two_shards,
+     .fini = two_shards_stop)
+{
+    char ab[160], ba[160], err[512] = "";
+    snprintf(ab, sizeof(ab), "%s,%s", s1.url, s2.url);
+    snprintf(ba, sizeof(ba), "%s,%s", s2.url, s1.url);
+    struct node a = node_up(ab, "A"), same = node_up(ab, "B"), other;
+
+    cr_assert_eq(try_start(ba, "C", &other, err, sizeof(err)), -EINVAL);
+    cr_log_info("refused: %s", err);
+    cr_assert(strstr(err, "'A'") || strstr(err, "'B'"), "names the live node: %s", err);
+    cr_assert(strstr(err, ab), "shows the cluster's list: %s", err);
+    cr_assert(strstr(err, ba), "shows this node's list: %s", err);
+    /* one shard of the two is another list as well */
+    cr_assert_eq(try_start(s1.url, "D", &other, err, sizeof(err)), -EINVAL, "%s", err);
+
+    /* the old list's nodes are gone (one without goodbye: its key expires
+     * with the ttl): the new list is the cluster's now */
+    node_down(&same);
+    node_kill(&a);
+    int64_t end = now_mono_ms() + TTL_MS + WAIT_MS;
+    int rc;
+    while ((rc = try_start(ba, "C", &other, err, sizeof(err))) != 0 && now_mono_ms() < end)
+        usleep(100000);
+    cr_assert_eq(rc, 0, "%s", err);
+    node_down(&other);
 }
 
 Test(cdir, bad_arguments, .init = one_shard, .fini = one_shard_stop)
