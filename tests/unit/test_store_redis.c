@@ -540,6 +540,19 @@ static void hand_publish(redisContext *c, const char *room, uint64_t seq)
     freeReplyObject(rep);
 }
 
+/* One node on a fresh Redis (with an AOF or without) subscribed to room,
+ * where events 1..n were appended and delivered. */
+static void one_node_with(bool aof, const char *room, uint64_t n)
+{
+    cr_assert_eq(redis_proc_start(&R1, NULL, aof), 0);
+    E[0] = engine_open(&R1, 1000, 0);
+    cr_assert_eq(subscribe_sync(E[0], room), 0);
+    append_run(E[0], room, 1, n);
+    bool ok;
+    WAIT(ok, count_locked(0, NULL, room) == (int)n, 10000);
+    cr_assert(ok, "%d of %" PRIu64 " delivered", count(0, NULL, room), n);
+}
+
 /* ------------------------------------------------------------ reads */
 
 struct rdw {
@@ -824,13 +837,8 @@ Test(store_redis, subscribe_delivers_in_order_to_every_node)
 
 Test(store_redis, seq_jump_is_filled_from_the_log)
 {
-    cr_assert_eq(redis_proc_start(&R1, NULL, false), 0);
-    E[0] = engine_open(&R1, 1000, 0);
-    cr_assert_eq(subscribe_sync(E[0], "g"), 0);
-    append_run(E[0], "g", 1, 1);
+    one_node_with(false, "g", 1);
     bool ok;
-    WAIT(ok, count_locked(0, NULL, "g") == 1, 10000);
-    cr_assert(ok);
 
     /* 2 and 3 are in the log; only 3 (and then 4) is published */
     redisContext *c = rconn(&R1);
@@ -910,13 +918,8 @@ Test(store_redis, seq_jump_is_filled_from_the_log)
  * have seen it). */
 Test(store_redis, reconnect_fills_what_was_missed)
 {
-    cr_assert_eq(redis_proc_start(&R1, NULL, true), 0);
-    E[0] = engine_open(&R1, 1000, 0);
-    cr_assert_eq(subscribe_sync(E[0], "k"), 0);
-    append_run(E[0], "k", 1, 3);
+    one_node_with(true, "k", 3);
     bool ok;
-    WAIT(ok, count_locked(0, NULL, "k") == 3, 10000);
-    cr_assert(ok);
 
     redis_proc_kill(&R1);
     WAIT(ok, T.rec[0].nstate >= 1, 10000);
@@ -972,13 +975,8 @@ Test(store_redis, reconnect_fills_what_was_missed)
  * back, or every node would drop the new events as repeats. */
 Test(store_redis, redis_losing_its_data_does_not_take_seqs_back)
 {
-    cr_assert_eq(redis_proc_start(&R1, NULL, false), 0);
-    E[0] = engine_open(&R1, 1000, 0);
-    cr_assert_eq(subscribe_sync(E[0], "z"), 0);
-    append_run(E[0], "z", 1, 5);
+    one_node_with(false, "z", 5);
     bool ok;
-    WAIT(ok, count_locked(0, NULL, "z") == 5, 10000);
-    cr_assert(ok);
 
     redis_proc_kill(&R1);
     cr_assert_eq(redis_proc_restart(&R1), 0);
