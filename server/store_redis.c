@@ -31,8 +31,12 @@
 #include "util.h"
 
 /* Messages held for a room while its gap is filled; beyond this the held
- * ones are dropped and read back from the log instead (they are there). */
+ * ones are dropped and read back from the log instead (they are there).
+ * Bounded in count and in bytes, per room and over all rooms: after a
+ * reconnect every room of a shard fills at once. */
 #define HOLD_MAX 4096
+#define HOLD_ROOM_BYTES (4u << 20)
+#define HOLD_TOTAL_BYTES (64u << 20)
 /* DM rooms whose last seq the node tracks (per user channel): past this the
  * idle ones are forgotten (each starts counting again from its next DM), so
  * names that DM a user here cannot grow the table without bound. */
@@ -84,7 +88,8 @@ struct item {
     struct item *next;
     struct room_event ev;
     msg_t *json;
-    char *user; /* a user channel's user, or NULL */
+    char *user;   /* a user channel's user, or NULL */
+    size_t bytes; /* what it holds, counted while it is held */
     char buf[];
 };
 
@@ -101,7 +106,7 @@ struct sroom {
     uint64_t last;             /* last seq handed to the sink */
     bool filling;              /* a gap fill is in flight */
     struct item *held, **held_tail; /* arrived while opening or filling, in arrival order */
-    size_t nheld;
+    size_t nheld, held_bytes;
     bool dropped;              /* some arrived beyond HOLD_MAX: read to the end of the log
                                   once what is held is delivered */
     struct store_sub *sub;     /* until its done() */
@@ -125,6 +130,7 @@ struct sr {
      * delivered on a subscribed user's channel, so DMs get the same
      * once-in-order-no-gap treatment as rooms; dropped with the channel */
     strmap_t *dms;
+    size_t held_bytes;  /* {lock} over every room's held items */
 
     _Atomic uint64_t gap_fills, filled, dropped_dups, lost, reseeded;
 };
@@ -138,7 +144,9 @@ static struct item *item_new(const char *room, uint64_t seq, const char *from, s
                              int64_t ts)
 {
     size_t rl = strlen(room);
-    struct item *it = xcalloc(1, sizeof(*it) + rl + from_len + id_len + text_len + 4);
+    size_t sz = sizeof(struct item) + rl + from_len + id_len + text_len + 4;
+    struct item *it = xcalloc(1, sz);
+    it->bytes = sz;
     char *p = it->buf;
     memcpy(p, room, rl);
     it->ev.room = p;
@@ -225,6 +233,7 @@ static struct item *item_from_payload(const char *payload, size_t len)
         return NULL;
     struct item *it = item_new(rb, seq, from, fl, id, il, text, xl, (int64_t)ts);
     it->json = msg_new_text(frame, (size_t)(lim - frame));
+    it->bytes += (size_t)(lim - frame);
     return it;
 }
 
@@ -291,21 +300,56 @@ static void deliver(struct sr *s, struct item *it)
 
 static void fill_start_locked(struct sr *s, struct sroom *r, uint64_t to);
 
+/* {lock}. Hold it at the end of r's held items, if the bounds allow:
+ * false (and it is freed) if not. */
+static bool hold_locked(struct sr *s, struct sroom *r, struct item *it)
+{
+    if (r->nheld >= HOLD_MAX || r->held_bytes + it->bytes > HOLD_ROOM_BYTES ||
+        s->held_bytes + it->bytes > HOLD_TOTAL_BYTES) {
+        item_free(it);
+        return false;
+    }
+    it->next = NULL;
+    *r->held_tail = it;
+    r->held_tail = &it->next;
+    r->nheld++;
+    r->held_bytes += it->bytes;
+    s->held_bytes += it->bytes;
+    return true;
+}
+
+/* {lock}. The first held item, taken off the list. */
+static struct item *unhold_locked(struct sr *s, struct sroom *r)
+{
+    struct item *it = r->held;
+    r->held = it->next;
+    if (!r->held)
+        r->held_tail = &r->held;
+    r->nheld--;
+    r->held_bytes -= it->bytes;
+    s->held_bytes -= it->bytes;
+    return it;
+}
+
+/* {lock}. Free everything r holds. */
+static void drop_held_locked(struct sr *s, struct sroom *r)
+{
+    items_free(r->held);
+    r->held = NULL;
+    r->held_tail = &r->held;
+    r->nheld = 0;
+    s->held_bytes -= r->held_bytes;
+    r->held_bytes = 0;
+}
+
 /* {lock}. Take it in order: append what is next to *out, drop what was
  * delivered, hold what is early (and start a fill for the gap). */
 static void offer_locked(struct sr *s, struct sroom *r, struct item *it, struct item ***out)
 {
     if (r->st != SR_READY || r->filling) {
-        if (r->nheld >= HOLD_MAX) {
-            /* the log has them: drop this one and read it back later */
+        /* beyond the bounds the log has them: drop and read back later */
+        if (!hold_locked(s, r, it))
             r->dropped = true;
-            item_free(it);
-            return;
-        }
-        it->next = NULL;
-        *r->held_tail = it;
-        r->held_tail = &it->next;
-        r->nheld++;
         return;
     }
     if (it->ev.seq <= r->last) {
@@ -320,23 +364,18 @@ static void offer_locked(struct sr *s, struct sroom *r, struct item *it, struct 
         *out = &it->next;
         return;
     }
-    /* a jump: read what is missing first, hold this */
-    it->next = NULL;
-    *r->held_tail = it;
-    r->held_tail = &it->next;
-    r->nheld++;
-    fill_start_locked(s, r, it->ev.seq - 1);
+    /* a jump: read what is missing first, hold this (or read it back too) */
+    uint64_t to = it->ev.seq - 1;
+    if (!hold_locked(s, r, it))
+        r->dropped = true;
+    fill_start_locked(s, r, to);
 }
 
 /* {lock}. Offer what was held, in arrival order, until a fill starts. */
 static void release_held_locked(struct sr *s, struct sroom *r, struct item ***out)
 {
     while (r->held && r->st == SR_READY && !r->filling) {
-        struct item *it = r->held;
-        r->held = it->next;
-        if (!r->held)
-            r->held_tail = &r->held;
-        r->nheld--;
+        struct item *it = unhold_locked(s, r);
         offer_locked(s, r, it, out);
     }
     /* nothing newer may arrive to reveal the gap the drops left */
@@ -640,7 +679,7 @@ static void seq_done(void *arg, const redisReply *rep)
             char ch[CODEC_ROOMID_MAX + 8];
             int n = snprintf(ch, sizeof(ch), "r:{%s}", r->name);
             strmap_del(s->rooms, r->name);
-            items_free(r->held);
+            drop_held_locked(s, r);
             rds_unsubscribe(s->rds, r->shard, ch, (size_t)n);
             free(r);
             r = NULL;
@@ -733,25 +772,33 @@ static int sr_unsubscribe(store_t *st, const char *room)
 
     pthread_mutex_lock(&s->lock);
     struct sroom *r = strmap_del(s->rooms, room);
+    if (r)
+        drop_held_locked(s, r);
     pthread_mutex_unlock(&s->lock);
     if (!r)
         return -ENOENT;
     rds_unsubscribe(s->rds, r->shard, ch, (size_t)n);
     if (r->sub)
         sub_finish(s, r->sub, -ECANCELED, 0);
-    items_free(r->held);
     free(r);
     return 0;
 }
 
 /* A user's channel is subscribed on every shard: a DM is published by the
  * script on the DM room's shard, whichever that is. */
+struct dm_drop {
+    struct sr *s;
+    const char *user;
+};
+
+/* {lock} (a sweep of dms). */
 static bool drop_user_dm(const char *key, void *val, void *arg)
 {
+    struct dm_drop *d = arg;
     struct sroom *r = val;
-    if (strcmp(r->user, arg) != 0)
+    if (strcmp(r->user, d->user) != 0)
         return false;
-    items_free(r->held);
+    drop_held_locked(d->s, r);
     free(r);
     return true;
 }
@@ -869,7 +916,8 @@ static int sr_user_unsubscribe(store_t *st, const char *user)
     if (u) {
         run = u->waiters;
         u->waiters = NULL;
-        strmap_sweep(s->dms, drop_user_dm, (void *)user);
+        struct dm_drop d = {s, user};
+        strmap_sweep(s->dms, drop_user_dm, &d);
     }
     pthread_mutex_unlock(&s->lock);
     if (!u)

@@ -505,12 +505,16 @@ static void hand_append(redisContext *c, const char *room, uint64_t seq)
     freeReplyObject(rep);
 }
 
-/* Event seq of room (from ann, text_of(seq)) as the append script
- * publishes it; its length. */
-static int hand_payload(char *payload, size_t size, const char *room, uint64_t seq)
+/* Event seq of room (from ann, text t, or text_of(seq) if NULL) as the
+ * append script publishes it; its length. */
+static int hand_payload_text(char *payload, size_t size, const char *room, uint64_t seq,
+                             const char *t)
 {
-    char t[64];
-    text_of(t, sizeof(t), seq);
+    char tb[64];
+    if (!t) {
+        text_of(tb, sizeof(tb), seq);
+        t = tb;
+    }
     struct chat_msg m = {.room = room,
                          .seq = seq,
                          .from = "ann",
@@ -526,6 +530,11 @@ static int hand_payload(char *payload, size_t size, const char *room, uint64_t s
     msg_unref(&f);
     cr_assert(n > 0 && (size_t)n < size);
     return n;
+}
+
+static int hand_payload(char *payload, size_t size, const char *room, uint64_t seq)
+{
+    return hand_payload_text(payload, size, room, seq, NULL);
 }
 
 /* Publish event seq of room on its channel by hand, as the script does. */
@@ -1170,10 +1179,13 @@ Test(store_redis, up_follows_a_stopped_redis)
  * a later message. The fill's reply is made large (1000 entries of 16 KB)
  * so that the 5000 messages published behind the jump arrive while it is
  * in flight. */
-Test(store_redis, hold_overflow_is_read_back)
+/* A fill is under way (seq 2..BIG+1 are in the log, the first published
+ * is BIG+2) while `after` more arrive, each with a text of after_text
+ * bytes (0: short): more than the hold takes, in count or in bytes. */
+static void hold_overflow_case(int after, size_t after_text)
 {
-    enum { BIG = 1000, BIG_TEXT = 16 * 1024, AFTER = 5000 };
-    const uint64_t jump = 1 + BIG + 1, last = jump + AFTER - 1;
+    enum { BIG = 1000, BIG_TEXT = 16 * 1024 };
+    const uint64_t jump = 1 + BIG + 1, last = jump + (uint64_t)after - 1;
     cr_assert_eq(redis_proc_start(&R1, NULL, false), 0);
     E[0] = engine_open(&R1, 100000, 0);
     pthread_mutex_lock(&T.mu);
@@ -1183,9 +1195,12 @@ Test(store_redis, hold_overflow_is_read_back)
     append_run(E[0], "o", 1, 1);
 
     redisContext *c = rconn(&R1);
-    char *big = malloc(BIG_TEXT + 1);
+    size_t bl = BIG_TEXT > after_text ? BIG_TEXT : after_text;
+    char *big = malloc(bl + 1), *late = malloc(after_text + 1);
     memset(big, 'b', BIG_TEXT);
     big[BIG_TEXT] = '\0';
+    memset(late, 'l', after_text);
+    late[after_text] = '\0';
     char id[32], ts[32], t[64];
     for (uint64_t k = 2; k <= last; k++) {
         snprintf(id, sizeof(id), "%" PRIu64 "-0", k);
@@ -1193,7 +1208,7 @@ Test(store_redis, hold_overflow_is_read_back)
         text_of(t, sizeof(t), k);
         redisAppendCommand(c, "INCR r:{o}:seq");
         redisAppendCommand(c, "XADD r:{o}:log %s f ann t %s i %s x %s", id, ts, "",
-                           k < jump ? big : t);
+                           k < jump ? big : after_text ? late : t);
     }
     for (uint64_t k = 2; k <= last; k++) {
         redisReply *rep = NULL;
@@ -1206,11 +1221,14 @@ Test(store_redis, hold_overflow_is_read_back)
     }
     free(big);
     /* published in one pipeline: the first is a jump that starts the fill */
+    size_t psz = 2 * after_text + 700;
+    char *payload = malloc(psz);
     for (uint64_t k = jump; k <= last; k++) {
-        char payload[700];
-        int n = hand_payload(payload, sizeof(payload), "o", k);
+        int n = hand_payload_text(payload, psz, "o", k, after_text ? late : NULL);
         redisAppendCommand(c, "PUBLISH r:{o} %b", payload, (size_t)n);
     }
+    free(payload);
+    free(late);
     for (uint64_t k = jump; k <= last; k++) {
         redisReply *rep = NULL;
         cr_assert_eq(redisGetReply(c, (void **)&rep), REDIS_OK);
@@ -1236,4 +1254,14 @@ Test(store_redis, hold_overflow_is_read_back)
      * test did not overflow the hold and proves nothing) */
     cr_assert_geq(st.gap_fills, 2, "gap fills: %" PRIu64, st.gap_fills);
     cr_assert_gt(st.filled, BIG, "filled: %" PRIu64, st.filled);
+}
+
+Test(store_redis, hold_overflow_is_read_back)
+{
+    hold_overflow_case(5000, 0); /* past HOLD_MAX messages */
+}
+
+Test(store_redis, hold_overflow_in_bytes_is_read_back)
+{
+    hold_overflow_case(400, 16 * 1024); /* 400 < HOLD_MAX, but 6.4 MB held */
 }
