@@ -666,6 +666,39 @@ class EngineDown(ClusterCase):
         self.assertEqual([m["text"] for m in h["messages"]], ["before", "after"])
 
 
+class RedisLosesItsData(ClusterCase):
+    """Redis comes back empty (its AOF lost): rooms go on above the seqs the
+    nodes delivered, instead of counting from 1 again, which every node
+    would drop as repeats."""
+    nodes = 2
+
+    async def test_seqs_go_on_after_redis_lost_its_data(self):
+        nodes, redis = self.cluster.nodes, self.cluster.redis[0]
+        room = uniq("amnesia")
+        a = await self.json_client(0, user=uniq("la"), room=room)
+        b = await self.json_client(1, user=uniq("lb"), room=room)
+        for k in range(3):
+            ack = await a.send_msg(room, f"before{k}")
+            await b.expect(is_msg(room, seq=ack["seq"]))
+        last = ack["seq"]
+        redis.kill()
+        shutil.rmtree(os.path.join(redis.tmp, "appendonlydir"), ignore_errors=True)
+        redis.restart()
+        self.assertEqual(redis.cmd("DBSIZE"), 0, "it came back empty")
+        await wait_health(nodes, 200, b"ok", RECOVER_BOUND)
+        # each side sends: seqs go on above what was delivered, everyone gets both
+        ack1 = await b.send_msg(room, "after1")
+        self.assertGreater(ack1["seq"], last)
+        ack2 = await a.send_msg(room, "after2")
+        self.assertEqual(ack2["seq"], ack1["seq"] + 1)
+        for c in (a, b):
+            for ack, text in ((ack1, "after1"), (ack2, "after2")):
+                await c.expect(is_msg(room, seq=ack["seq"], text=text))
+        self.assertGreaterEqual(sum(node_metric(s, "parley_engine_reseeded_total")
+                                    for s in nodes), 1,
+                                "a node raised the room's seq when it came back")
+
+
 class RedisOutageUnderLoad(ClusterCase):
     """Steady bounded load from senders on both nodes while Redis hangs
     (SIGSTOP) for a few seconds, is killed (SIGKILL) and restarted from its
