@@ -739,6 +739,7 @@ struct usub {
 
 /* A shard's answer to one user channel's SUBSCRIBE. */
 struct uconfirm {
+    struct uconfirm *next; /* while failed subscribes are collected */
     struct sr *s;
     uint64_t gen;
     char user[CODEC_USER_MAX + 1];
@@ -794,6 +795,7 @@ static int sr_user_subscribe(store_t *st, const char *user, void (*live)(void *a
     char ch[CODEC_USER_MAX + 8];
     int n = snprintf(ch, sizeof(ch), "u:{%s}", user);
     size_t nshards = rds_nshards(s->rds);
+    struct uconfirm *failed = NULL;
 
     pthread_mutex_lock(&s->lock);
     struct usub *u = strmap_get(s->users, user);
@@ -810,15 +812,24 @@ static int sr_user_subscribe(store_t *st, const char *user, void (*live)(void *a
         *w = (struct uwait){.next = u->waiters, .live = live, .arg = arg};
         u->waiters = w;
     }
-    uint64_t gen = u->gen;
-    pthread_mutex_unlock(&s->lock);
+    /* under the lock, like the map: an unsubscribe of the same channel on
+     * another thread reaches the connection in the same order (else this
+     * subscribe could find the old channel still there, and be undone) */
     for (size_t i = 0; fresh && i < nshards; i++) {
         struct uconfirm *uc = xmalloc(sizeof(*uc));
         uc->s = s;
-        uc->gen = gen;
+        uc->gen = u->gen;
         str_lcpy(uc->user, user, sizeof(uc->user));
-        if (rds_subscribe(s->rds, i, ch, (size_t)n, user_confirmed, uc) != 0)
-            user_confirmed(uc, NULL);
+        if (rds_subscribe(s->rds, i, ch, (size_t)n, user_confirmed, uc) != 0) {
+            uc->next = failed;
+            failed = uc;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    while (failed) {
+        struct uconfirm *next = failed->next;
+        user_confirmed(failed, NULL);
+        failed = next;
     }
     return now ? 1 : 0;
 }
@@ -836,6 +847,9 @@ static int sr_user_unsubscribe(store_t *st, const char *user)
         run = u->waiters;
         u->waiters = NULL;
         strmap_sweep(s->dms, drop_user_dm, (void *)user);
+        /* under the lock: see sr_user_subscribe */
+        for (size_t i = 0; i < rds_nshards(s->rds); i++)
+            rds_unsubscribe(s->rds, i, ch, (size_t)n);
     }
     pthread_mutex_unlock(&s->lock);
     if (!u)
@@ -843,8 +857,6 @@ static int sr_user_unsubscribe(store_t *st, const char *user)
     free(u);
     /* whoever waited is not kept waiting for a channel that is gone */
     uwaiters_run(run);
-    for (size_t i = 0; i < rds_nshards(s->rds); i++)
-        rds_unsubscribe(s->rds, i, ch, (size_t)n);
     return 0;
 }
 
