@@ -1200,6 +1200,31 @@ Test(store_redis, up_follows_a_stopped_redis)
     check_seqs(0, NULL, "s", 1, 2, true);
 }
 
+/* A hello waits for its user's channel: with Redis stalled or gone, the
+ * wait still ends (the channel comes back with Redis), bounded by the
+ * reply timeout (3 s by default), never held until Redis returns. */
+Test(store_redis, user_channel_wait_ends_while_redis_is_away)
+{
+    cr_assert_eq(redis_proc_start(&R1, NULL, false), 0);
+    E[0] = engine_open(&R1, 1000, 0);
+    atomic_store(&live_calls, 0);
+    bool ok;
+    redis_proc_pause(&R1);
+    cr_assert_eq(store_user_subscribe(E[0], "frank", on_live, NULL), 0);
+    WAIT(ok, atomic_load(&live_calls) == 1, 15000);
+    cr_assert(ok, "a stalled Redis held the wait");
+    /* down now: told at once */
+    cr_assert_eq(store_user_subscribe(E[0], "grace", on_live, NULL), 0);
+    WAIT(ok, atomic_load(&live_calls) == 2, 5000);
+    cr_assert(ok, "a Redis that is down held the wait");
+    WAIT(ok, atomic_load(&live_calls) > 2, QUIET_MS);
+    cr_assert_not(ok, "each waiter once");
+    redis_proc_resume(&R1);
+    /* and both channels are subscribed again once it is back */
+    wait_numsub(&R1, "u:{frank}", 1);
+    wait_numsub(&R1, "u:{grace}", 1);
+}
+
 /* More arrives while a gap is filled than the engine holds (HOLD_MAX,
  * 4096): what it drops must still come, from the log, without waiting for
  * a later message. The fill's reply is made large (1000 entries of 16 KB)
