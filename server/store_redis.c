@@ -26,6 +26,7 @@
 #include "log.h"
 #include "msg.h"
 #include "rds.h"
+#include "srpayload.h"
 #include "store_engine.h"
 #include "strmap.h"
 #include "util.h"
@@ -184,56 +185,21 @@ static void items_free(struct item *it)
     }
 }
 
-/* Reads a decimal number ending at `end` (a space or newline) from *p,
- * advancing past the separator; false if malformed. */
-static bool take_num(const char **p, const char *lim, char end, uint64_t *out)
-{
-    uint64_t v = 0;
-    const char *q = *p;
-    if (q >= lim || *q < '0' || *q > '9')
-        return false;
-    for (; q < lim && *q != end; q++) {
-        if (*q < '0' || *q > '9' || v > UINT64_MAX / 10 - 1)
-            return false;
-        v = v * 10 + (uint64_t)(*q - '0');
-    }
-    if (q >= lim)
-        return false;
-    *p = q + 1;
-    *out = v;
-    return true;
-}
-
-/* An event from a pub/sub payload (see APPEND_LUA): its fields are taken by
- * length for the room's window and the frame is used as it is (the
- * publisher encoded it once). NULL if malformed. */
+/* An event from a pub/sub payload (see APPEND_LUA and srpayload.h): its
+ * fields are taken by length for the room's window and the frame is used
+ * as it is (the publisher encoded it once). NULL if malformed. */
 static struct item *item_from_payload(const char *payload, size_t len)
 {
-    const char *p = payload + 1, *lim = payload + len;
-    uint64_t seq, ts, rl, fl, il, xl;
-
-    if (len < 2 || payload[0] != 'm' || !take_num(&p, lim, '\n', &seq) || !seq ||
-        !take_num(&p, lim, ' ', &ts) || ts > INT64_MAX || !take_num(&p, lim, ' ', &rl) ||
-        !take_num(&p, lim, ' ', &fl) || !take_num(&p, lim, ' ', &il) ||
-        !take_num(&p, lim, '\n', &xl))
-        return NULL;
-    size_t left = (size_t)(lim - p);
-    if (rl == 0 || rl > CODEC_ROOMID_MAX || fl == 0 || fl > CODEC_USER_MAX ||
-        il > CODEC_ID_MAX || xl > left || rl + fl + il > left - xl ||
-        rl + fl + il + xl + 2 > left)
-        return NULL;
-    const char *room = p, *from = room + rl, *id = from + fl, *text = id + il;
-    const char *frame = text + xl;
-    if (frame[0] != '{' || lim[-1] != '}') /* an object, whole */
+    struct srpayload pl;
+    if (!srpayload_parse(payload, len, &pl))
         return NULL;
     char rb[CODEC_ROOMID_MAX + 1];
-    memcpy(rb, room, rl);
-    rb[rl] = '\0';
-    if (memchr(rb, '\0', rl) || memchr(from, '\0', fl) || (il && memchr(id, '\0', il)))
-        return NULL;
-    struct item *it = item_new(rb, seq, from, fl, id, il, text, xl, (int64_t)ts);
-    it->json = msg_new_text(frame, (size_t)(lim - frame));
-    it->bytes += (size_t)(lim - frame);
+    memcpy(rb, pl.room, pl.room_len);
+    rb[pl.room_len] = '\0';
+    struct item *it = item_new(rb, pl.seq, pl.from, pl.from_len, pl.id, pl.id_len, pl.text,
+                               pl.text_len, pl.ts);
+    it->json = msg_new_text(pl.frame, pl.frame_len);
+    it->bytes += pl.frame_len;
     return it;
 }
 
@@ -820,6 +786,7 @@ struct usub {
 
 /* A shard's answer to one user channel's SUBSCRIBE. */
 struct uconfirm {
+    struct uconfirm *next; /* while failed subscribes are collected */
     struct sr *s;
     uint64_t gen;
     char user[CODEC_USER_MAX + 1];
@@ -875,6 +842,7 @@ static int sr_user_subscribe(store_t *st, const char *user, void (*live)(void *a
     char ch[CODEC_USER_MAX + 8];
     int n = snprintf(ch, sizeof(ch), "u:{%s}", user);
     size_t nshards = rds_nshards(s->rds);
+    struct uconfirm *failed = NULL;
 
     pthread_mutex_lock(&s->lock);
     struct usub *u = strmap_get(s->users, user);
@@ -891,15 +859,24 @@ static int sr_user_subscribe(store_t *st, const char *user, void (*live)(void *a
         *w = (struct uwait){.next = u->waiters, .live = live, .arg = arg};
         u->waiters = w;
     }
-    uint64_t gen = u->gen;
-    pthread_mutex_unlock(&s->lock);
+    /* under the lock, like the map: an unsubscribe of the same channel on
+     * another thread reaches the connection in the same order (else this
+     * subscribe could find the old channel still there, and be undone) */
     for (size_t i = 0; fresh && i < nshards; i++) {
         struct uconfirm *uc = xmalloc(sizeof(*uc));
         uc->s = s;
-        uc->gen = gen;
+        uc->gen = u->gen;
         str_lcpy(uc->user, user, sizeof(uc->user));
-        if (rds_subscribe(s->rds, i, ch, (size_t)n, user_confirmed, uc) != 0)
-            user_confirmed(uc, NULL);
+        if (rds_subscribe(s->rds, i, ch, (size_t)n, user_confirmed, uc) != 0) {
+            uc->next = failed;
+            failed = uc;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    while (failed) {
+        struct uconfirm *next = failed->next;
+        user_confirmed(failed, NULL);
+        failed = next;
     }
     return now ? 1 : 0;
 }
@@ -918,6 +895,9 @@ static int sr_user_unsubscribe(store_t *st, const char *user)
         u->waiters = NULL;
         struct dm_drop d = {s, user};
         strmap_sweep(s->dms, drop_user_dm, &d);
+        /* under the lock: see sr_user_subscribe */
+        for (size_t i = 0; i < rds_nshards(s->rds); i++)
+            rds_unsubscribe(s->rds, i, ch, (size_t)n);
     }
     pthread_mutex_unlock(&s->lock);
     if (!u)
@@ -925,8 +905,6 @@ static int sr_user_unsubscribe(store_t *st, const char *user)
     free(u);
     /* whoever waited is not kept waiting for a channel that is gone */
     uwaiters_run(run);
-    for (size_t i = 0; i < rds_nshards(s->rds); i++)
-        rds_unsubscribe(s->rds, i, ch, (size_t)n);
     return 0;
 }
 

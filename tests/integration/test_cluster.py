@@ -852,6 +852,37 @@ def redis_conns_of(pid, redis_port):
     return ports
 
 
+class ShutdownDuringSignIn(ClusterCase):
+    """A node told to stop while hellos wait for their users' channels (one
+    of its two Redis servers stalled, so those subscriptions are not
+    confirmed): the waits end after the loops have stopped (nothing left to
+    post the rest of the hello to), and the node must still exit cleanly (0,
+    and no sanitizer report: every wait and its connection reference freed
+    once)."""
+    nodes = 1
+    shards = 2
+    server_args = ("--drain-timeout", "0")
+
+    async def test_stop_while_hellos_wait_for_their_channel(self):
+        n0, stalled = self.node(0), self.cluster.redis[1]
+        # several names: the ones the directory keeps on the other shard are
+        # granted and then wait for their channel on the stalled one
+        clients = [await self.json_client(0) for _ in range(8)]
+        stalled.pause()
+        try:
+            for c in clients:
+                await c.send({"type": "hello", "user": uniq("sd")})
+            for c in clients:
+                await c.expect_none(lambda f: f.get("type") == "welcome", window=QUIET / 4,
+                                    what="a welcome while a shard is stalled")
+            rc = n0.stop()
+        finally:
+            stalled.resume()
+        log = n0.log_text()
+        self.assertEqual(rc, 0, log)
+        self.assertNotIn("Sanitizer", log)
+
+
 class TrimmedGap(ClusterCase):
     """A node cut off from Redis while more than --history-max messages
     were sent elsewhere cannot get them back (the log was trimmed): it must

@@ -1091,6 +1091,39 @@ Test(store_redis, dm_reaches_user_channels)
     check_seqs(1, "alice", room, 1, 3, true);
 }
 
+/* A waiter on eve's channel that subscribes it again at once, as a hello
+ * on another loop does while the user's last connection here leaves. */
+static void resubscribe_eve(void *arg)
+{
+    store_user_subscribe(arg, "eve", NULL, NULL);
+    atomic_fetch_add(&live_calls, 1);
+}
+
+/* An unsubscribe that a subscribe of the same user's channel follows at
+ * once, on another thread, leaves the channel subscribed on the
+ * connection whenever the engine counts it as live: never a channel the
+ * engine thinks it has that Redis no longer sends. (The unsubscribe runs
+ * the channel's waiters: one of them subscribes it again, so the second
+ * call lands inside the first, deterministically.) */
+Test(store_redis, user_channel_resubscribed_during_unsubscribe)
+{
+    cr_assert_eq(redis_proc_start(&R1, NULL, false), 0);
+    E[0] = engine_open(&R1, 1000, 0);
+    atomic_store(&live_calls, 0);
+    cr_assert_eq(store_user_subscribe(E[0], "eve", resubscribe_eve, E[0]), 0);
+    cr_assert_eq(store_user_unsubscribe(E[0], "eve"), 0);
+    cr_assert_eq(atomic_load(&live_calls), 1);
+    bool ok;
+    /* the engine has eve's channel (again): Redis must send it */
+    WAIT(ok, store_user_subscribe(E[0], "eve", NULL, NULL) == 1, 10000);
+    cr_assert(ok, "the channel never became live again");
+    struct store_stats ss;
+    store_stats(E[0], &ss);
+    cr_assert_eq(ss.engine_subscriptions, 1, "the engine counts eve's channel live, but it is "
+                                             "not subscribed");
+    wait_numsub(&R1, "u:{eve}", 1);
+}
+
 Test(store_redis, unsubscribe_stops_and_resubscribe_starts_at_last)
 {
     cr_assert_eq(redis_proc_start(&R1, NULL, false), 0);
@@ -1172,6 +1205,31 @@ Test(store_redis, up_follows_a_stopped_redis)
     WAIT(ok, count_locked(0, NULL, "s") >= 2, 10000);
     cr_assert(ok);
     check_seqs(0, NULL, "s", 1, 2, true);
+}
+
+/* A hello waits for its user's channel: with Redis stalled or gone, the
+ * wait still ends (the channel comes back with Redis), bounded by the
+ * reply timeout (3 s by default), never held until Redis returns. */
+Test(store_redis, user_channel_wait_ends_while_redis_is_away)
+{
+    cr_assert_eq(redis_proc_start(&R1, NULL, false), 0);
+    E[0] = engine_open(&R1, 1000, 0);
+    atomic_store(&live_calls, 0);
+    bool ok;
+    redis_proc_pause(&R1);
+    cr_assert_eq(store_user_subscribe(E[0], "frank", on_live, NULL), 0);
+    WAIT(ok, atomic_load(&live_calls) == 1, 15000);
+    cr_assert(ok, "a stalled Redis held the wait");
+    /* down now: told at once */
+    cr_assert_eq(store_user_subscribe(E[0], "grace", on_live, NULL), 0);
+    WAIT(ok, atomic_load(&live_calls) == 2, 5000);
+    cr_assert(ok, "a Redis that is down held the wait");
+    WAIT(ok, atomic_load(&live_calls) > 2, QUIET_MS);
+    cr_assert_not(ok, "each waiter once");
+    redis_proc_resume(&R1);
+    /* and both channels are subscribed again once it is back */
+    wait_numsub(&R1, "u:{frank}", 1);
+    wait_numsub(&R1, "u:{grace}", 1);
 }
 
 /* More arrives while a gap is filled than the engine holds (HOLD_MAX,

@@ -1,0 +1,56 @@
+/*
+ * srpayload — reading the Redis engine's published event (srpayload.h).
+ */
+#include "srpayload.h"
+
+#include <string.h>
+
+#include "codec.h"
+
+/* Reads a decimal number ending at `end` (a space or newline) from *p,
+ * advancing past the separator; false if malformed. */
+static bool take_num(const char **p, const char *lim, char end, uint64_t *out)
+{
+    uint64_t v = 0;
+    const char *q = *p;
+    if (q >= lim || *q < '0' || *q > '9')
+        return false;
+    for (; q < lim && *q != end; q++) {
+        if (*q < '0' || *q > '9' || v > UINT64_MAX / 10 - 1)
+            return false;
+        v = v * 10 + (uint64_t)(*q - '0');
+    }
+    if (q >= lim)
+        return false;
+    *p = q + 1;
+    *out = v;
+    return true;
+}
+
+bool srpayload_parse(const char *payload, size_t len, struct srpayload *out)
+{
+    const char *p = payload + 1, *lim = payload + len;
+    uint64_t seq, ts, rl, fl, il, xl;
+
+    if (len < 2 || payload[0] != 'm' || !take_num(&p, lim, '\n', &seq) || !seq ||
+        !take_num(&p, lim, ' ', &ts) || ts > INT64_MAX || !take_num(&p, lim, ' ', &rl) ||
+        !take_num(&p, lim, ' ', &fl) || !take_num(&p, lim, ' ', &il) ||
+        !take_num(&p, lim, '\n', &xl))
+        return false;
+    size_t left = (size_t)(lim - p);
+    if (rl == 0 || rl > CODEC_ROOMID_MAX || fl == 0 || fl > CODEC_USER_MAX ||
+        il > CODEC_ID_MAX || xl > left || rl + fl + il > left - xl ||
+        rl + fl + il + xl + 2 > left)
+        return false;
+    const char *room = p, *from = room + rl, *id = from + fl, *text = id + il;
+    const char *frame = text + xl;
+    if (frame[0] != '{' || lim[-1] != '}') /* an object, whole */
+        return false;
+    if (memchr(room, '\0', rl) || memchr(from, '\0', fl) || (il && memchr(id, '\0', il)))
+        return false;
+    *out = (struct srpayload){.seq = seq, .ts = (int64_t)ts, .room = room, .from = from,
+                              .id = id, .text = text, .frame = frame, .room_len = rl,
+                              .from_len = fl, .id_len = il, .text_len = xl,
+                              .frame_len = (size_t)(lim - frame)};
+    return true;
+}
