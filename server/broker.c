@@ -1156,13 +1156,15 @@ static void hello_job(void *arg)
     resume_job(rs);
 }
 
-/* Thread: any. The wait is over: the rest runs on the client's loop. */
+/* Thread: any (the engine may run it under users_lock, from an
+ * unsubscribe). The wait is over: the rest runs on the client's loop. A
+ * loop that takes no more jobs has stopped: the node is shutting down and
+ * its goodbye removes the name and the channel, so nothing is undone here
+ * (which would take users_lock again). */
 static void hello_ready(void *arg)
 {
     struct hello_wait *hw = arg;
     if (client_post(hw->c, hello_job, hw) != 0) {
-        if (hw->ok && !hw->taken)
-            name_unclaim(hw->b, hw->user);
         client_unref(&hw->c);
         free(hw);
     }
