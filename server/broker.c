@@ -2495,7 +2495,9 @@ static void sink_event(void *arg, const char *user, const struct room_event *ev,
 {
     struct broker *b = arg;
     /* nothing produces another kind yet, and it is not a message (its json
-     * may be NULL): protocol v1.1 fans out and windows its kinds here */
+     * may be NULL): protocol v1.1 fans out and windows its kinds here.
+     * Until then the next message looks like a jump and the window starts
+     * again there (room_append_locked); replays read the store below it. */
     if (ev->kind != EV_MESSAGE)
         return;
     struct fanout f = {.json = msg_ref(json)};
