@@ -591,7 +591,7 @@ static void read_answer(struct pending_read *pr, msg_t *content)
                                 pr->ref, -1));
 }
 
-/* A stored event as the codec takes it (only messages are stored today). */
+/* A stored message as the codec takes it. */
 static struct chat_msg event_msg(const struct room_event *e)
 {
     return (struct chat_msg){.room = e->room, .seq = e->seq, .from = e->from, .text = e->text,
@@ -620,7 +620,10 @@ static void pending_finish(struct pending_read *pr)
         size_t n = 0;
         struct chat_msg *all = xmalloc((r->n + pr->nwin + 1) * sizeof(*all));
         for (size_t i = 0; i < r->n; i++)
-            all[n++] = event_msg(&r->evs[i]);
+            /* only messages are produced today: another kind is not one
+             * (protocol v1.1 encodes its kinds here) */
+            if (r->evs[i].kind == EV_MESSAGE)
+                all[n++] = event_msg(&r->evs[i]);
         for (size_t i = 0; i < pr->nwin; i++)
             all[n++] = pr->win[i]->m;
         if (pr->direct)
@@ -921,6 +924,7 @@ static void load_read_done(struct store_read *r)
 {
     struct room_load *ld = (struct room_load *)((char *)r - offsetof(struct room_load, r));
     bool ok = r->status == 0;
+    /* the room's last seq, whatever the kind of the event that took it */
     uint64_t seq = ok && r->n ? r->evs[r->n - 1].seq : 0;
     store_read_release(r);
     load_finish(ld, ok, seq);
@@ -2492,6 +2496,12 @@ static void load_id(void *arg, const char *room, const char *from, const char *i
 static void sink_event(void *arg, const char *user, const struct room_event *ev, msg_t *json)
 {
     struct broker *b = arg;
+    /* nothing produces another kind yet, and it is not a message (its json
+     * may be NULL): protocol v1.1 fans out and windows its kinds here.
+     * Until then the next message looks like a jump and the window starts
+     * again there (room_append_locked); replays read the store below it. */
+    if (ev->kind != EV_MESSAGE)
+        return;
     struct fanout f = {.json = msg_ref(json)};
     struct hist *h =
         hist_new(ev->room, ev->seq, ev->from, ev->text, ev->text_len, ev->ts, ev->id);

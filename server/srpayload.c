@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "codec.h"
+#include "store.h"
 
 /* Reads a decimal number ending at `end` (a space or newline) from *p,
  * advancing past the separator; false if malformed. */
@@ -30,27 +31,30 @@ static bool take_num(const char **p, const char *lim, char end, uint64_t *out)
 bool srpayload_parse(const char *payload, size_t len, struct srpayload *out)
 {
     const char *p = payload + 1, *lim = payload + len;
-    uint64_t seq, ts, rl, fl, il, xl;
+    uint64_t seq, ts, kind, rl, fl, il, xl, bl;
 
     if (len < 2 || payload[0] != 'm' || !take_num(&p, lim, '\n', &seq) || !seq ||
-        !take_num(&p, lim, ' ', &ts) || ts > INT64_MAX || !take_num(&p, lim, ' ', &rl) ||
+        !take_num(&p, lim, ' ', &ts) || ts > INT64_MAX || !take_num(&p, lim, ' ', &kind) ||
+        kind > STORE_KIND_MAX || !take_num(&p, lim, ' ', &rl) ||
         !take_num(&p, lim, ' ', &fl) || !take_num(&p, lim, ' ', &il) ||
-        !take_num(&p, lim, '\n', &xl))
+        !take_num(&p, lim, ' ', &xl) || !take_num(&p, lim, '\n', &bl))
         return false;
     size_t left = (size_t)(lim - p);
+    /* every length but the text's is bounded, so the sums cannot wrap */
     if (rl == 0 || rl > CODEC_ROOMID_MAX || fl == 0 || fl > CODEC_USER_MAX ||
-        il > CODEC_ID_MAX || xl > left || rl + fl + il > left - xl ||
-        rl + fl + il + xl + 2 > left)
+        il > CODEC_ID_MAX || bl > STORE_BODY_MAX || xl > left ||
+        rl + fl + il + bl + 2 > left - xl)
         return false;
     const char *room = p, *from = room + rl, *id = from + fl, *text = id + il;
-    const char *frame = text + xl;
+    const char *body = text + xl, *frame = body + bl;
     if (frame[0] != '{' || lim[-1] != '}') /* an object, whole */
         return false;
     if (memchr(room, '\0', rl) || memchr(from, '\0', fl) || (il && memchr(id, '\0', il)))
         return false;
-    *out = (struct srpayload){.seq = seq, .ts = (int64_t)ts, .room = room, .from = from,
-                              .id = id, .text = text, .frame = frame, .room_len = rl,
-                              .from_len = fl, .id_len = il, .text_len = xl,
+    *out = (struct srpayload){.seq = seq, .ts = (int64_t)ts, .kind = (int)kind, .room = room,
+                              .from = from, .id = id, .text = text, .body = bl ? body : NULL,
+                              .frame = frame, .room_len = rl, .from_len = fl, .id_len = il,
+                              .text_len = xl, .body_len = bl,
                               .frame_len = (size_t)(lim - frame)};
     return true;
 }

@@ -1,8 +1,9 @@
 /*
  * srpayload — the Redis engine's published event, as a receiving node
- * reads it: "m<seq>\n<ts> <room len> <from len> <id len> <text len>\n"
- * then <room><from><id><text><frame> (APPEND_LUA in store_redis.c writes
- * it). Fields are taken by length, without parsing the JSON frame.
+ * reads it: "m<seq>\n<ts> <kind> <room len> <from len> <id len> <text len>
+ * <body len>\n" then <room><from><id><text><body><frame> (APPEND_LUA in
+ * store_redis.c writes it). Fields are taken by length, without parsing
+ * the JSON frame.
  *
  * Its own module so the parser can be fuzzed alone (tests/fuzz): the
  * payload comes from Redis, which is trusted, but a bug or another version
@@ -21,13 +22,15 @@
 struct srpayload {
     uint64_t seq; /* >= 1 */
     int64_t ts;   /* >= 0 */
-    const char *room, *from, *id, *text, *frame;
-    size_t room_len, from_len, id_len, text_len, frame_len;
+    int kind;     /* 0 .. STORE_KIND_MAX (0: a message) */
+    const char *room, *from, *id, *text, *body, *frame;
+    size_t room_len, from_len, id_len, text_len, body_len, frame_len;
 };
 
 /* Parse len bytes of payload into *out; false if malformed (room 1 ..
  * CODEC_ROOMID_MAX bytes, from 1 .. CODEC_USER_MAX, id 0 .. CODEC_ID_MAX,
- * the lengths within the payload). Thread: any. */
+ * body 0 .. STORE_BODY_MAX (any bytes), the lengths within the payload).
+ * Thread: any. */
 bool srpayload_parse(const char *payload, size_t len, struct srpayload *out);
 
 #endif

@@ -4,6 +4,7 @@
  * (store_engine.h), and what every engine shares.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "store_engine.h"
@@ -26,6 +27,17 @@ void store_stats(store_t *s, struct store_stats *out)
 int store_append(store_t *s, struct store_append *a)
 {
     return LOG(s)->append(s, a);
+}
+
+bool store_event_valid(const struct room_event *e)
+{
+    if (!e || !e->room || !e->from || (unsigned)e->kind > STORE_KIND_MAX)
+        return false;
+    if (e->kind == EV_MESSAGE ? !e->text : !e->text && e->text_len)
+        return false;
+    if (e->text_len > INT32_MAX || e->body_len > STORE_BODY_MAX || (!e->body && e->body_len))
+        return false;
+    return true;
 }
 
 int store_barrier(store_t *s, struct store_barrier *b)

@@ -76,11 +76,21 @@ int store_load_ids(store_t *s, int64_t since_ms,
                               uint64_t seq, int64_t ts),
                    void *arg);
 
-/* Append one event to its room's log. */
+/* The largest event kind an engine stores (SQLite's column, Redis's `k`
+ * field and published header carry any of 0..STORE_KIND_MAX). */
+#define STORE_KIND_MAX 255
+/* The largest event body, in bytes; a longer one is refused (-EINVAL). */
+#define STORE_BODY_MAX 4096
+
+/* Append one event to its room's log. Any kind 0..STORE_KIND_MAX: the
+ * engine stores kind, from, ts, id, text and body and every read (and the
+ * shared engines' deliveries) gives them back exactly; idempotent ids work
+ * alike for every kind. */
 struct store_append {
-    /* Owned by the submitter; must stay valid until done() runs. ev.room,
-     * ev.from and ev.text are required; ev.seq is the broker's (next of
-     * the room). */
+    /* Owned by the submitter; must stay valid until done() runs. ev.room
+     * and ev.from are required, and ev.text for EV_MESSAGE (other kinds:
+     * NULL stores ""); ev.body is optional (<= STORE_BODY_MAX bytes);
+     * ev.seq is the broker's (next of the room). */
     struct room_event ev;
     /* set by the store before done(): 0 committed, negative errno on failure */
     int status;
@@ -111,8 +121,9 @@ struct store_barrier {
  * Queue an append or a barrier; the store owns the request until it calls
  * done. Returns 0, or -EAGAIN when the queue is at queue_max, or
  * -ESHUTDOWN after store_close began, or -EINVAL for a malformed request
- * (no done; an append without room/from/text, or of a kind the engine
- * cannot store); done is not called then. Requests complete in the order
+ * (no done; an append without room/from, a message without text, a kind
+ * above STORE_KIND_MAX or a body above STORE_BODY_MAX); done is not called
+ * then. Requests complete in the order
  * they were queued. A failing commit reports status < 0 to every request
  * in the batch, logs, and keeps retrying those events (the store keeps its
  * own copy, so the submitter may free the request in done) with backoff so
@@ -140,7 +151,9 @@ struct store_read {
     uint64_t key;
     int limit;
     /* results, set by the store before done(); freed by store_read_release.
-     * Strings point into priv. */
+     * Strings and bodies point into priv. Every kind comes back (a reader
+     * that knows only messages skips the others); text is never NULL; body
+     * is NULL exactly when body_len is 0. */
     struct room_event *evs; /* oldest first */
     size_t n;
     bool more; /* more events exist beyond the returned ones in the read's direction */
@@ -182,8 +195,12 @@ bool store_shared(store_t *s);
  * and only pushes to queues (enqueue + wake). */
 struct store_sink {
     /* An event of a subscribed room (user == NULL) or on a user's channel
-     * (user: whose; a DM). json is the JSON frame the publishing node
-     * encoded (a reference the callee may take with msg_ref). */
+     * (user: whose; a DM), any kind, with its body (ev's strings and body
+     * live until the call returns). json is the JSON frame the publishing
+     * node encoded (a reference the callee may take with msg_ref); NULL
+     * when there is none: an event filled from the log (not published) of
+     * a kind other than EV_MESSAGE, which the engine cannot encode (the
+     * codec knows only messages), so the callee encodes it. */
     void (*event)(void *arg, const char *user, const struct room_event *ev, struct msg *json);
     /* Ephemeral room traffic: presence (kind 'p', join) and typing ('t'). */
     void (*ephemeral)(void *arg, const char *room, char kind, const char *user, bool join);

@@ -67,6 +67,10 @@ struct store_base {
 
 #define STORE_BASE(s) ((struct store_base *)(s))
 
+/* Thread: any. Is e an event every engine stores (store.h's append rules:
+ * room and from set, text for a message, kind and body within bounds)? */
+bool store_event_valid(const struct room_event *e);
+
 /* The typed completion of a request an engine finishes: copies op.status
  * (and op.dup_seq for an append) into the request and calls its done().
  * Not for the engine's private kinds (SOP_ACCOUNT_*, SOP_OUTBOX_MARK). */

@@ -47,18 +47,23 @@
 
 /* KEYS: seq, log[, id record]. ARGV: from, ts, id, text, frame before the
  * seq, frame after it, history max, id ttl, the event's header (below),
- * the floor, then the channels to publish on. Returns {1, seq} for a new
- * event, {0, seq} for a known id.
+ * the floor, kind, body, then the channels to publish on. Returns {1, seq}
+ * for a new event, {0, seq} for a known id.
+ *
+ * The stream entry has fields f (from), t (ts), i (id), x (text), and k
+ * (kind) only when the kind is not 0 (a message), b (body) only when there
+ * is one: a message's entry is what it was before kinds existed.
  *
  * The floor is the last seq this node delivered in the room: a seq key
  * below it means Redis lost the room's data (restarted without its AOF),
  * and the room goes on above it rather than reuse seqs that clients and
  * nodes already have (each node would drop the new events as repeats).
  *
- * What is published is "m<seq>\n<header><text><frame>": the header is
- * "<ts> <room len> <from len> <id len> <text len>\n<room><from><id>", so a
- * receiving node takes the event's fields by length and the frame as it is,
- * without parsing JSON (that parse was most of a node's engine thread). */
+ * What is published is "m<seq>\n<header><text><body><frame>": the header is
+ * "<ts> <kind> <room len> <from len> <id len> <text len> <body len>\n<room>
+ * <from><id>" (no line break after <room>), so a receiving node takes the
+ * event's fields by length and the frame as it is, without parsing JSON
+ * (that parse was most of a node's engine thread). */
 static const char APPEND_LUA[] =
     "if #KEYS == 3 then\n"
     "  local dup = redis.call('GET', KEYS[3])\n"
@@ -67,11 +72,19 @@ static const char APPEND_LUA[] =
     "local seq = redis.call('INCR', KEYS[1])\n"
     "local floor = tonumber(ARGV[10])\n"
     "if seq <= floor then seq = floor + 1; redis.call('SET', KEYS[1], seq) end\n"
-    "redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], seq .. '-0', 'f', ARGV[1], 't', ARGV[2],\n"
-    "           'i', ARGV[3], 'x', ARGV[4])\n"
+    "if ARGV[11] == '0' and ARGV[12] == '' then\n"
+    "  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], seq .. '-0', 'f', ARGV[1], 't', ARGV[2],\n"
+    "             'i', ARGV[3], 'x', ARGV[4])\n"
+    "else\n"
+    "  local e = {'f', ARGV[1], 't', ARGV[2], 'i', ARGV[3], 'x', ARGV[4]}\n"
+    "  if ARGV[11] ~= '0' then e[#e + 1] = 'k'; e[#e + 1] = ARGV[11] end\n"
+    "  if ARGV[12] ~= '' then e[#e + 1] = 'b'; e[#e + 1] = ARGV[12] end\n"
+    "  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], seq .. '-0', unpack(e))\n"
+    "end\n"
     "if #KEYS == 3 then redis.call('SET', KEYS[3], seq, 'EX', ARGV[8]) end\n"
-    "local m = 'm' .. seq .. '\\n' .. ARGV[9] .. ARGV[4] .. ARGV[5] .. seq .. ARGV[6]\n"
-    "for i = 11, #ARGV do redis.call('PUBLISH', ARGV[i], m) end\n"
+    "local m = 'm' .. seq .. '\\n' .. ARGV[9] .. ARGV[4] .. ARGV[12] .. ARGV[5] .. seq ..\n"
+    "  ARGV[6]\n"
+    "for i = 13, #ARGV do redis.call('PUBLISH', ARGV[i], m) end\n"
     "return {1, seq}\n";
 
 /* KEYS: seq. ARGV: a floor, as in APPEND_LUA. Raises the seq to the floor;
@@ -140,12 +153,13 @@ struct sr {
 
 /* ------------------------------------------------------------ items */
 
+/* An item with copies of the fields; body_len 0: none (ev.body NULL). */
 static struct item *item_new(const char *room, uint64_t seq, const char *from, size_t from_len,
                              const char *id, size_t id_len, const char *text, size_t text_len,
-                             int64_t ts)
+                             int64_t ts, int kind, const char *body, size_t body_len)
 {
     size_t rl = strlen(room);
-    size_t sz = sizeof(struct item) + rl + from_len + id_len + text_len + 4;
+    size_t sz = sizeof(struct item) + rl + from_len + id_len + text_len + body_len + 5;
     struct item *it = xcalloc(1, sz);
     it->bytes = sz;
     char *p = it->buf;
@@ -161,7 +175,11 @@ static struct item *item_new(const char *room, uint64_t seq, const char *from, s
     memcpy(p, text, text_len);
     it->ev.text = p;
     it->ev.text_len = text_len;
-    it->ev.kind = EV_MESSAGE;
+    p += text_len + 1;
+    if (body_len)
+        it->ev.body = memcpy(p, body, body_len);
+    it->ev.body_len = body_len;
+    it->ev.kind = (enum room_event_kind)kind;
     it->ev.seq = seq;
     it->ev.ts = ts;
     return it;
@@ -197,7 +215,7 @@ static struct item *item_from_payload(const char *payload, size_t len)
     memcpy(rb, pl.room, pl.room_len);
     rb[pl.room_len] = '\0';
     struct item *it = item_new(rb, pl.seq, pl.from, pl.from_len, pl.id, pl.id_len, pl.text,
-                               pl.text_len, pl.ts);
+                               pl.text_len, pl.ts, pl.kind, pl.body, pl.body_len);
     it->json = msg_new_text(pl.frame, pl.frame_len);
     it->bytes += pl.frame_len;
     return it;
@@ -225,8 +243,24 @@ static uint64_t entry_seq(const redisReply *id)
     return strtoull(id->str, NULL, 10);
 }
 
-/* An event from a stream entry [id, [f, v, ...]] (its frame encoded here:
- * only fills and history take this path). */
+/* A stream entry's kind field ("" when missing: a message); -1 if not a
+ * number in 0..STORE_KIND_MAX. */
+static int entry_kind(const char *k, size_t kl)
+{
+    int v = 0;
+    if (kl > 3)
+        return -1;
+    for (size_t i = 0; i < kl; i++) {
+        if (k[i] < '0' || k[i] > '9')
+            return -1;
+        v = v * 10 + (k[i] - '0');
+    }
+    return v <= STORE_KIND_MAX ? v : -1;
+}
+
+/* An event from a stream entry [id, [f, v, ...]] (only fills and history
+ * take this path). frame: encode its JSON frame here, which the codec can
+ * only for a message; another kind's json stays NULL. NULL if malformed. */
 static struct item *item_from_entry(const char *room, const redisReply *e, bool frame)
 {
     if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
@@ -239,10 +273,16 @@ static struct item *item_from_entry(const char *room, const redisReply *e, bool 
     size_t fl, il, xl, tl;
     const char *f = field(kv, "f", &fl), *i = field(kv, "i", &il), *x = field(kv, "x", &xl);
     const char *t = field(kv, "t", &tl);
+    size_t kl, bl;
+    const char *k = field(kv, "k", &kl), *b = field(kv, "b", &bl);
+    int kind = entry_kind(k, kl);
+    if (kind < 0 || bl > STORE_BODY_MAX)
+        return NULL;
     char tsb[24];
     snprintf(tsb, sizeof(tsb), "%.*s", (int)(tl < 23 ? tl : 23), t);
-    struct item *it = item_new(room, seq, f, fl, i, il, x, xl, strtoll(tsb, NULL, 10));
-    if (frame) {
+    struct item *it = item_new(room, seq, f, fl, i, il, x, xl, strtoll(tsb, NULL, 10), kind,
+                               b, bl);
+    if (frame && kind == EV_MESSAGE) {
         struct chat_msg m = {.room = it->ev.room, .seq = seq, .from = it->ev.from,
                              .text = it->ev.text, .text_len = it->ev.text_len, .ts = it->ev.ts,
                              .id = it->ev.id};
@@ -986,14 +1026,14 @@ static int sr_append(store_t *st, struct store_append *a)
     struct sr *s = SR(st);
     const struct room_event *e = &a->ev;
 
-    if (!a->done || !e->room || !e->from || !e->text || !a->frame || e->kind != EV_MESSAGE)
+    if (!a->done || !store_event_valid(e) || !a->frame)
         return -EINVAL;
     char kseq[CODEC_ROOMID_MAX + 16], klog[CODEC_ROOMID_MAX + 16];
     char kid[CODEC_ROOMID_MAX + CODEC_USER_MAX + CODEC_ID_MAX + 16];
     char ts[24], ch[CODEC_ROOMID_MAX + 8], u1[CODEC_USER_MAX + 8], u2[CODEC_USER_MAX + 8];
     char pa[CODEC_USER_MAX + 1], pb[CODEC_USER_MAX + 1];
-    const char *argv[18];
-    size_t lens[18];
+    const char *argv[20];
+    size_t lens[20];
     int n = 0;
     bool has_id = e->id && e->id[0];
 
@@ -1012,21 +1052,28 @@ static int sr_append(store_t *st, struct store_append *a)
     SARG(e->from);
     SARG(ts);
     SARG(has_id ? e->id : "");
-    ARG(e->text, e->text_len);
+    const char *text = e->text ? e->text : ""; /* a kind other than a message may have none */
+    size_t text_len = e->text ? e->text_len : 0;
+    ARG(text, text_len);
     ARG(a->frame, a->frame_seq_at);
     ARG(a->frame + a->frame_seq_at, a->frame_len - a->frame_seq_at);
     SARG(s->history_max);
     SARG(s->id_ttl);
     size_t rl = strlen(e->room), fl = strlen(e->from), il = has_id ? strlen(e->id) : 0;
-    char hdr[64 + CODEC_ROOMID_MAX + CODEC_USER_MAX + CODEC_ID_MAX];
-    int hl = snprintf(hdr, sizeof(hdr), "%" PRId64 " %zu %zu %zu %zu\n%s%s%s", e->ts, rl, fl,
-                      il, e->text_len, e->room, e->from, has_id ? e->id : "");
+    char hdr[96 + CODEC_ROOMID_MAX + CODEC_USER_MAX + CODEC_ID_MAX];
+    int hl = snprintf(hdr, sizeof(hdr), "%" PRId64 " %d %zu %zu %zu %zu %zu\n%s%s%s", e->ts,
+                      (int)e->kind, rl, fl, il, text_len, e->body_len, e->room, e->from,
+                      has_id ? e->id : "");
     if (hl < 0 || (size_t)hl >= sizeof(hdr) || e->ts < 0)
         return -EINVAL;
     ARG(hdr, (size_t)hl);
     char floor[24];
     snprintf(floor, sizeof(floor), "%" PRIu64, append_floor(s, e->room, e->from));
     SARG(floor);
+    char kind[8];
+    snprintf(kind, sizeof(kind), "%d", (int)e->kind);
+    SARG(kind);
+    ARG(e->body_len ? (const char *)e->body : "", e->body_len);
     /* a DM goes to both users' channels, which reach their connections
      * wherever they are; the room's channel keeps the room's subscribers
      * (its window and seq) current. Users first: a node gets both on one
@@ -1075,7 +1122,8 @@ static void read_done(void *arg, const redisReply *rep)
             struct item *it = item_from_entry(r->room, rep->element[i], false);
             if (it) {
                 its[k++] = it;
-                bytes += strlen(it->ev.from) + strlen(it->ev.id) + it->ev.text_len + 3;
+                bytes += strlen(it->ev.from) + strlen(it->ev.id) + it->ev.text_len +
+                         it->ev.body_len + 3;
             }
         }
         /* one block for every string, as store_read_release frees it */
@@ -1094,6 +1142,10 @@ static void read_done(void *arg, const redisReply *rep)
             p += il;
             e->text = memcpy(p, it->ev.text, it->ev.text_len + 1);
             p += it->ev.text_len + 1;
+            if (it->ev.body_len) {
+                e->body = memcpy(p, it->ev.body, it->ev.body_len);
+                p += it->ev.body_len;
+            }
         }
         for (size_t i = 0; i < k; i++)
             item_free(its[i]);

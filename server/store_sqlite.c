@@ -124,6 +124,8 @@
  * insert_chunk). */
 static const int chunk_rows[] = {32, 8};
 #define NCHUNK ((int)ARRAY_LEN(chunk_rows))
+/* Parameters per row of a chunk statement. */
+#define CHUNK_COLS 8
 
 /* migrations[i] takes the schema from version i to i + 1. */
 static const char *const migrations[] = {
@@ -174,6 +176,10 @@ static const char *const migrations[] = {
     "  UPDATE users SET acct_gen = (SELECT COALESCE(max(acct_gen), 0) + 1 FROM users"
     "    WHERE acct_gen > 0) WHERE name = NEW.name;"
     "  END;",
+    /* v5: every room event kind (event.h), not only messages: its kind and
+     * opaque body. Old rows read back as messages without a body. */
+    "ALTER TABLE messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE messages ADD COLUMN body BLOB;",
 };
 #define SCHEMA_VERSION ((int)ARRAY_LEN(migrations))
 
@@ -188,6 +194,9 @@ struct row {
     enum store_op_kind kind;
     const char *room, *from, *text, *id; /* id NULL: none */
     size_t text_len;
+    int ev_kind;      /* SOP_APPEND: the event's kind */
+    const void *body; /* SOP_APPEND: NULL when body_len is 0 */
+    size_t body_len;
     uint64_t seq;
     int64_t ts;
     uint64_t dup_seq;
@@ -576,8 +585,8 @@ static int open_writer(store_t *s, char *err, size_t errsz)
         prepare(s->wdb, "COMMIT", &s->st_commit, err, errsz) ||
         prepare(s->wdb, "ROLLBACK", &s->st_rollback, err, errsz) ||
         prepare(s->wdb,
-                "INSERT INTO messages(room, seq, sender, text, ts, client_id)"
-                " VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(room, seq) DO NOTHING",
+                "INSERT INTO messages(room, seq, sender, text, ts, client_id, kind, body)"
+                " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(room, seq) DO NOTHING",
                 &s->st_ins_msg, err, errsz) ||
         prepare(s->wdb,
                 "SELECT seq FROM messages WHERE room = ?1 AND sender = ?2 AND client_id = ?3",
@@ -594,8 +603,9 @@ static int open_writer(store_t *s, char *err, size_t errsz)
         return -1;
     for (int i = 0; i < NCHUNK; i++) {
         static const char head[] =
-            "INSERT OR IGNORE INTO messages(room, seq, sender, text, ts, client_id) VALUES";
-        static const char tuple[] = ",(?,?,?,?,?,?)";
+            "INSERT OR IGNORE INTO messages(room, seq, sender, text, ts, client_id, kind, body)"
+            " VALUES";
+        static const char tuple[] = ",(?,?,?,?,?,?,?,?)"; /* CHUNK_COLS */
         size_t sz = sizeof(head) + (size_t)chunk_rows[i] * (sizeof(tuple) - 1);
         char *sql = xmalloc(sz), *p = sql;
         memcpy(p, head, sizeof(head) - 1);
@@ -657,7 +667,10 @@ static int insert_msg(store_t *s, struct row *r)
         (rc = sqlite3_bind_text(st, 4, r->text, (int)r->text_len, SQLITE_STATIC)) ||
         (rc = sqlite3_bind_int64(st, 5, r->ts)) ||
         (rc = has_id ? sqlite3_bind_text(st, 6, r->id, -1, SQLITE_STATIC)
-                     : sqlite3_bind_null(st, 6)))
+                     : sqlite3_bind_null(st, 6)) ||
+        (rc = sqlite3_bind_int(st, 7, r->ev_kind)) ||
+        (rc = r->body_len ? sqlite3_bind_blob(st, 8, r->body, (int)r->body_len, SQLITE_STATIC)
+                          : sqlite3_bind_null(st, 8)))
         return rc;
     rc = run_stmt(st);
     if (rc == SQLITE_OK) {
@@ -739,14 +752,18 @@ static int insert_chunk(store_t *s, int c, struct row *rows)
 
     for (int i = 0; i < k; i++) {
         const struct row *r = &rows[i];
-        int b = i * 6;
+        int b = i * CHUNK_COLS;
         if ((rc = sqlite3_bind_text(st, b + 1, r->room, -1, SQLITE_STATIC)) ||
             (rc = bind_u64(st, b + 2, r->seq)) ||
             (rc = sqlite3_bind_text(st, b + 3, r->from, -1, SQLITE_STATIC)) ||
             (rc = sqlite3_bind_text(st, b + 4, r->text, (int)r->text_len, SQLITE_STATIC)) ||
             (rc = sqlite3_bind_int64(st, b + 5, r->ts)) ||
             (rc = r->id && r->id[0] ? sqlite3_bind_text(st, b + 6, r->id, -1, SQLITE_STATIC)
-                                    : sqlite3_bind_null(st, b + 6)))
+                                    : sqlite3_bind_null(st, b + 6)) ||
+            (rc = sqlite3_bind_int(st, b + 7, r->ev_kind)) ||
+            (rc = r->body_len
+                      ? sqlite3_bind_blob(st, b + 8, r->body, (int)r->body_len, SQLITE_STATIC)
+                      : sqlite3_bind_null(st, b + 8)))
             return rc;
     }
     if ((rc = run_stmt(st)) != SQLITE_OK)
@@ -1008,8 +1025,11 @@ static void row_from_op(struct row *r, const struct store_op *op)
         const struct room_event *e = &STORE_CONTAINER(op, struct store_append, op)->ev;
         r->room = e->room;
         r->from = e->from;
-        r->text = e->text;
-        r->text_len = e->text_len;
+        r->text = e->text ? e->text : ""; /* a kind other than a message may have none */
+        r->text_len = e->text ? e->text_len : 0;
+        r->ev_kind = (int)e->kind;
+        r->body = e->body_len ? e->body : NULL;
+        r->body_len = e->body_len;
         r->id = e->id;
         r->seq = e->seq;
         r->ts = e->ts;
@@ -1084,7 +1104,7 @@ static void row_own(struct row *dst, const struct row *src)
     size_t lrare = 0;
     for (int i = 0; i < 6; i++)
         lrare += rare[i] ? strlen(rare[i]) + 1 : 0;
-    char *p = xmalloc(lroom + lfrom + lid + ltext + lrare + 4);
+    char *p = xmalloc(lroom + lfrom + lid + ltext + lrare + src->body_len + 4);
 
     *dst = *src;
     dst->owned = p;
@@ -1098,6 +1118,10 @@ static void row_own(struct row *dst, const struct row *src)
     dst->recipient = own_str(&p, src->recipient, src->recipient ? strlen(src->recipient) : 0);
     dst->note_kind = own_str(&p, src->note_kind, src->note_kind ? strlen(src->note_kind) : 0);
     dst->state = own_str(&p, src->state, src->state ? strlen(src->state) : 0);
+    if (src->body_len) {
+        dst->body = memcpy(p, src->body, src->body_len);
+        p += src->body_len;
+    }
 }
 
 static void retry_clear(store_t *s)
@@ -1508,7 +1532,8 @@ static void *ckpt_main(void *arg)
 struct rrow {
     uint64_t seq;
     int64_t ts;
-    size_t from, text, id, text_len; /* offsets into the block */
+    int kind;
+    size_t from, text, id, text_len, body, body_len; /* offsets into the block */
 };
 
 static size_t buf_put(char **buf, size_t *len, size_t *cap, const unsigned char *s, size_t n)
@@ -1575,7 +1600,11 @@ static int do_read(struct reader *rd, struct store_read *r)
         x->ts = sqlite3_column_int64(st, 3);
         const unsigned char *id = sqlite3_column_text(st, 4);
         size_t lid = id ? (size_t)sqlite3_column_bytes(st, 4) : 0;
-        if ((!from || !text) && sqlite3_errcode(rd->db) == SQLITE_NOMEM) {
+        x->kind = sqlite3_column_int(st, 5);
+        const unsigned char *body = sqlite3_column_blob(st, 6);
+        size_t lbody = body ? (size_t)sqlite3_column_bytes(st, 6) : 0;
+        if ((!from || !text || (!body && sqlite3_column_type(st, 6) != SQLITE_NULL)) &&
+            sqlite3_errcode(rd->db) == SQLITE_NOMEM) {
             rc = SQLITE_NOMEM;
             goto fail;
         }
@@ -1583,6 +1612,8 @@ static int do_read(struct reader *rd, struct store_read *r)
         x->text = buf_put(&block, &blen, &bcap, text, text ? ltext : 0);
         x->text_len = text ? ltext : 0;
         x->id = buf_put(&block, &blen, &bcap, id, lid);
+        x->body_len = lbody;
+        x->body = lbody ? buf_put(&block, &blen, &bcap, body, lbody) : 0;
     }
     if (rc != SQLITE_DONE)
         goto fail;
@@ -1595,7 +1626,7 @@ done:
     for (size_t i = 0; i < n; i++) {
         const struct rrow *x = &rows[desc ? n - 1 - i : i];
         struct room_event *m = &r->evs[i];
-        *m = (struct room_event){.kind = EV_MESSAGE};
+        *m = (struct room_event){.kind = (enum room_event_kind)x->kind};
         m->room = r->room;
         m->seq = x->seq;
         m->from = block + x->from;
@@ -1603,6 +1634,8 @@ done:
         m->text_len = x->text_len;
         m->ts = x->ts;
         m->id = block + x->id;
+        m->body = x->body_len ? block + x->body : NULL;
+        m->body_len = x->body_len;
     }
     free(rows);
     return 0;
@@ -1666,7 +1699,8 @@ static void *reader_main(void *arg)
 
 static int open_reader(store_t *s, struct reader *rd, char *err, size_t errsz)
 {
-    static const char cols[] = "SELECT seq, sender, text, ts, client_id FROM messages ";
+    static const char cols[] =
+        "SELECT seq, sender, text, ts, client_id, kind, body FROM messages ";
     char sql[256];
 
     if (open_readonly(s, &rd->db, err, errsz) != 0)
@@ -1973,8 +2007,7 @@ static int submit_op(store_t *s, struct store_op *w)
 static int sq_append(store_t *s, struct store_append *a)
 {
     const struct room_event *e = a ? &a->ev : NULL;
-    if (!a || !a->done || e->kind != EV_MESSAGE || e->body || !e->room || !e->from ||
-        !e->text || e->text_len > INT32_MAX)
+    if (!a || !a->done || !store_event_valid(e))
         return -EINVAL;
     a->op.kind = SOP_APPEND;
     return submit_op(s, &a->op);

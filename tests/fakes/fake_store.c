@@ -20,6 +20,7 @@
 struct fev {
     struct room_event ev;
     char *room, *from, *id, *text;
+    void *body; /* NULL: none */
 };
 
 struct store {
@@ -88,12 +89,15 @@ static void commit_locked(store_t *s, struct store_op *op)
     f->room = xstrdup(e->room);
     f->from = xstrdup(e->from);
     f->id = xstrdup(dup || !e->id ? "" : e->id); /* a duplicate is stored without its id */
-    f->text = xmalloc(e->text_len + 1);
-    memcpy(f->text, e->text, e->text_len);
-    f->text[e->text_len] = '\0';
+    size_t tl = e->text ? e->text_len : 0; /* a kind other than a message may have none */
+    f->text = xmalloc(tl + 1);
+    if (tl)
+        memcpy(f->text, e->text, tl);
+    f->text[tl] = '\0';
+    f->body = e->body_len ? memcpy(xmalloc(e->body_len), e->body, e->body_len) : NULL;
     f->ev = (struct room_event){.kind = e->kind, .room = f->room, .seq = e->seq,
                                 .from = f->from, .ts = e->ts, .id = f->id, .text = f->text,
-                                .text_len = e->text_len};
+                                .text_len = tl, .body = f->body, .body_len = e->body_len};
     s->writes++;
 }
 
@@ -130,7 +134,7 @@ static void answer_read_locked(store_t *s, struct store_read *r)
     size_t bytes = 1;
     for (size_t i = 0; i < k; i++) {
         const struct fev *f = m[from + i];
-        bytes += strlen(f->from) + strlen(f->id) + f->ev.text_len + 3;
+        bytes += strlen(f->from) + strlen(f->id) + f->ev.text_len + f->ev.body_len + 3;
     }
     char *block = xmalloc(bytes), *p = block;
     for (size_t i = 0; i < k; i++) {
@@ -145,6 +149,10 @@ static void answer_read_locked(store_t *s, struct store_read *r)
         memcpy(p, f->text, f->ev.text_len + 1);
         e->text = p;
         p += f->ev.text_len + 1;
+        if (f->ev.body_len) {
+            e->body = memcpy(p, f->body, f->ev.body_len);
+            p += f->ev.body_len;
+        }
     }
     r->priv = block;
     r->status = 0;
@@ -224,7 +232,7 @@ static int submit(store_t *s, struct store_op *op, enum store_op_kind kind)
 static int fk_append(store_t *s, struct store_append *a)
 {
     const struct room_event *e = a ? &a->ev : NULL;
-    if (!a || !a->done || e->kind != EV_MESSAGE || e->body || !e->room || !e->from || !e->text)
+    if (!a || !a->done || !store_event_valid(e))
         return -EINVAL;
     return submit(s, &a->op, SOP_APPEND);
 }
@@ -318,6 +326,7 @@ static void fk_close(store_t *s)
         free(s->evs[i].from);
         free(s->evs[i].id);
         free(s->evs[i].text);
+        free(s->evs[i].body);
     }
     free(s->evs);
     pthread_cond_destroy(&s->cond);

@@ -17,6 +17,7 @@
 
 #include "codec.h"
 #include "srpayload.h"
+#include "store.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -41,8 +42,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check(pl.room_len >= 1 && pl.room_len <= CODEC_ROOMID_MAX);
     check(pl.from_len >= 1 && pl.from_len <= CODEC_USER_MAX);
     check(pl.id_len <= CODEC_ID_MAX);
+    check(pl.kind >= 0 && pl.kind <= STORE_KIND_MAX && pl.body_len <= STORE_BODY_MAX);
     check(pl.room > in && pl.from == pl.room + pl.room_len && pl.id == pl.from + pl.from_len);
-    check(pl.text == pl.id + pl.id_len && pl.frame == pl.text + pl.text_len);
+    check((pl.body == NULL) == (pl.body_len == 0));
+    check(pl.frame == pl.id + pl.id_len + pl.text_len + pl.body_len);
+    check(!pl.body || pl.body == pl.text + pl.text_len);
     check(pl.frame_len >= 2 && pl.frame + pl.frame_len == end);
     check(pl.frame[0] == '{' && pl.frame[pl.frame_len - 1] == '}');
     check(!memchr(pl.room, '\0', pl.room_len) && !memchr(pl.from, '\0', pl.from_len));
@@ -50,8 +54,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* what a publisher writes from these fields reads back the same */
     char hdr[160];
-    int hl = snprintf(hdr, sizeof(hdr), "m%" PRIu64 "\n%" PRId64 " %zu %zu %zu %zu\n", pl.seq,
-                      pl.ts, pl.room_len, pl.from_len, pl.id_len, pl.text_len);
+    int hl = snprintf(hdr, sizeof(hdr), "m%" PRIu64 "\n%" PRId64 " %d %zu %zu %zu %zu %zu\n",
+                      pl.seq, pl.ts, pl.kind, pl.room_len, pl.from_len, pl.id_len, pl.text_len,
+                      pl.body_len);
     check(hl > 0 && (size_t)hl < sizeof(hdr));
     size_t body = (size_t)(end - pl.room), n = (size_t)hl + body;
     char *again = malloc(n);
@@ -61,7 +66,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check(srpayload_parse(again, n, &p2));
     check(p2.seq == pl.seq && p2.ts == pl.ts && p2.room_len == pl.room_len &&
           p2.from_len == pl.from_len && p2.id_len == pl.id_len && p2.text_len == pl.text_len &&
-          p2.frame_len == pl.frame_len);
+          p2.kind == pl.kind && p2.body_len == pl.body_len && p2.frame_len == pl.frame_len);
     check(memcmp(p2.room, pl.room, body) == 0);
     free(again);
     free(in);

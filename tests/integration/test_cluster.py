@@ -365,6 +365,37 @@ class TwoNodes(ChatChecks, ClusterCase):
             self.assertGreaterEqual(m["parley_engine_rtt_seconds_sum"][""], 0)
 
 
+    async def test_event_of_another_kind_is_not_a_message(self):
+        """An event of a kind no node produces yet (protocol v1.1 adds them),
+        put in the log and published as the append script does: stored and
+        delivered by the engine, but no node shows it as a message, and the
+        room goes on after it."""
+        room, (a, b) = await self.room_across_nodes(prefix="kd")
+        redis = self.cluster.redis[0]
+        first = await a.send_msg(room, "before")
+        await b.expect(is_msg(room, seq=first["seq"]))
+        seq = redis.cmd("INCR", f"r:{{{room}}}:seq")
+        self.assertEqual(seq, first["seq"] + 1)
+        ts, who, body = str(int(time.time() * 1000)), "kdx", "op\x01body"
+        redis.cmd("XADD", f"r:{{{room}}}:log", f"{seq}-0", "f", who, "t", ts, "i", "", "x", "",
+                  "k", "7", "b", body)
+        frame = '{"type":"other"}'
+        hdr = f"{ts} 7 {len(room)} {len(who)} 0 0 {len(body)}\n{room}{who}"
+        self.assertEqual(redis.cmd("PUBLISH", f"r:{{{room}}}", f"m{seq}\n{hdr}{body}{frame}"), 2)
+        after = await a.send_msg(room, "after")
+        self.assertEqual(after["seq"], seq + 1)
+        for c in (a, b):
+            await c.expect(is_msg(room, seq=after["seq"], text="after"))
+            self.assertFalse([f for f in c.backlog if f.get("seq") == seq or
+                              f.get("type") == "other"], f"{c.user} got the other kind")
+            h = await c.call({"type": "history", "room": room, "limit": 3}, "history")
+            self.assertEqual([m["seq"] for m in h["messages"]], [first["seq"], after["seq"]])
+        late = await self.json_client(1, user=uniq("kl"))
+        j = await late.call({"type": "join", "room": room, "since": 0}, "joined")
+        self.assertEqual(j["seq"], after["seq"])
+        self.assertEqual([m["text"] for m in j["history"]], ["before", "after"])
+
+
 class ThreeNodes(ChatChecks, ClusterCase):
     nodes = 3
 

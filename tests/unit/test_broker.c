@@ -692,6 +692,55 @@ Test(broker, history_below_the_window_reads_the_store)
     cr_assert_eq(atomic_load(&F.srv.metrics.history_reads_total), 7);
 }
 
+static void direct_done(struct store_append *a)
+{
+    (void)a;
+}
+
+/* An event the broker did not write: straight into the fake's log. */
+static void direct_append(const char *room, uint64_t seq, int kind, const char *text,
+                          const void *body, size_t body_len)
+{
+    struct store_append a = {.done = direct_done};
+    a.ev = (struct room_event){.kind = (enum room_event_kind)kind, .room = room, .seq = seq,
+                               .from = "ann", .ts = 1700000000000 + (int64_t)seq, .id = "",
+                               .text = text, .text_len = text ? strlen(text) : 0,
+                               .body = body, .body_len = body_len};
+    cr_assert_eq(store_append(F.st, &a), 0);
+    fake_store_drain(F.st);
+}
+
+/* A stored event of another kind (none is produced yet) is not a message:
+ * replays skip it, but its seq is the room's. */
+Test(broker, replay_skips_kinds_other_than_messages)
+{
+    direct_append("kinds", 1, EV_MESSAGE, "m1", NULL, 0);
+    direct_append("kinds", 2, 7, NULL, "\0x", 2);
+    direct_append("kinds", 3, EV_MESSAGE, "m3", NULL, 0);
+    struct client *a = connect_as("alice");
+    json_t *j = join_with(a, "kinds", ",\"since\":0");
+    cr_assert_eq(jint(j, "seq"), 3, "the room's seq counts every kind");
+    json_t *h = json_object_get(j, "history");
+    cr_assert_eq(json_array_size(h), 2);
+    cr_assert_eq(jint(json_array_get(h, 0), "seq"), 1);
+    cr_assert_str_eq(jstr(json_array_get(h, 0), "text"), "m1");
+    cr_assert_eq(jint(json_array_get(h, 1), "seq"), 3);
+    json_decref(j);
+    drain_q(a);
+    send_text(a, "kinds", "m4", NULL);
+    settle();
+    expect_msg_ack(a, "kinds", 4);
+    sendf(a, "{\"type\":\"history\",\"room\":\"kinds\"}");
+    settle();
+    j = expect(a, "history");
+    h = json_object_get(j, "messages");
+    cr_assert_eq(json_array_size(h), 3);
+    static const long long want[] = {1, 3, 4};
+    for (size_t i = 0; i < 3; i++)
+        cr_assert_eq(jint(json_array_get(h, i), "seq"), want[i]);
+    json_decref(j);
+}
+
 /* A held store: the history reply waits as a placeholder, and what is
  * published meanwhile is queued behind it. */
 Test(broker, history_reply_keeps_its_place_in_the_queue)

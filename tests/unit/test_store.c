@@ -43,7 +43,7 @@ static const char v1_sql[] =
     "  created_at INTEGER NOT NULL) WITHOUT ROWID;"
     "CREATE TABLE users(name TEXT PRIMARY KEY, created_at INTEGER NOT NULL) WITHOUT ROWID;";
 
-#define LATEST_VERSION 4
+#define LATEST_VERSION 5
 #define WAIT_LIMIT_S 60
 
 static char tmpdir[4096];
@@ -453,7 +453,7 @@ Test(store, migrates_a_v1_file_keeping_its_data)
 Test(store, refuses_a_newer_schema)
 {
     sqlite3 *db = raw_open();
-    raw_exec(db, "CREATE TABLE future(x); PRAGMA user_version = 5;");
+    raw_exec(db, "CREATE TABLE future(x); PRAGMA user_version = 6;");
     sqlite3_close(db);
 
     struct store_opts o = {.path = dbpath};
@@ -461,10 +461,10 @@ Test(store, refuses_a_newer_schema)
     cr_assert_null(s);
     char want[5000];
     snprintf(want, sizeof(want),
-             "database '%s' has schema version 5, this parleyd knows up to %d: upgrade parleyd",
+             "database '%s' has schema version 6, this parleyd knows up to %d: upgrade parleyd",
              dbpath, LATEST_VERSION);
     cr_assert_str_eq(err, want);
-    cr_assert_eq(file_int("PRAGMA user_version"), 5, "the file must be left alone");
+    cr_assert_eq(file_int("PRAGMA user_version"), 6, "the file must be left alone");
 }
 
 Test(store, refuses_a_file_that_is_not_a_database)
@@ -1873,4 +1873,65 @@ Test(store, many_submitting_threads_lose_nothing)
     cr_assert_eq(file_int("SELECT count(DISTINCT room || '/' || seq) FROM messages"),
                  MT_THREADS * MT_WRITES);
     counter_destroy(&c);
+}
+
+/* v5 (event kinds) on a v4 file: after the read helpers above */
+Test(store, migrates_a_v4_file_to_event_kinds)
+{
+    /* a v4 file: today's schema without v5's columns, with messages in it */
+    store_close(open_store(NULL));
+    raw_exec_file("ALTER TABLE messages DROP COLUMN body;"
+                  "ALTER TABLE messages DROP COLUMN kind;"
+                  "INSERT INTO messages VALUES('h', 1, 'ann', 'one', 1700000000001, 'c1');"
+                  "INSERT INTO messages VALUES('h', 2, 'bob', 'two', 1700000000002, NULL);"
+                  "INSERT INTO rooms VALUES('h', 2, 1700000000000);"
+                  "PRAGMA user_version = 4;");
+    cr_assert_eq(file_int("SELECT count(*) FROM pragma_table_info('messages') WHERE name IN "
+                          "('kind', 'body')"),
+                 0);
+
+    store_t *s = open_store(NULL);
+    /* the old rows read back as messages without a body */
+    struct tr t;
+    read_sync(s, &t, "h", SR_SINCE, 0, 10);
+    cr_assert_eq(t.r.n, 2);
+    for (size_t i = 0; i < 2; i++) {
+        const struct room_event *m = &t.r.evs[i];
+        cr_assert_eq(m->seq, i + 1);
+        cr_assert_eq(m->kind, EV_MESSAGE);
+        cr_assert_str_eq(m->text, i ? "two" : "one");
+        cr_assert_str_eq(m->from, i ? "bob" : "ann");
+        cr_assert_null(m->body);
+        cr_assert_eq(m->body_len, 0);
+    }
+    cr_assert_str_eq(t.r.evs[0].id, "c1");
+    store_read_release(&t.r);
+    /* new rows of another kind go in beside them, ids still hold */
+    uint64_t dup = 0;
+    cr_assert_eq(put_sync(s, "h", 3, "ann", "c1", "again", &dup), 0);
+    cr_assert_eq(dup, 1);
+    struct counter c;
+    struct tw w;
+    counter_init(&c);
+    tw_msg(&w, &c, "h", 4, "ann", "", "");
+    w.a.ev.kind = (enum room_event_kind)9;
+    w.a.ev.text = NULL;
+    w.a.ev.text_len = 0;
+    w.a.ev.body = "\0b\0";
+    w.a.ev.body_len = 3;
+    cr_assert_eq(tw_submit(s, &w), 0);
+    counter_wait(&c, 1);
+    counter_destroy(&c);
+    cr_assert_eq(w.status, 0);
+    read_sync(s, &t, "h", SR_SINCE, 3, 10);
+    cr_assert_eq(t.r.n, 1);
+    cr_assert_eq(t.r.evs[0].kind, 9);
+    cr_assert_str_eq(t.r.evs[0].text, "");
+    cr_assert_eq(t.r.evs[0].body_len, 3);
+    cr_assert_eq(memcmp(t.r.evs[0].body, "\0b\0", 3), 0);
+    store_read_release(&t.r);
+    store_close(s);
+
+    cr_assert_eq(file_int("PRAGMA user_version"), LATEST_VERSION);
+    cr_assert_eq(file_int("SELECT count(*) FROM messages WHERE kind = 0 AND body IS NULL"), 3);
 }

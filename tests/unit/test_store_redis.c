@@ -48,6 +48,11 @@ struct rec_ev {
     int64_t ts;
     char json[512];
     size_t json_len;
+    bool has_json;
+    int kind;
+    size_t body_len;
+    char body[16];      /* its first bytes */
+    uint64_t body_hash; /* of all of it */
 };
 
 /* What one node's sink saw. */
@@ -125,6 +130,15 @@ static void copy_str(char *dst, size_t sz, const char *s)
     snprintf(dst, sz, "%s", s ? s : "");
 }
 
+/* FNV-1a, to compare bodies too long to keep. */
+static uint64_t body_hash(const void *p, size_t n)
+{
+    uint64_t h = UINT64_C(1469598103934665603);
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ ((const unsigned char *)p)[i]) * UINT64_C(1099511628211);
+    return h;
+}
+
 static void sink_event(void *arg, const char *user, const struct room_event *ev, struct msg *json)
 {
     struct rec *r = arg;
@@ -144,6 +158,13 @@ static void sink_event(void *arg, const char *user, const struct room_event *ev,
         copy_str(e->id, sizeof(e->id), ev->id);
         copy_str(e->text, sizeof(e->text), ev->text);
         e->ts = ev->ts;
+        e->kind = (int)ev->kind;
+        e->body_len = ev->body_len;
+        cr_assert((ev->body == NULL) == (ev->body_len == 0), "body NULL exactly when empty");
+        if (ev->body_len)
+            memcpy(e->body, ev->body, ev->body_len < 16 ? ev->body_len : 16);
+        e->body_hash = body_hash(ev->body, ev->body_len);
+        e->has_json = json != NULL;
         size_t len = 0;
         const unsigned char *p = json ? msg_payload(json, &len) : NULL;
         if (len >= sizeof(e->json))
@@ -525,8 +546,8 @@ static int hand_payload_text(char *payload, size_t size, const char *room, uint6
     msg_t *f = codec_message(FMT_JSON, &m);
     size_t fl;
     const unsigned char *fp = msg_payload(f, &fl);
-    int n = snprintf(payload, size, "m%" PRIu64 "\n%" PRId64 " %zu 3 0 %zu\n%sann%s%.*s", seq,
-                     m.ts, strlen(room), m.text_len, room, t, (int)fl, (const char *)fp);
+    int n = snprintf(payload, size, "m%" PRIu64 "\n%" PRId64 " 0 %zu 3 0 %zu 0\n%sann%s%.*s",
+                     seq, m.ts, strlen(room), m.text_len, room, t, (int)fl, (const char *)fp);
     msg_unref(&f);
     cr_assert(n > 0 && (size_t)n < size);
     return n;
@@ -844,6 +865,181 @@ Test(store_redis, subscribe_delivers_in_order_to_every_node)
     cr_assert_str_eq(T.rec[1].eph[0].user, "ann");
 }
 
+/* ---- every event kind, with its body */
+
+#define KT_N 5
+static char kt_big[STORE_BODY_MAX + 1];
+static const char kt_nul[] = {'a', '\0', 'b', '\0', '\0', 'c'};
+
+/* What seq k (1..KT_N) of room "kr" holds. Seq 5 resends seq 1's id. */
+static void kt_event(uint64_t k, int *kind, const char **text, const void **body, size_t *bl,
+                     const char **id)
+{
+    static const int kinds[KT_N] = {7, STORE_KIND_MAX, 3, EV_MESSAGE, 7};
+    static const char *const texts[KT_N] = {"", "", "t3", "m4", ""};
+    static const char *const ids[KT_N] = {"e1", "", "", "", "e1"};
+    *kind = kinds[k - 1];
+    *text = texts[k - 1];
+    *id = ids[k - 1];
+    *body = k == 1 ? kt_nul : k == 3 ? kt_big : k == 5 ? "z" : NULL;
+    *bl = k == 1 ? sizeof(kt_nul) : k == 3 ? STORE_BODY_MAX : k == 5 ? 1 : 0;
+}
+
+/* e (seq k) as kt_event says, from "kim" */
+static void kt_check(uint64_t k, int kind, const char *text, const char *id, size_t bl,
+                     const void *body_first, uint64_t hash)
+{
+    int wk;
+    const char *wt, *wid;
+    const void *wb;
+    size_t wbl;
+    kt_event(k, &wk, &wt, &wb, &wbl, &wid);
+    cr_assert_eq(kind, wk, "seq %" PRIu64 ": kind %d", k, kind);
+    cr_assert_str_eq(text, wt, "seq %" PRIu64, k);
+    cr_assert_str_eq(id, wid, "seq %" PRIu64, k);
+    cr_assert_eq(bl, wbl, "seq %" PRIu64 ": body_len %zu", k, bl);
+    if (wbl)
+        cr_assert_eq(memcmp(body_first, wb, wbl < 16 ? wbl : 16), 0, "seq %" PRIu64 ": body", k);
+    cr_assert_eq(hash, body_hash(wb, wbl), "seq %" PRIu64 ": body", k);
+}
+
+Test(store_redis, kinds_and_bodies_round_trip)
+{
+    for (size_t i = 0; i < sizeof(kt_big); i++)
+        kt_big[i] = (char)(i * 7 + 1);
+    cr_assert_eq(redis_proc_start(&R1, NULL, false), 0);
+    E[0] = engine_open(&R1, 1000, 0);
+    E[1] = engine_open(&R1, 1000, 1);
+    cr_assert_eq(subscribe_sync(E[1], "kr"), 0);
+
+    /* appended on one node: published to the other, with kind and body */
+    for (uint64_t k = 1; k <= KT_N; k++) {
+        int kind;
+        const char *text, *id;
+        const void *body;
+        size_t bl;
+        kt_event(k, &kind, &text, &body, &bl, &id);
+        struct app x;
+        app_init(&x, "kr", "kim", text, id, (int64_t)k);
+        x.a.ev.kind = (enum room_event_kind)kind;
+        if (k == 1) {
+            x.a.ev.text = NULL; /* none: stored as "" */
+            x.a.ev.text_len = 0;
+        }
+        x.a.ev.body = body;
+        x.a.ev.body_len = bl;
+        cr_assert_eq(store_append(E[0], &x.a), 0, "seq %" PRIu64, k);
+        app_wait(&x, 10000);
+        cr_assert_eq(x.a.status, 0);
+        if (k == KT_N) {
+            cr_assert_eq(x.a.dup_seq, 1, "an id resend of another kind: the original seq");
+        } else {
+            cr_assert_eq(x.a.seq, k);
+            cr_assert_eq(x.a.dup_seq, 0);
+        }
+    }
+    bool ok;
+    WAIT(ok, count_locked(1, NULL, "kr") >= KT_N - 1, 10000);
+    cr_assert(ok, "%d events", count(1, NULL, "kr"));
+    WAIT(ok, count_locked(1, NULL, "kr") > KT_N - 1, QUIET_MS);
+    cr_assert_not(ok, "the resend published nothing");
+    pthread_mutex_lock(&T.mu);
+    struct rec_ev seen[KT_N - 1];
+    for (int i = 0, n = 0; i < T.rec[1].nev; i++)
+        if (ev_match(&T.rec[1].ev[i], NULL, "kr"))
+            seen[n++] = T.rec[1].ev[i];
+    pthread_mutex_unlock(&T.mu);
+    for (uint64_t k = 1; k < KT_N; k++) {
+        const struct rec_ev *e = &seen[k - 1];
+        cr_assert_eq(e->seq, k);
+        cr_assert_str_eq(e->from, "kim");
+        cr_assert_eq(e->ts, TS0 + (int64_t)k);
+        kt_check(k, e->kind, e->text, e->id, e->body_len, e->body, e->body_hash);
+        cr_assert(e->has_json, "a published event carries its frame");
+    }
+
+    /* the stream entries: k and b only where they say something */
+    redisContext *c = rconn(&R1);
+    redisReply *rep = redisCommand(c, "XRANGE r:{kr}:log - +");
+    cr_assert_eq(rep->type, REDIS_REPLY_ARRAY);
+    cr_assert_eq(rep->elements, KT_N - 1);
+    static const size_t nfields[KT_N - 1] = {12, 10, 12, 8};
+    for (size_t i = 0; i < rep->elements; i++)
+        cr_assert_eq(rep->element[i]->element[1]->elements, nfields[i], "entry %zu", i + 1);
+    freeReplyObject(rep);
+
+    /* history: read from the stream entries */
+    struct rdw w = {0};
+    copy_str(w.r.room, sizeof(w.r.room), "kr");
+    w.r.mode = SR_SINCE;
+    w.r.limit = 10;
+    w.r.done = rd_done;
+    w.r.arg = &w;
+    cr_assert_eq(store_read_submit(E[0], &w.r), 0);
+    WAIT(ok, w.ndone >= 1, 10000);
+    cr_assert(ok);
+    cr_assert_eq(w.r.status, 0);
+    cr_assert_eq(w.r.n, KT_N - 1);
+    for (size_t i = 0; i < w.r.n; i++) {
+        const struct room_event *e = &w.r.evs[i];
+        cr_assert_eq(e->seq, i + 1);
+        cr_assert((e->body == NULL) == (e->body_len == 0));
+        kt_check(i + 1, (int)e->kind, e->text, e->id, e->body_len, e->body,
+                 body_hash(e->body, e->body_len));
+    }
+    store_read_release(&w.r);
+
+    /* a fill: seqs 5..7 are in the log, only 7 is published; 5 (kind 7,
+     * with a body) and 6 (a message) come from the log, 5 without a frame
+     * (the engine encodes messages only) */
+    rep = redisCommand(c, "XADD r:{kr}:log 5-0 f kim t %" PRId64 " i %s x %s k 7 b %b",
+                       TS0 + 5, "", "", kt_nul, sizeof(kt_nul));
+    cr_assert_eq(rep->type, REDIS_REPLY_STRING);
+    freeReplyObject(rep);
+    rep = redisCommand(c, "SET r:{kr}:seq 5");
+    freeReplyObject(rep);
+    hand_append(c, "kr", 6);
+    hand_append(c, "kr", 7);
+    hand_publish(c, "kr", 7);
+    WAIT(ok, count_locked(1, NULL, "kr") >= KT_N + 2, 10000);
+    cr_assert(ok, "%d events", count(1, NULL, "kr"));
+    pthread_mutex_lock(&T.mu);
+    struct rec_ev filled[3];
+    for (int i = 0, n = 0; i < T.rec[1].nev; i++)
+        if (ev_match(&T.rec[1].ev[i], NULL, "kr") && T.rec[1].ev[i].seq >= 5 && n < 3)
+            filled[n++] = T.rec[1].ev[i];
+    pthread_mutex_unlock(&T.mu);
+    cr_assert_eq(filled[0].seq, 5);
+    cr_assert_eq(filled[0].kind, 7);
+    cr_assert_eq(filled[0].body_len, sizeof(kt_nul));
+    cr_assert_eq(memcmp(filled[0].body, kt_nul, sizeof(kt_nul)), 0);
+    cr_assert_not(filled[0].has_json, "no frame for a kind the codec does not know");
+    for (int i = 1; i < 3; i++) {
+        cr_assert_eq(filled[i].seq, 5 + (uint64_t)i);
+        cr_assert_eq(filled[i].kind, EV_MESSAGE);
+        cr_assert_eq(filled[i].body_len, 0);
+        cr_assert(filled[i].has_json);
+        expect_json(&filled[i]);
+    }
+    struct store_redis_stats st;
+    store_redis_stats(E[1], &st);
+    cr_assert_eq(st.filled, 2, "5 and 6 came from the log");
+    cr_assert_eq(st.lost, 0);
+
+    /* refused before anything is sent */
+    struct app x;
+    app_init(&x, "kr", "kim", "", "", 9);
+    x.a.ev.kind = (enum room_event_kind)5;
+    x.a.ev.body = kt_big;
+    x.a.ev.body_len = STORE_BODY_MAX + 1;
+    cr_assert_eq(store_append(E[0], &x.a), -EINVAL);
+    x.a.ev.body_len = 1;
+    x.a.ev.kind = (enum room_event_kind)(STORE_KIND_MAX + 1);
+    cr_assert_eq(store_append(E[0], &x.a), -EINVAL);
+    msg_unref(&x.frame);
+    redisFree(c);
+}
+
 Test(store_redis, seq_jump_is_filled_from_the_log)
 {
     one_node_with(false, "g", 1);
@@ -881,9 +1077,16 @@ Test(store_redis, seq_jump_is_filled_from_the_log)
     char good[700];
     int gl = hand_payload(good, sizeof(good), "g", 5);
     static const char *const bad[] = {
-        "m5", "m5\n", "m\n1 1 3 0 2\ngannx5", "m5\n1 1 3 0 9\ngannx5{}",
-        "m5\n1 0 3 0 2\nann5{}", "m5\n1 1 3 0 2\ngann", "m5\n1 1 3 99999999999999999999 2\ngann",
-        "m5\n1 1 3 0 2\ngannx5", "m5\n-1 1 3 0 2\ngannx5{}", "x5\n1 1 3 0 2\ngannx5{}"};
+        "m5", "m5\n", "m\n1 0 1 3 0 2 0\ngannx5", "m5\n1 0 1 3 0 9 0\ngannx5{}",
+        "m5\n1 0 0 3 0 2 0\nann5{}", "m5\n1 0 1 3 0 2 0\ngann",
+        "m5\n1 0 1 3 99999999999999999999 2 0\ngann", "m5\n1 0 1 3 0 2 0\ngannx5",
+        "m5\n-1 0 1 3 0 2 0\ngannx5{}", "x5\n1 0 1 3 0 2 0\ngannx5{}",
+        /* the kind and body fields: missing, out of bounds, lying */
+        "m5\n1 1 3 0 2\ngannx5{}", "m5\n1 0 1 3 0 2\ngannx5{}",
+        "m5\n1 256 1 3 0 2 0\ngannx5{}", "m5\n1 x 1 3 0 2 0\ngannx5{}",
+        "m5\n1 0 1 3 0 2 4097\ngannx5{}", "m5\n1 0 1 3 0 2 3\ngannx5{}",
+        "m5\n1 0 1 3 0 2 99999999999999999999\ngannx5{}", "m5\n1 0 1 3 0 2 1\ngannx5{}",
+        "m5\n1 0 1 3 0 2 0 \ngannx5{}", "m5\n1 7 1 3 0 2 2\ngannx5bb"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         rep = redisCommand(c, "PUBLISH r:{g} %s", bad[i]);
         freeReplyObject(rep);
