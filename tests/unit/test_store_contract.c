@@ -124,23 +124,30 @@ static void rd_done(struct store_read *r)
     atomic_fetch_add(&STORE_CONTAINER(r, struct rd, r)->ndone, 1);
 }
 
+/* Read room (mode, key, limit) into *x and wait until it is answered, OK. */
+static void read_sync(store_t *s, const char *room, enum store_read_mode mode, uint64_t key,
+                      int limit, struct rd *x)
+{
+    snprintf(x->r.room, sizeof(x->r.room), "%s", room);
+    x->r.mode = mode;
+    x->r.key = key;
+    x->r.limit = limit;
+    x->r.done = rd_done;
+    cr_assert_eq(store_read_submit(s, &x->r), 0);
+    int64_t end = mono_ms() + WAIT_LIMIT_S * 1000;
+    while (atomic_load(&x->ndone) == 0 && mono_ms() < end)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    cr_assert_eq(atomic_load(&x->ndone), 1);
+    cr_assert_eq(x->r.status, 0);
+}
+
 /* Read and check that seqs first..last (none if last < first) came back
  * with `more`. */
 static void check_read(store_t *s, enum store_read_mode mode, uint64_t key, int limit,
                        uint64_t first, uint64_t last, bool more)
 {
     struct rd x = {0};
-    snprintf(x.r.room, sizeof(x.r.room), "r");
-    x.r.mode = mode;
-    x.r.key = key;
-    x.r.limit = limit;
-    x.r.done = rd_done;
-    cr_assert_eq(store_read_submit(s, &x.r), 0);
-    int64_t end = mono_ms() + WAIT_LIMIT_S * 1000;
-    while (atomic_load(&x.ndone) == 0 && mono_ms() < end)
-        nanosleep(&(struct timespec){0, 1000000}, NULL);
-    cr_assert_eq(atomic_load(&x.ndone), 1);
-    cr_assert_eq(x.r.status, 0);
+    read_sync(s, "r", mode, key, limit, &x);
     size_t want = last >= first ? (size_t)(last - first + 1) : 0;
     cr_assert_eq(x.r.n, want, "mode %d key %" PRIu64 " limit %d: n %zu want %zu", mode, key,
                  limit, x.r.n, want);
@@ -251,17 +258,7 @@ static void check_kread(store_t *s, enum store_read_mode mode, uint64_t key, int
                         uint64_t first, uint64_t last)
 {
     struct rd x = {0};
-    snprintf(x.r.room, sizeof(x.r.room), "k");
-    x.r.mode = mode;
-    x.r.key = key;
-    x.r.limit = limit;
-    x.r.done = rd_done;
-    cr_assert_eq(store_read_submit(s, &x.r), 0);
-    int64_t end = mono_ms() + WAIT_LIMIT_S * 1000;
-    while (atomic_load(&x.ndone) == 0 && mono_ms() < end)
-        nanosleep(&(struct timespec){0, 1000000}, NULL);
-    cr_assert_eq(atomic_load(&x.ndone), 1);
-    cr_assert_eq(x.r.status, 0);
+    read_sync(s, "k", mode, key, limit, &x);
     cr_assert_eq(x.r.n, (size_t)(last - first + 1));
     for (size_t i = 0; i < x.r.n; i++) {
         cr_assert_eq(x.r.evs[i].seq, first + i);

@@ -599,6 +599,21 @@ static void rd_done(struct store_read *r)
     pthread_mutex_unlock(&T.mu);
 }
 
+/* Read room (mode, up to limit) into *w and wait until it is answered. */
+static void read_wait(store_t *s, const char *room, enum store_read_mode mode, int limit,
+                      struct rdw *w)
+{
+    copy_str(w->r.room, sizeof(w->r.room), room);
+    w->r.mode = mode;
+    w->r.limit = limit;
+    w->r.done = rd_done;
+    w->r.arg = w;
+    cr_assert_eq(store_read_submit(s, &w->r), 0);
+    bool ok;
+    WAIT(ok, w->ndone >= 1, 10000);
+    cr_assert(ok, "read of %s answered", room);
+}
+
 /* Read room and check that seqs first..last (none if last < first) came
  * back, oldest first, with `more`. */
 static void check_read(store_t *s, const char *room, enum store_read_mode mode, uint64_t key,
@@ -769,15 +784,7 @@ Test(store_redis, reads_at_their_edges)
     uint64_t seq, dup;
     cr_assert_eq(append_sync(E[0], "ids", "bob", "hi \"there\"\n", "abc", &seq, &dup), 0);
     struct rdw w = {0};
-    copy_str(w.r.room, sizeof(w.r.room), "ids");
-    w.r.mode = SR_LATEST;
-    w.r.limit = 5;
-    w.r.done = rd_done;
-    w.r.arg = &w;
-    cr_assert_eq(store_read_submit(E[0], &w.r), 0);
-    bool ok;
-    WAIT(ok, w.ndone == 1, 10000);
-    cr_assert(ok);
+    read_wait(E[0], "ids", SR_LATEST, 5, &w);
     cr_assert_eq(w.r.n, 1);
     cr_assert_str_eq(w.r.evs[0].from, "bob");
     cr_assert_str_eq(w.r.evs[0].id, "abc");
@@ -970,14 +977,7 @@ Test(store_redis, kinds_and_bodies_round_trip)
 
     /* history: read from the stream entries */
     struct rdw w = {0};
-    copy_str(w.r.room, sizeof(w.r.room), "kr");
-    w.r.mode = SR_SINCE;
-    w.r.limit = 10;
-    w.r.done = rd_done;
-    w.r.arg = &w;
-    cr_assert_eq(store_read_submit(E[0], &w.r), 0);
-    WAIT(ok, w.ndone >= 1, 10000);
-    cr_assert(ok);
+    read_wait(E[0], "kr", SR_SINCE, 10, &w);
     cr_assert_eq(w.r.status, 0);
     cr_assert_eq(w.r.n, KT_N - 1);
     for (size_t i = 0; i < w.r.n; i++) {
