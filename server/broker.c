@@ -94,6 +94,10 @@ struct broker {
      * account, and in accounts mode every users row (names seen with a token,
      * deleted names). Open mode forgets a name with its last connection. */
     strmap_t *users;
+    /* {users_lock} name -> (uintptr_t) hellos of that user parked here until
+     * the user's channel is live (cluster): they hold the channel as a
+     * connection does, so a leave meanwhile does not unsubscribe it */
+    strmap_t *hellos;
     uint64_t users_gen;    /* main thread: the newest account generation applied */
 
     pthread_mutex_t idem_lock;
@@ -1108,20 +1112,46 @@ struct hello_wait {
     char ref[CODEC_REF_MAX + 1];
     int64_t iat_ms;
     bool at_connect, ok, taken;
+    bool counted; /* in b->hellos (from the channel wait on) */
 };
 
-/* {any}. This node claimed name (open mode) and subscribed its channel,
- * but nobody here took it after all. */
+/* {users_lock}. Count a parked hello of name in (+1) or out (-1); the
+ * count now. */
+static uintptr_t hellos_add_locked(struct broker *b, const char *name, int d)
+{
+    uintptr_t n = (uintptr_t)strmap_get(b->hellos, name);
+    n = d > 0 ? n + 1 : n ? n - 1 : 0;
+    if (n)
+        strmap_put(b->hellos, name, (void *)n);
+    else
+        strmap_del(b->hellos, name);
+    return n;
+}
+
+/* {any}. A hello of name is over (answered, refused or its connection
+ * gone): if nobody here holds the name now, the claim (open mode) and the
+ * channel go. */
 static void name_unclaim(struct broker *b, const char *name)
 {
     pthread_mutex_lock(&b->users_lock);
     struct user *u = user_get_locked(b, name, false);
-    bool held = u && u->n;
+    bool held = (u && u->n) || strmap_get(b->hellos, name);
     if (!held)
         store_user_unsubscribe(b->srv->store, name);
     pthread_mutex_unlock(&b->users_lock);
     if (!held && b->cdir && !b->srv->accounts)
         cdir_user_del(b->cdir, name);
+}
+
+/* {home loop}. The hello is no longer parked for the channel. */
+static void hello_done(struct broker *b, struct hello_wait *hw)
+{
+    if (!hw->counted)
+        return;
+    hw->counted = false;
+    pthread_mutex_lock(&b->users_lock);
+    hellos_add_locked(b, hw->user, -1);
+    pthread_mutex_unlock(&b->users_lock);
 }
 
 static void hello_job(void *arg)
@@ -1133,6 +1163,7 @@ static void hello_job(void *arg)
 
     if (!pk || pk->room) {
         /* the connection went meanwhile */
+        hello_done(b, hw);
         if (hw->ok && !hw->taken)
             name_unclaim(b, hw->user);
         client_unref(&hw->c);
@@ -1146,7 +1177,9 @@ static void hello_job(void *arg)
         METRIC_INC(&b->srv->metrics, protocol_errors_total);
         reply_error(c, ERR_NAME_TAKEN, "that name is in use by a live connection", hw->ref);
     } else {
+        /* counted out once the connection holds the name (or was refused) */
         hello_finish(b, c, hw->user, hw->iat_ms, hw->ref, hw->at_connect);
+        hello_done(b, hw);
         if (!c->authed)
             name_unclaim(b, hw->user);
     }
@@ -1178,7 +1211,12 @@ static void hello_ready(void *arg)
  * channel. */
 static void hello_channel(struct hello_wait *hw)
 {
-    if (store_user_subscribe(hw->b->srv->store, hw->user, hello_ready, hw) != 0)
+    struct broker *b = hw->b;
+    pthread_mutex_lock(&b->users_lock);
+    hellos_add_locked(b, hw->user, +1);
+    hw->counted = true;
+    pthread_mutex_unlock(&b->users_lock);
+    if (store_user_subscribe(b->srv->store, hw->user, hello_ready, hw) != 0)
         hello_ready(hw);
 }
 
@@ -2444,7 +2482,7 @@ void broker_disconnected(struct broker *b, struct client *c)
                 u->conns[i] = u->conns[u->n];
                 u->iat_ms[i] = u->iat_ms[u->n];
                 client_unref(&c);
-                if (b->shared && !u->n) {
+                if (b->shared && !u->n && !strmap_get(b->hellos, name)) {
                     store_user_unsubscribe(b->srv->store, name);
                     if (b->cdir)
                         cdir_user_del(b->cdir, name);
@@ -2578,6 +2616,7 @@ struct broker *broker_new(struct server *srv, char *err, size_t errsz)
     pthread_mutex_init(&b->users_lock, NULL);
     pthread_mutex_init(&b->idem_lock, NULL);
     b->users = strmap_new();
+    b->hellos = strmap_new();
     b->idem = strmap_new();
 
     /* single-threaded here: the I/O threads have not started. Rooms are
@@ -2617,6 +2656,7 @@ void broker_free(struct broker *b)
     ratelimit_free(b->joins);
     ratelimit_free(b->creates);
     strmap_free(b->users, user_free);
+    strmap_free(b->hellos, NULL);
     strmap_free(b->idem, free_ptr);
     pthread_mutex_destroy(&b->users_lock);
     pthread_mutex_destroy(&b->idem_lock);

@@ -530,6 +530,49 @@ class AccountsAcrossNodes(ClusterCase):
         for c in (a0, a1, b1):
             await c.expect(is_msg(ack["room"], seq=ack["seq"], text="psst"))
 
+    async def test_a_hello_left_waiting_keeps_the_channel(self):
+        """Two connections of one user sign in while Redis hangs (both wait
+        for the user's channel); one goes away. The other must go on
+        waiting for the channel, not be welcomed on the strength of the
+        first one's leaving, and a DM after its welcome reaches it."""
+        n1, redis = self.node(1), self.cluster.redis[0]
+        name, pw = uniq("hw"), "correct horse battery"
+        st, js = post(n1, "/api/register", {"user": name, "password": pw})
+        self.assertEqual(st, 201, js)
+        st, js = post(n1, "/api/login", {"user": name, "password": pw})
+        self.assertEqual(st, 200, js)
+        token = js["token"]
+        other = await self.json_client(0, user=None)
+        peer, ppw = uniq("hp"), "correct horse battery"
+        st, js = post(self.node(0), "/api/register", {"user": peer, "password": ppw})
+        self.assertEqual(st, 201, js)
+        st, js = post(self.node(0), "/api/login", {"user": peer, "password": ppw})
+        other.welcome = await other.call({"type": "hello", "token": js["token"]}, "welcome")
+        y1 = await self.json_client(1)
+        y2 = await self.json_client(1)
+        redis.pause()
+        try:
+            await y1.send({"type": "hello", "token": token, "ref": "h1"})
+            await y2.send({"type": "hello", "token": token, "ref": "h2"})
+            await asyncio.sleep(0.2)
+            # gone at once (a parked connection reads no close frame)
+            y1.ws.transport.abort()
+            # the node notices a hung Redis only after its reply deadline (3 s)
+            await y2.expect_none(lambda f: f.get("type") == "welcome", window=0.8,
+                                 what="a welcome before the channel is live")
+        finally:
+            redis.resume()
+        await y2.expect_type("welcome", timeout=RECOVER_BOUND)
+        await wait_health([n1], 200, b"ok", RECOVER_BOUND)
+        deadline = time.monotonic() + 10 * SCALE
+        while True:  # node 0 learns of the account by its poll
+            ack = await other.call({"type": "dm", "to": name, "text": "still there?"})
+            if ack["type"] == "ack":
+                break
+            self.assertLess(time.monotonic(), deadline, ack)
+            await asyncio.sleep(0.1)
+        await y2.expect(is_msg(ack["room"], seq=ack["seq"], text="still there?"))
+
     async def test_dm_ack_then_history_with_the_dm_room_loaded(self):
         """A DM room joined on the sender's node keeps a window there: the
         ack waits for the DM to reach it, so a history right after the ack
