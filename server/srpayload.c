@@ -3,6 +3,8 @@
  */
 #include "srpayload.h"
 
+#include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "codec.h"
@@ -57,4 +59,15 @@ bool srpayload_parse(const char *payload, size_t len, struct srpayload *out)
                               .text_len = xl, .body_len = bl,
                               .frame_len = (size_t)(lim - frame)};
     return true;
+}
+
+int srpayload_header(char *out, size_t size, const struct srpayload *p)
+{
+    if (p->ts < 0)
+        return -1;
+    int n = snprintf(out, size, "%" PRId64 " %d %zu %zu %zu %zu %zu\n%.*s%.*s%.*s", p->ts, p->kind,
+                     p->room_len, p->from_len, p->id_len, p->text_len, p->body_len,
+                     (int)p->room_len, p->room, (int)p->from_len, p->from, (int)p->id_len,
+                     p->id);
+    return n < 0 || (size_t)n >= size ? -1 : n;
 }

@@ -33,4 +33,11 @@ struct srpayload {
  * Thread: any. */
 bool srpayload_parse(const char *payload, size_t len, struct srpayload *out);
 
+/* The header a publisher writes for p's ts, kind, room, from, id and the
+ * text and body lengths (APPEND_LUA puts "m<seq>\n" before it and the
+ * text, body and frame after): "<ts> <kind> <room len> <from len> <id len>
+ * <text len> <body len>\n<room><from><id>". Its length, or -1 if it does
+ * not fit in size bytes (with a NUL) or ts is negative. Thread: any. */
+int srpayload_header(char *out, size_t size, const struct srpayload *p);
+
 #endif

@@ -1059,12 +1059,14 @@ static int sr_append(store_t *st, struct store_append *a)
     ARG(a->frame + a->frame_seq_at, a->frame_len - a->frame_seq_at);
     SARG(s->history_max);
     SARG(s->id_ttl);
-    size_t rl = strlen(e->room), fl = strlen(e->from), il = has_id ? strlen(e->id) : 0;
+    struct srpayload pl = {.ts = e->ts, .kind = (int)e->kind, .room = e->room,
+                           .room_len = strlen(e->room), .from = e->from,
+                           .from_len = strlen(e->from), .id = has_id ? e->id : "",
+                           .id_len = has_id ? strlen(e->id) : 0, .text_len = text_len,
+                           .body_len = e->body_len};
     char hdr[96 + CODEC_ROOMID_MAX + CODEC_USER_MAX + CODEC_ID_MAX];
-    int hl = snprintf(hdr, sizeof(hdr), "%" PRId64 " %d %zu %zu %zu %zu %zu\n%s%s%s", e->ts,
-                      (int)e->kind, rl, fl, il, text_len, e->body_len, e->room, e->from,
-                      has_id ? e->id : "");
-    if (hl < 0 || (size_t)hl >= sizeof(hdr) || e->ts < 0)
+    int hl = srpayload_header(hdr, sizeof(hdr), &pl);
+    if (hl < 0)
         return -EINVAL;
     ARG(hdr, (size_t)hl);
     char floor[24];

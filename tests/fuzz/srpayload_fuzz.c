@@ -53,21 +53,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check(!pl.id_len || !memchr(pl.id, '\0', pl.id_len));
 
     /* what a publisher writes from these fields reads back the same */
-    char hdr[160];
-    int hl = snprintf(hdr, sizeof(hdr), "m%" PRIu64 "\n%" PRId64 " %d %zu %zu %zu %zu %zu\n",
-                      pl.seq, pl.ts, pl.kind, pl.room_len, pl.from_len, pl.id_len, pl.text_len,
-                      pl.body_len);
-    check(hl > 0 && (size_t)hl < sizeof(hdr));
-    size_t body = (size_t)(end - pl.room), n = (size_t)hl + body;
+    char hdr[256];
+    int pl0 = snprintf(hdr, sizeof(hdr), "m%" PRIu64 "\n", pl.seq);
+    int hl = srpayload_header(hdr + pl0, sizeof(hdr) - (size_t)pl0, &pl);
+    check(hl > 0);
+    hl += pl0;
+    size_t rest = (size_t)(end - pl.text), n = (size_t)hl + rest;
     char *again = malloc(n);
     memcpy(again, hdr, (size_t)hl);
-    memcpy(again + hl, pl.room, body);
+    memcpy(again + hl, pl.text, rest);
     struct srpayload p2;
     check(srpayload_parse(again, n, &p2));
     check(p2.seq == pl.seq && p2.ts == pl.ts && p2.room_len == pl.room_len &&
           p2.from_len == pl.from_len && p2.id_len == pl.id_len && p2.text_len == pl.text_len &&
           p2.kind == pl.kind && p2.body_len == pl.body_len && p2.frame_len == pl.frame_len);
-    check(memcmp(p2.room, pl.room, body) == 0);
+    check(memcmp(p2.room, pl.room, (size_t)(end - pl.room)) == 0);
     free(again);
     free(in);
     return 0;

@@ -26,6 +26,7 @@
 #include "msg.h"
 #include "redis_proc.h"
 #include "store.h"
+#include "srpayload.h"
 #include "store_redis.h"
 
 #define NODES 2
@@ -546,11 +547,17 @@ static int hand_payload_text(char *payload, size_t size, const char *room, uint6
     msg_t *f = codec_message(FMT_JSON, &m);
     size_t fl;
     const unsigned char *fp = msg_payload(f, &fl);
-    int n = snprintf(payload, size, "m%" PRIu64 "\n%" PRId64 " 0 %zu 3 0 %zu 0\n%sann%s%.*s",
-                     seq, m.ts, strlen(room), m.text_len, room, t, (int)fl, (const char *)fp);
-    msg_unref(&f);
+    struct srpayload pl = {.ts = m.ts, .room = room, .room_len = strlen(room), .from = "ann",
+                           .from_len = 3, .id = "", .text_len = m.text_len};
+    int n = snprintf(payload, size, "m%" PRIu64 "\n", seq);
     cr_assert(n > 0 && (size_t)n < size);
-    return n;
+    int hl = srpayload_header(payload + n, size - (size_t)n, &pl);
+    cr_assert_gt(hl, 0);
+    n += hl;
+    int r = snprintf(payload + n, size - (size_t)n, "%s%.*s", t, (int)fl, (const char *)fp);
+    msg_unref(&f);
+    cr_assert(r > 0 && (size_t)r < size - (size_t)n);
+    return n + r;
 }
 
 static int hand_payload(char *payload, size_t size, const char *room, uint64_t seq)
