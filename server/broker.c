@@ -1115,9 +1115,8 @@ struct hello_wait {
     bool counted; /* in b->hellos (from the channel wait on) */
 };
 
-/* {users_lock}. Count a parked hello of name in (+1) or out (-1); the
- * count now. */
-static uintptr_t hellos_add_locked(struct broker *b, const char *name, int d)
+/* {users_lock}. Count a parked hello of name in (+1) or out (-1). */
+static void hellos_add_locked(struct broker *b, const char *name, int d)
 {
     uintptr_t n = (uintptr_t)strmap_get(b->hellos, name);
     n = d > 0 ? n + 1 : n ? n - 1 : 0;
@@ -1125,7 +1124,14 @@ static uintptr_t hellos_add_locked(struct broker *b, const char *name, int d)
         strmap_put(b->hellos, name, (void *)n);
     else
         strmap_del(b->hellos, name);
-    return n;
+}
+
+/* {users_lock}. Does this node hold name's channel (and, open mode, its
+ * claim): a connection signed in as name (u, may be NULL), or a hello of
+ * name waiting for the channel? */
+static bool name_held_locked(struct broker *b, const char *name, const struct user *u)
+{
+    return (u && u->n) || strmap_get(b->hellos, name);
 }
 
 /* {any}. A hello of name is over (answered, refused or its connection
@@ -1135,7 +1141,7 @@ static void name_unclaim(struct broker *b, const char *name)
 {
     pthread_mutex_lock(&b->users_lock);
     struct user *u = user_get_locked(b, name, false);
-    bool held = (u && u->n) || strmap_get(b->hellos, name);
+    bool held = name_held_locked(b, name, u);
     if (!held)
         store_user_unsubscribe(b->srv->store, name);
     pthread_mutex_unlock(&b->users_lock);
@@ -2482,7 +2488,7 @@ void broker_disconnected(struct broker *b, struct client *c)
                 u->conns[i] = u->conns[u->n];
                 u->iat_ms[i] = u->iat_ms[u->n];
                 client_unref(&c);
-                if (b->shared && !u->n && !strmap_get(b->hellos, name)) {
+                if (b->shared && !name_held_locked(b, name, u)) {
                     store_user_unsubscribe(b->srv->store, name);
                     if (b->cdir)
                         cdir_user_del(b->cdir, name);
