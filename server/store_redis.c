@@ -790,8 +790,6 @@ static int sr_unsubscribe(store_t *st, const char *room)
     return 0;
 }
 
-/* A user's channel is subscribed on every shard: a DM is published by the
- * script on the DM room's shard, whichever that is. */
 struct dm_drop {
     struct sr *s;
     const char *user;
@@ -876,6 +874,8 @@ static void user_confirmed(void *arg, const redisReply *rep)
     free(uc);
 }
 
+/* A user's channel is subscribed on every shard: a DM is published by the
+ * script on the DM room's shard, whichever that is. */
 static int sr_user_subscribe(store_t *st, const char *user, void (*live)(void *arg), void *arg)
 {
     struct sr *s = SR(st);
