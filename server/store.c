@@ -26,6 +26,9 @@ void store_stats(store_t *s, struct store_stats *out)
 
 int store_append(store_t *s, struct store_append *a)
 {
+    /* a kind other than a message may have no text: every engine stores "" */
+    if (a && a->ev.kind != EV_MESSAGE && !a->ev.text && !a->ev.text_len)
+        a->ev.text = "";
     return LOG(s)->append(s, a);
 }
 

@@ -1052,9 +1052,7 @@ static int sr_append(store_t *st, struct store_append *a)
     SARG(e->from);
     SARG(ts);
     SARG(has_id ? e->id : "");
-    const char *text = e->text ? e->text : ""; /* a kind other than a message may have none */
-    size_t text_len = e->text ? e->text_len : 0;
-    ARG(text, text_len);
+    ARG(e->text, e->text_len);
     ARG(a->frame, a->frame_seq_at);
     ARG(a->frame + a->frame_seq_at, a->frame_len - a->frame_seq_at);
     SARG(s->history_max);
@@ -1062,7 +1060,7 @@ static int sr_append(store_t *st, struct store_append *a)
     struct srpayload pl = {.ts = e->ts, .kind = (int)e->kind, .room = e->room,
                            .room_len = strlen(e->room), .from = e->from,
                            .from_len = strlen(e->from), .id = has_id ? e->id : "",
-                           .id_len = has_id ? strlen(e->id) : 0, .text_len = text_len,
+                           .id_len = has_id ? strlen(e->id) : 0, .text_len = e->text_len,
                            .body_len = e->body_len};
     char hdr[96 + CODEC_ROOMID_MAX + CODEC_USER_MAX + CODEC_ID_MAX];
     int hl = srpayload_header(hdr, sizeof(hdr), &pl);

@@ -1025,8 +1025,8 @@ static void row_from_op(struct row *r, const struct store_op *op)
         const struct room_event *e = &STORE_CONTAINER(op, struct store_append, op)->ev;
         r->room = e->room;
         r->from = e->from;
-        r->text = e->text ? e->text : ""; /* a kind other than a message may have none */
-        r->text_len = e->text ? e->text_len : 0;
+        r->text = e->text;
+        r->text_len = e->text_len;
         r->ev_kind = (int)e->kind;
         r->body = e->body_len ? e->body : NULL;
         r->body_len = e->body_len;

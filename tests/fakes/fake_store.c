@@ -89,10 +89,9 @@ static void commit_locked(store_t *s, struct store_op *op)
     f->room = xstrdup(e->room);
     f->from = xstrdup(e->from);
     f->id = xstrdup(dup || !e->id ? "" : e->id); /* a duplicate is stored without its id */
-    size_t tl = e->text ? e->text_len : 0; /* a kind other than a message may have none */
+    size_t tl = e->text_len;
     f->text = xmalloc(tl + 1);
-    if (tl)
-        memcpy(f->text, e->text, tl);
+    memcpy(f->text, e->text, tl);
     f->text[tl] = '\0';
     f->body = e->body_len ? memcpy(xmalloc(e->body_len), e->body, e->body_len) : NULL;
     f->ev = (struct room_event){.kind = e->kind, .room = f->room, .seq = e->seq,
